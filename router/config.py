@@ -1,0 +1,541 @@
+"""The routing YAML, parsed once into frozen, typed objects.
+
+Loading is two steps, as in uvicorn: read the raw YAML node tree, then build the objects while
+collecting every error with its file, line and dotted path. Unknown keys are errors, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from router.units import parse_duration, parse_size
+from router.yamlsrc import ConfigError, ConfigIssue, Reader, join
+
+__all__ = [
+    "Address", "AdminConfig", "BackendConfig", "Config", "ConfigError", "ConfigIssue", "Limits",
+    "Match", "Override", "OverrideMatch", "ProxyConfig", "RouteConfig", "Split", "StickyKey",
+    "load_config", "parse_config",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Data-plane limits; every one has a safe default."""
+
+    max_body: int = 10 * 1024 * 1024
+    connect_timeout: float = 2.0
+    request_timeout: float = 30.0
+    drain_timeout: float = 30.0
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    max_header_size: int = 64 * 1024
+    max_headers: int = 100
+    max_connections: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin listener: metrics, status and control. Never the data port."""
+
+    listen: Address = Address("127.0.0.1", 9901)
+    token_env: str | None = "ROUTER_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """How the proxy presents itself to clients and backends."""
+
+    backend_header: bool = True  # X-Model-Backend on responses
+    via: str = "model-router"  # pseudonym in Via, also used to detect loops
+    trusted_hops: int = 0  # how many X-Forwarded-For entries to believe
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """One model backend, by name."""
+
+    name: str
+    url: str
+    scheme: str
+    host: str
+    port: int
+    max_connections: int = 256
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which requests a route takes. Header names are lower-case."""
+
+    path: str | None = None
+    path_prefix: str | None = None
+    path_regex: str | None = None
+    methods: frozenset[str] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StickyKey:
+    """Where the sticky assignment key is read from."""
+
+    source: Literal["header", "cookie", "query"]
+    name: str  # lower-case for headers
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Share of traffic for the candidate, and how a key keeps its assignment."""
+
+    candidate_percent: float = 0.0
+    sticky: StickyKey | None = None
+    salt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideMatch:
+    """Exact values that pin a request; all given must match."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()
+    cookies: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A feature toggle: requests matching `match` go to `backend`, before the split."""
+
+    match: OverrideMatch
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One route as written in the YAML."""
+
+    name: str
+    match: Match
+    primary: str
+    candidate: str | None = None
+    split: Split = Split()
+    overrides: tuple[Override, ...] = ()
+    timeout: float | None = None  # overrides limits.request_timeout
+
+    def backend_names(self) -> tuple[str, ...]:
+        names = [self.primary]
+        if self.candidate:
+            names.append(self.candidate)
+        names.extend(o.backend for o in self.overrides)
+        return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole routing file."""
+
+    source: str
+    listen: Address
+    admin: AdminConfig
+    state_dir: Path
+    limits: Limits
+    proxy: ProxyConfig
+    backends: Mapping[str, BackendConfig]
+    routes: tuple[RouteConfig, ...]
+    raw_text: str = field(default="", repr=False, compare=False)
+
+    def summary(self) -> str:
+        return (f"{self.source}: OK, {len(self.routes)} routes, {len(self.backends)} backends, "
+                f"listen {self.listen}, admin {self.admin.listen}")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a routing file; raises ConfigError listing every problem."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(name, 1, "", f"cannot read file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(name, 1, "", f"not UTF-8 text: {exc.reason}")]) from None
+    return parse_config(text, name)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate YAML text; raises ConfigError listing every problem."""
+    r = Reader(source)
+    root = r.parse(text)
+    if root is None:
+        if not r.issues:
+            r.issues.append(ConfigIssue(source, 1, "", "the file is empty"))
+        raise ConfigError(r.issues)
+    config = _build(r, root, source, text)
+    if r.issues or config is None:
+        raise ConfigError(sorted(r.issues, key=lambda i: i.line))
+    return config
+
+
+_TOP = frozenset({"listen", "admin", "state_dir", "limits", "proxy", "backends", "routes"})
+
+
+def _build(r: Reader, root: yaml.Node, source: str, text: str) -> Config | None:
+    top = r.mapping(root, "", _TOP)
+    if top is None:
+        return None
+    for key in ("listen", "backends", "routes"):
+        if key not in top:
+            r.error(root, key, "required key is missing")
+    listen = _address(r, top["listen"], "listen") if "listen" in top else None
+    admin = _admin(r, top["admin"]) if "admin" in top else AdminConfig()
+    state_dir = r.string(top["state_dir"], "state_dir") if "state_dir" in top else "var/router"
+    limits = _limits(r, top["limits"]) if "limits" in top else Limits()
+    proxy = _proxy(r, top["proxy"]) if "proxy" in top else ProxyConfig()
+    backends = _backends(r, top["backends"]) if "backends" in top else {}
+    # Reference checks use every declared name, so one bad backend does not cascade.
+    declared = _declared_names(top.get("backends"))
+    routes = _routes(r, top["routes"], declared) if "routes" in top else ()
+    if listen and admin and listen == admin.listen:
+        r.error(top.get("admin"), "admin.listen", f"must differ from listen ({listen})")
+    if None in (listen, admin, state_dir, limits, proxy, backends, routes):
+        return None
+    assert listen and admin and state_dir and limits and proxy and backends is not None
+    assert routes is not None
+    return Config(source, listen, admin, Path(state_dir), limits, proxy, backends, routes, text)
+
+
+def _declared_names(node: yaml.Node | None) -> frozenset[str]:
+    if not isinstance(node, yaml.MappingNode):
+        return frozenset()
+    return frozenset(str(k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode))
+
+
+def _parse_address(text: str) -> Address:
+    m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$", text.strip())
+    if not m:
+        raise ValueError(f"bad address {text!r}: write host:port, e.g. 127.0.0.1:8080")
+    port = int(m.group(3))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return Address(m.group(1) or m.group(2), port)
+
+
+def _address(r: Reader, node: yaml.Node, path: str) -> Address | None:
+    return r.converted(node, path, _parse_address)
+
+
+_DEFAULT_ADMIN = Address("127.0.0.1", 9901)
+
+
+def _admin(r: Reader, node: yaml.Node) -> AdminConfig | None:
+    m = r.mapping(node, "admin", frozenset({"listen", "token_env"}))
+    if m is None:
+        return None
+    listen = r.get(m, "listen", "admin", lambda n, p: _address(r, n, p), _DEFAULT_ADMIN)
+    token_env = r.string(m["token_env"], "admin.token_env") if "token_env" in m else "ROUTER_ADMIN_TOKEN"
+    if listen is None or token_env is None:
+        return None
+    return AdminConfig(listen, token_env or None)
+
+
+_LIMIT_KINDS = {
+    "max_body": "size", "max_header_size": "size", "max_headers": "int", "max_connections": "int",
+    "connect_timeout": "duration", "request_timeout": "duration", "drain_timeout": "duration",
+    "header_timeout": "duration", "idle_timeout": "duration",
+}
+
+
+def _limits(r: Reader, node: yaml.Node) -> Limits | None:
+    m = r.mapping(node, "limits", frozenset(_LIMIT_KINDS))
+    if m is None:
+        return None
+    values: dict[str, float | int] = {}
+    ok = True
+    for key, value_node in m.items():
+        path = join("limits", key)
+        kind = _LIMIT_KINDS[key]
+        value: float | int | None
+        if kind == "size":
+            value = r.converted(value_node, path, parse_size)
+        elif kind == "duration":
+            value = r.converted(value_node, path, parse_duration)
+        else:
+            value = r.integer(value_node, path)
+        if value is not None and value <= 0:
+            r.error(value_node, path, "must be greater than zero")
+            value = None
+        ok = ok and value is not None
+        if value is not None:
+            values[key] = value
+    return Limits(**values) if ok else None  # type: ignore[arg-type]
+
+
+def _proxy(r: Reader, node: yaml.Node) -> ProxyConfig | None:
+    m = r.mapping(node, "proxy", frozenset({"backend_header", "via", "trusted_hops"}))
+    if m is None:
+        return None
+    d = ProxyConfig()
+    header = r.get(m, "backend_header", "proxy", r.boolean, d.backend_header)
+    via = r.get(m, "via", "proxy", r.string, d.via)
+    hops = r.get(m, "trusted_hops", "proxy", r.integer, d.trusted_hops)
+    if via is not None and not _NAME.match(via):
+        r.error(m["via"], "proxy.via", "must be a token of letters, digits, '.', '_' or '-'")
+        via = None
+    if hops is not None and hops < 0:
+        r.error(m["trusted_hops"], "proxy.trusted_hops", "must be 0 or more")
+        hops = None
+    if header is None or via is None or hops is None:
+        return None
+    return ProxyConfig(header, via, hops)
+
+
+def _parse_url(text: str) -> tuple[str, str, int]:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"bad URL {text!r}: the scheme must be http or https")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad URL {text!r}: the port is not a number in 0..65535") from None
+    if not parts.hostname:
+        raise ValueError(f"bad URL {text!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"bad URL {text!r}: give only scheme://host:port (no path, query or user)")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _backends(r: Reader, node: yaml.Node) -> dict[str, BackendConfig] | None:
+    m = r.mapping(node, "backends")
+    if m is None:
+        return None
+    if not m:
+        r.error(node, "backends", "define at least one backend")
+    out: dict[str, BackendConfig] = {}
+    for name, value in m.items():
+        path = join("backends", name)
+        if not _NAME.match(name):
+            r.error(value, path, "backend names are letters, digits, '.', '_' or '-' (max 63)")
+            continue
+        b = r.mapping(value, path, frozenset({"url", "max_connections"}))
+        if b is None:
+            continue
+        if "url" not in b:
+            r.error(value, join(path, "url"), "required key is missing")
+            continue
+        url = r.string(b["url"], join(path, "url"))
+        parsed = r.converted(b["url"], join(path, "url"), _parse_url) if url else None
+        max_conn = r.get(b, "max_connections", path, r.integer, 256)
+        if max_conn is not None and max_conn < 1:
+            r.error(b["max_connections"], join(path, "max_connections"), "must be at least 1")
+            max_conn = None
+        if url and parsed and max_conn:
+            out[name] = BackendConfig(name, url.strip(), *parsed, max_connections=max_conn)
+    return out
+
+
+_ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout"})
+
+
+def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[RouteConfig, ...] | None:
+    items = r.sequence(node, "routes")
+    if items is None:
+        return None
+    if not items:
+        r.error(node, "routes", "define at least one route")
+    routes: list[RouteConfig] = []
+    seen: dict[str, int] = {}
+    ok = True
+    for i, item in enumerate(items):
+        route = _route(r, item, join("routes", i), backends)
+        if route is None:
+            ok = False
+            continue
+        if route.name in seen:
+            r.error(item, join(join("routes", i), "name"),
+                    f"duplicate route name {route.name!r} (first at routes[{seen[route.name]}])")
+            ok = False
+            continue
+        seen[route.name] = i
+        routes.append(route)
+    return tuple(routes) if ok else None
+
+
+def _backend_ref(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> str | None:
+    name = r.string(node, path)
+    if name is not None and name not in backends:
+        known = ", ".join(sorted(backends)) or "none"
+        r.error(node, path, f"unknown backend {name!r} (defined: {known})")
+        return None
+    return name
+
+
+def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> RouteConfig | None:
+    m = r.mapping(node, path, _ROUTE_KEYS)
+    if m is None:
+        return None
+    for key in ("name", "match", "primary"):
+        if key not in m:
+            r.error(node, join(path, key), "required key is missing")
+    before = len(r.issues)
+    name = r.get(m, "name", path, r.string, None)
+    if name is not None and not _NAME.match(name):
+        r.error(m["name"], join(path, "name"), "route names are letters, digits, '.', '_' or '-' (max 63)")
+    match = _match(r, m["match"], join(path, "match")) if "match" in m else None
+    primary = r.get(m, "primary", path, lambda n, p: _backend_ref(r, n, p, backends), None)
+    candidate = r.get(m, "candidate", path, lambda n, p: _backend_ref(r, n, p, backends), None)
+    if candidate is not None and candidate == primary:
+        r.error(m["candidate"], join(path, "candidate"), "must differ from primary")
+    split = _split(r, m["split"], join(path, "split"), name or "") if "split" in m else Split(salt=name or "")
+    if split and split.candidate_percent > 0 and "candidate" not in m:
+        r.error(m["split"], join(path, "split.candidate_percent"), "a split needs a candidate backend")
+    overrides = _overrides(r, m["overrides"], join(path, "overrides"), backends) if "overrides" in m else ()
+    timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
+    if len(r.issues) > before or not (name and match and primary and split) or overrides is None:
+        return None
+    return RouteConfig(name, match, primary, candidate, split, overrides, timeout)
+
+
+_MATCH_KEYS = frozenset({"path", "path_prefix", "path_regex", "methods", "headers"})
+
+
+def _match(r: Reader, node: yaml.Node, path: str) -> Match | None:
+    m = r.mapping(node, path, _MATCH_KEYS)
+    if m is None:
+        return None
+    before = len(r.issues)
+    kinds = [k for k in ("path", "path_prefix", "path_regex") if k in m]
+    if len(kinds) != 1:
+        r.error(node, path, "give exactly one of path, path_prefix, path_regex")
+    values: dict[str, str] = {}
+    for key in kinds:
+        value = r.string(m[key], join(path, key))
+        if value is None:
+            continue
+        if key != "path_regex" and not value.startswith("/"):
+            r.error(m[key], join(path, key), f"must start with '/', got {value!r}")
+        if key == "path_regex":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                r.error(m[key], join(path, key), f"bad regular expression: {exc}")
+        values[key] = value
+    methods = None
+    if "methods" in m:
+        names = r.string_list(m["methods"], join(path, "methods"))
+        bad = [x for x in names or () if x.upper() not in _METHODS]
+        if bad:
+            known = ", ".join(sorted(_METHODS))
+            r.error(m["methods"], join(path, "methods"), f"unknown method {bad[0]!r} (known: {known})")
+        methods = frozenset(x.upper() for x in names or ())
+    headers = _pairs(r, m["headers"], join(path, "headers"), header_names=True) if "headers" in m else ()
+    if len(r.issues) > before or headers is None:
+        return None
+    return Match(values.get("path"), values.get("path_prefix"), values.get("path_regex"), methods, headers)
+
+
+def _pairs(
+    r: Reader, node: yaml.Node, path: str, *, header_names: bool = False
+) -> tuple[tuple[str, str], ...] | None:
+    m = r.mapping(node, path)
+    if m is None:
+        return None
+    out = []
+    for key, value_node in m.items():
+        value = r.string(value_node, join(path, key))
+        if header_names and not _HEADER_NAME.match(key):
+            r.error(value_node, join(path, key), "not a valid header name")
+            value = None
+        if value is None:
+            return None
+        out.append((key.lower() if header_names else key, value))
+    return tuple(out)
+
+
+def _parse_sticky(text: str) -> StickyKey:
+    source, sep, name = text.partition(":")
+    if not sep or source not in ("header", "cookie", "query") or not name:
+        raise ValueError(f"bad sticky key {text!r}: write header:NAME, cookie:NAME or query:NAME")
+    if source == "header":
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"bad sticky key {text!r}: {name!r} is not a valid header name")
+        return StickyKey("header", name.lower())
+    return StickyKey(source, name)  # type: ignore[arg-type]
+
+
+def _split(r: Reader, node: yaml.Node, path: str, route_name: str) -> Split | None:
+    m = r.mapping(node, path, frozenset({"candidate_percent", "sticky", "salt"}))
+    if m is None:
+        return None
+    percent: float | None = 0.0
+    if "candidate_percent" in m:
+        percent = r.number(m["candidate_percent"], join(path, "candidate_percent"))
+        if percent is not None and not 0 <= percent <= 100:
+            r.error(m["candidate_percent"], join(path, "candidate_percent"),
+                    f"must be within 0..100, got {percent:g}")
+            percent = None
+    sticky = r.get(m, "sticky", path, lambda n, p: r.converted(n, p, _parse_sticky), None)
+    salt = r.get(m, "salt", path, r.string, route_name)
+    if percent is None or salt is None or ("sticky" in m and sticky is None):
+        return None
+    return Split(percent, sticky, salt)
+
+
+def _overrides(
+    r: Reader, node: yaml.Node, path: str, backends: frozenset[str]
+) -> tuple[Override, ...] | None:
+    items = r.sequence(node, path)
+    if items is None:
+        return None
+    out = []
+    for i, item in enumerate(items):
+        p = join(path, i)
+        m = r.mapping(item, p, frozenset({"match", "backend"}))
+        if m is None:
+            return None
+        if "match" not in m or "backend" not in m:
+            r.error(item, p, "an override needs match and backend")
+            return None
+        mm = r.mapping(m["match"], join(p, "match"), frozenset({"headers", "query", "cookies"}))
+        backend = _backend_ref(r, m["backend"], join(p, "backend"), backends)
+        if mm is None or backend is None:
+            return None
+        if not mm:
+            r.error(m["match"], join(p, "match"), "give at least one of headers, query, cookies")
+            return None
+        no_pairs: tuple[tuple[str, str], ...] = ()
+        mp = join(p, "match")
+        headers = r.get(mm, "headers", mp, lambda n, q: _pairs(r, n, q, header_names=True), no_pairs)
+        query = _pairs(r, mm["query"], join(p, "match.query")) if "query" in mm else ()
+        cookies = _pairs(r, mm["cookies"], join(p, "match.cookies")) if "cookies" in mm else ()
+        if headers is None or query is None or cookies is None:
+            return None
+        out.append(Override(OverrideMatch(headers, query, cookies), backend))
+    return tuple(out)
