@@ -1,0 +1,159 @@
+"""The admin listener (aiohttp): health, status, routes, split control, reload and metrics.
+
+Reads are GET; every change is POST and needs `Authorization: Bearer <token>`, compared in
+constant time. With no token configured, changes are refused. Browser requests from another
+origin are refused, so a web page cannot drive the admin API with the operator's network access.
+Operator actions run one at a time; a second one arriving meanwhile gets 409.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from router.app import Router
+from router.metrics import make_registry
+from router.policy import assign
+from router.runtime import describe
+
+ROUTER = web.AppKey("router", Router)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"status": status, "message": message}}, status=status)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Origin check for every call; token and serialisation for changes."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.host:
+        return json_error(403, f"cross-origin request from {origin} refused")
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return json_error(403, "cross-site request refused")
+    if request.method == "GET" or request.method == "HEAD":
+        return await handler(request)
+    router = request.app[ROUTER]
+    problem = check_token(request, router)
+    if problem is not None:
+        return problem
+    if router.operator_lock.locked():
+        return json_error(409, "another operator action is in progress; try again")
+    async with router.operator_lock:
+        return await handler(request)
+
+
+def check_token(request: web.Request, router: Router) -> web.Response | None:
+    env = router.config.admin.token_env
+    expected = os.environ.get(env) if env else None
+    if not expected:
+        return json_error(403, f"no admin token configured: set ${env} for the router to allow changes"
+                          if env else "no admin token configured (admin.token_env is empty)")
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return json_error(401, "missing or wrong bearer token")
+    return None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    if router.data.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def status(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    rt = router.runtime
+    return web.json_response({
+        "config": router.config_path,
+        "routes": describe(rt),
+        "backends": {n: {"url": p.backend.url, "idle": len(p.idle), "busy": p.busy} for n, p in rt.pools.items()},
+        "reload": {"last_ok": router.last_reload_ok, "last_error": router.last_reload_error,
+                   "ok": router.reloads_ok, "failed": router.reloads_failed},
+        "state_problem": router.state_store.problem,
+    })
+
+
+def find_route(request: web.Request) -> Any:
+    rt = request.app[ROUTER].runtime
+    name = request.match_info["name"]
+    route = rt.table.by_name.get(name)
+    if route is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": {"status": 404, "message": f"unknown route {name!r}"}}),
+                               content_type="application/json")
+    return route
+
+
+async def route_info(request: web.Request) -> web.Response:
+    route = find_route(request)
+    rt = request.app[ROUTER].runtime
+    return web.json_response(next(r for r in describe(rt) if r["name"] == route.name))
+
+
+async def route_assign(request: web.Request) -> web.Response:
+    route = find_route(request)
+    key = request.query.get("key")
+    if not key:
+        return json_error(400, "give the sticky key as ?key=...")
+    rc = route.config
+    percent = request.app[ROUTER].runtime.splits.percent(rc)
+    return web.json_response({"route": rc.name, "key": key, "backend": assign(rc, percent, key),
+                              "candidate_percent": percent,
+                              "sticky": str(rc.split.sticky) if rc.split.sticky else None})
+
+
+async def route_split(request: web.Request) -> web.Response:
+    route = find_route(request)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return json_error(400, 'body must be JSON, e.g. {"candidate_percent": 25}')
+    value = body.get("candidate_percent") if isinstance(body, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return json_error(400, 'give {"candidate_percent": NUMBER} with 0 <= NUMBER <= 100')
+    if not 0 <= value <= 100:
+        return json_error(400, f"candidate_percent must be within 0..100, got {value}")
+    if route.config.candidate is None and value > 0:
+        return json_error(409, f"route {route.name!r} has no candidate backend")
+    router = request.app[ROUTER]
+    try:
+        router.splits.set(route.config, float(value))
+    except OSError as exc:
+        return json_error(500, f"could not persist the split in {router.state_store.path}: {exc}")
+    return web.json_response({"route": route.name, "candidate_percent": float(value), "persisted": True})
+
+
+async def reload(request: web.Request) -> web.Response:
+    ok, message = await request.app[ROUTER].reload()
+    return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+
+
+def build_admin_app(router: Router) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=1024 * 1024)
+    app[ROUTER] = router
+    app[REGISTRY] = make_registry(lambda: router)
+    app.router.add_get("/-/healthz", healthz)
+    app.router.add_get("/-/status", status)
+    app.router.add_get("/-/routes/{name}", route_info)
+    app.router.add_get("/-/routes/{name}/assign", route_assign)
+    app.router.add_post("/-/routes/{name}/split", route_split)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_get("/metrics", metrics)
+    return app

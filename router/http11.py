@@ -1,0 +1,79 @@
+"""HTTP/1.1 pieces shared by both sides of the proxy: hop-by-hop headers, reasons, error bodies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from http import HTTPStatus
+
+# RFC 9110 section 7.6.1, plus the RFC 2616 list that proxies still strip. Lower-case bytes, as
+# compared on the hot path.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"trailers",
+    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+
+# Headers the proxy always writes itself; what the peer sent under these names is dropped.
+REQUEST_OWN = frozenset({
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"x-request-id", b"via",
+})
+RESPONSE_OWN = frozenset({b"content-length", b"x-request-id", b"x-model-backend"})
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS[508] = b"Loop Detected"
+
+STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
+
+
+def status_line(code: int) -> bytes:
+    line = STATUS_LINES.get(code)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % code
+
+
+def new_request_id() -> bytes:
+    return os.urandom(16).hex().encode()
+
+
+def valid_request_id(value: bytes) -> bool:
+    return _REQUEST_ID.match(value) is not None
+
+
+def connection_tokens(values: list[bytes]) -> set[bytes]:
+    """Header names listed in Connection headers: hop-by-hop for this one connection."""
+    out: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                out.add(token)
+    return out
+
+
+def error_body(status: int, message: str, request_id: bytes | None = None) -> bytes:
+    body = {"error": {"status": status, "reason": REASONS.get(status, b"").decode(), "message": message}}
+    if request_id is not None:
+        body["error"]["request_id"] = request_id.decode()
+    return json.dumps(body).encode()
+
+
+def error_response(
+    status: int, message: str, request_id: bytes | None = None, *, close: bool = False,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> bytes:
+    """A complete JSON error response, ready to write."""
+    body = error_body(status, message, request_id)
+    parts = [status_line(status), b"Content-Type: application/json\r\n",
+             b"Content-Length: %d\r\n" % len(body)]
+    if request_id is not None:
+        parts.append(b"X-Request-Id: " + request_id + b"\r\n")
+    for name, value in extra or ():
+        parts.append(name + b": " + value + b"\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)

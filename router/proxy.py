@@ -1,0 +1,256 @@
+"""One proxied request: match the route, pick the backend, forward, relay the response.
+
+The `Exchange` holds no policy of its own: routing is `RoutingTable.match`, the backend choice is
+`policy.choose`, and the network is `UpstreamPool`. It is driven by callbacks, not a task per
+request: when an idle keep-alive connection exists (the usual case) the request is written at once
+and the response is relayed from the upstream connection's callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING
+
+from router.http11 import (
+    HOP_BY_HOP,
+    REQUEST_OWN,
+    RESPONSE_OWN,
+    connection_tokens,
+    error_response,
+    new_request_id,
+    status_line,
+    valid_request_id,
+)
+from router.policy import RequestView, choose
+from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+
+if TYPE_CHECKING:
+    from router.request import Request
+    from router.runtime import Runtime
+    from router.server import ClientConnection
+
+_draw = random.random
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+class Exchange:
+    """The life of one request: the sink for its upstream response, and the writer to the client."""
+
+    __slots__ = ("backend", "chunked", "client", "close_after", "done", "head_sent", "idle_deadline",
+                 "out", "req", "route_name", "rt", "status", "task", "timeout", "timer", "upstream")
+
+    def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
+        self.client = client
+        self.req = req
+        self.rt = rt
+        self.route_name = ""
+        self.backend = ""
+        self.upstream: UpstreamConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timeout = 0.0
+        self.idle_deadline = 0.0
+        self.out: list[bytes] = []
+        self.head_sent = False
+        self.chunked = False
+        self.close_after = not req.keep_alive
+        self.status = 0
+        self.done = False
+
+    # -- phase 1: decide where the request goes
+    def start(self) -> None:
+        req, rt = self.req, self.rt
+        rid = req.header("x-request-id")
+        req.request_id = rid.encode("latin-1") if rid and valid_request_id(rid.encode("latin-1")) \
+            else new_request_id()
+        route = rt.table.match(req.method.decode("latin-1"), req.path, req.header)
+        if route is None:
+            self._respond_error(404, f"no route matches {req.method.decode('latin-1')} {req.path}")
+            return
+        self.route_name = route.name
+        choice = choose(route.config, rt.splits.percent(route.config), RequestView(req.header, req.query),
+                        _draw)
+        self.backend = choice.backend
+        rt.stats.chosen(route.name, choice)
+        self.timeout = route.config.timeout or rt.config.limits.request_timeout
+        pool = rt.pools[choice.backend]
+        self.timer = asyncio.get_running_loop().call_later(self.timeout, self._on_timeout)
+        upstream = pool.acquire_nowait()
+        if upstream is not None:
+            self._send(upstream)
+        else:
+            self.task = asyncio.get_running_loop().create_task(self._connect_and_send(pool))
+
+    async def _connect_and_send(self, pool: UpstreamPool) -> None:
+        try:
+            upstream = await pool.acquire(self.timeout)
+        except UpstreamError as exc:
+            self.on_error(exc)
+            return
+        finally:
+            self.task = None
+        if self.done:
+            pool.release(upstream)
+        else:
+            self._send(upstream)
+
+    # -- phase 2: forward
+    def _send(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+        upstream.send(self._upstream_request(upstream.pool), self, head_request=self.req.method == b"HEAD")
+
+    def _upstream_request(self, pool: UpstreamPool) -> bytes:
+        req = self.req
+        proxy = self.rt.config.proxy
+        drop = connection_tokens(req.header_values(b"connection"))
+        authority = pool.backend.authority.encode()
+        parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in REQUEST_OWN or lname in drop:
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        xff = req.header("x-forwarded-for")
+        via = req.header("via")
+        host = req.header("host") or pool.backend.authority
+        added = (f"X-Forwarded-For: {xff + ', ' if xff else ''}{req.peer}\r\n"
+                 f"X-Forwarded-Proto: http\r\nX-Forwarded-Host: {host}\r\n"
+                 f"Via: {via + ', ' if via else ''}1.1 {proxy.via}\r\n")
+        parts += (added.encode("latin-1"), b"X-Request-Id: ", req.request_id, b"\r\n")
+        if req.body or req.method in _BODY_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % len(req.body))
+        parts += (b"\r\n", req.body)
+        return b"".join(parts)
+
+    # -- phase 3: relay (ResponseSink)
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], framed: bool) -> None:
+        if self.done:
+            return
+        self._arm_idle()
+        self.status = status
+        drop = connection_tokens([v for n, v in headers if n.lower() == b"connection"])
+        parts = [status_line(status)]
+        length: bytes | None = None
+        chunked_upstream = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                length = value
+            elif lname == b"transfer-encoding":
+                chunked_upstream = True
+            if lname in HOP_BY_HOP or lname in RESPONSE_OWN or lname in drop:
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        req = self.req
+        no_body = req.method == b"HEAD" or status in (204, 304)
+        if length is not None and not chunked_upstream:
+            parts += (b"Content-Length: ", length, b"\r\n")
+        elif not no_body:
+            if req.version == b"1.1":
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.close_after = True  # HTTP/1.0 client: the close marks the end of the body
+        parts += (b"X-Request-Id: ", req.request_id, b"\r\n")
+        if self.rt.config.proxy.backend_header:
+            parts += (b"X-Model-Backend: ", self.backend.encode(), b"\r\n")
+        if self.close_after or self.client.draining:
+            self.close_after = True
+            parts.append(b"Connection: close\r\n")
+        elif req.version == b"1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+        self.head_sent = True
+
+    def on_body(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        self.idle_deadline = self.client.loop.time() + self.timeout
+        if self.chunked:
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.out.append(data)
+
+    def on_complete(self) -> None:
+        if self.done:
+            return
+        if self.chunked:
+            self.out.append(b"0\r\n\r\n")
+        self._finish(self.status)
+
+    def on_error(self, error: UpstreamError) -> None:
+        if self.done:
+            return
+        self.rt.stats.upstream_error(self.backend, error.kind)
+        if self.head_sent:
+            # Too late for an error status: cut the connection so the response never looks complete.
+            self.close_after = True
+            self.flush()
+            self._finish(self.status, broken=True)
+            return
+        status = 503 if error.kind == "pool_exhausted" else 502
+        self._respond_error(status, str(error))
+
+    def flush(self) -> None:
+        if self.out:
+            self.client.write(b"".join(self.out))
+            self.out.clear()
+
+    # -- timeouts and the client going away
+    def _arm_idle(self) -> None:
+        """After the head, the timeout applies to the gap between body pieces."""
+        self.idle_deadline = self.client.loop.time() + self.timeout
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        now = self.client.loop.time()
+        if self.head_sent and now < self.idle_deadline:
+            self.timer = self.client.loop.call_at(self.idle_deadline, self._on_timeout)
+            return
+        self._drop_upstream()
+        self.rt.stats.upstream_error(self.backend, "timeout")
+        if self.head_sent:
+            self.close_after = True
+            self.flush()
+            self._finish(self.status, broken=True)
+        else:
+            self._respond_error(504, f"backend {self.backend!r} did not answer within {self.timeout:g}s")
+
+    def abort(self) -> None:
+        """The client connection is gone: cancel the upstream request."""
+        if self.done:
+            return
+        self._drop_upstream()
+        self.close_after = True
+        self._finish(499, broken=True, write=False)
+
+    def _drop_upstream(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.upstream is not None and self.upstream.sink is self:
+            self.upstream.abandon()
+
+    # -- endings
+    def _respond_error(self, status: int, message: str) -> None:
+        extra = [(b"X-Model-Backend", self.backend.encode())] if self.backend and \
+            self.rt.config.proxy.backend_header else None
+        self.close_after = self.close_after or self.client.draining
+        self.out.append(error_response(status, message, self.req.request_id, close=self.close_after,
+                                       extra=extra))
+        self._finish(status)
+
+    def _finish(self, status: int, *, broken: bool = False, write: bool = True) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if write:
+            self.flush()
+        self.rt.stats.finished(self.route_name, self.backend, status,
+                               self.client.loop.time() - self.req.started)
+        self.client.exchange_done(self, keep_alive=not (self.close_after or broken))
