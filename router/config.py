@@ -72,6 +72,10 @@ class ProxyConfig:
     via: str = "model-router"  # pseudonym in Via, also used to detect loops
     trusted_hops: int = 0  # how many X-Forwarded-For entries to believe
 
+    @property
+    def via_entry(self) -> bytes:
+        return f"1.1 {self.via}".encode()
+
 
 @dataclass(frozen=True, slots=True)
 class BackendConfig:

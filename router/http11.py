@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,14 @@ REQUEST_OWN = frozenset({
 })
 RESPONSE_OWN = frozenset({b"content-length", b"x-request-id", b"x-model-backend"})
 
+# What the proxy skips when copying headers: hop-by-hop, plus those it writes itself.
+SKIP_REQUEST = HOP_BY_HOP | REQUEST_OWN
+SKIP_RESPONSE = HOP_BY_HOP | RESPONSE_OWN
+
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# A random per-process prefix and a counter: unique across processes, and no syscall per request.
+_RID_PREFIX = os.urandom(8).hex().encode()
+_rid_counter = itertools.count(1)
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 REASONS[508] = b"Loop Detected"
@@ -35,14 +43,14 @@ def status_line(code: int) -> bytes:
 
 
 def new_request_id() -> bytes:
-    return os.urandom(16).hex().encode()
+    return b"%s%016x" % (_RID_PREFIX, next(_rid_counter))
 
 
 def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID.match(value) is not None
 
 
-def connection_tokens(values: list[bytes]) -> set[bytes]:
+def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     """Header names listed in Connection headers: hop-by-hop for this one connection."""
     out: set[bytes] = set()
     for value in values:
@@ -50,7 +58,7 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
             token = token.strip().lower()
             if token:
                 out.add(token)
-    return out
+    return frozenset(out)
 
 
 def error_body(status: int, message: str, request_id: bytes | None = None) -> bytes:

@@ -13,9 +13,8 @@ import random
 from typing import TYPE_CHECKING
 
 from router.http11 import (
-    HOP_BY_HOP,
-    REQUEST_OWN,
-    RESPONSE_OWN,
+    SKIP_REQUEST,
+    SKIP_RESPONSE,
     connection_tokens,
     error_response,
     new_request_id,
@@ -26,19 +25,20 @@ from router.policy import RequestView, choose
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
-    from router.request import Request
+    from router.request import Header, Request
     from router.runtime import Runtime
     from router.server import ClientConnection
 
 _draw = random.random
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_NOTHING: frozenset[bytes] = frozenset()
 
 
 class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
-    __slots__ = ("backend", "chunked", "client", "close_after", "done", "head_sent", "idle_deadline",
-                 "out", "req", "route_name", "rt", "status", "task", "timeout", "timer", "upstream")
+    __slots__ = ("backend", "chunked", "client", "close_after", "done", "head_sent", "out", "req", "route_name",
+                 "rt", "status", "task", "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -48,9 +48,7 @@ class Exchange:
         self.backend = ""
         self.upstream: UpstreamConnection | None = None
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.timeout = 0.0
-        self.idle_deadline = 0.0
         self.out: list[bytes] = []
         self.head_sent = False
         self.chunked = False
@@ -61,35 +59,33 @@ class Exchange:
     # -- phase 1: decide where the request goes
     def start(self) -> None:
         req, rt = self.req, self.rt
-        rid = req.header("x-request-id")
-        req.request_id = rid.encode("latin-1") if rid and valid_request_id(rid.encode("latin-1")) \
-            else new_request_id()
+        rid = req.index.get(b"x-request-id")
+        req.request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
         route = rt.table.match(req.method.decode("latin-1"), req.path, req.header)
         if route is None:
             self._respond_error(404, f"no route matches {req.method.decode('latin-1')} {req.path}")
             return
         self.route_name = route.name
-        choice = choose(route.config, rt.splits.percent(route.config), RequestView(req.header, req.query),
-                        _draw)
+        choice = choose(route.config, rt.splits.percent(route.config), RequestView(req.header, req.query), _draw)
         self.backend = choice.backend
         rt.stats.chosen(route.name, choice)
         self.timeout = route.config.timeout or rt.config.limits.request_timeout
+        self.client.set_deadline(self.timeout, "backend response")
         pool = rt.pools[choice.backend]
-        self.timer = asyncio.get_running_loop().call_later(self.timeout, self._on_timeout)
         upstream = pool.acquire_nowait()
         if upstream is not None:
             self._send(upstream)
         else:
-            self.task = asyncio.get_running_loop().create_task(self._connect_and_send(pool))
+            self.task = self.client.loop.create_task(self._connect_and_send(pool))
 
     async def _connect_and_send(self, pool: UpstreamPool) -> None:
         try:
             upstream = await pool.acquire(self.timeout)
         except UpstreamError as exc:
+            self.task = None
             self.on_error(exc)
             return
-        finally:
-            self.task = None
+        self.task = None
         if self.done:
             pool.release(upstream)
         else:
@@ -102,48 +98,48 @@ class Exchange:
 
     def _upstream_request(self, pool: UpstreamPool) -> bytes:
         req = self.req
-        proxy = self.rt.config.proxy
-        drop = connection_tokens(req.header_values(b"connection"))
-        authority = pool.backend.authority.encode()
-        parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP or lname in REQUEST_OWN or lname in drop:
+        index = req.index
+        connection = index.get(b"connection")
+        drop = connection_tokens([connection]) if connection else _NOTHING
+        parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", pool.authority, b"\r\n"]
+        for lname, name, value in req.headers:
+            if lname in SKIP_REQUEST or lname in drop:
                 continue
             parts += (name, b": ", value, b"\r\n")
-        xff = req.header("x-forwarded-for")
-        via = req.header("via")
-        host = req.header("host") or pool.backend.authority
-        added = (f"X-Forwarded-For: {xff + ', ' if xff else ''}{req.peer}\r\n"
-                 f"X-Forwarded-Proto: http\r\nX-Forwarded-Host: {host}\r\n"
-                 f"Via: {via + ', ' if via else ''}1.1 {proxy.via}\r\n")
-        parts += (added.encode("latin-1"), b"X-Request-Id: ", req.request_id, b"\r\n")
+        xff = index.get(b"x-forwarded-for")
+        via = index.get(b"via")
+        parts += (b"X-Forwarded-For: ", xff + b", " + req.peer.encode() if xff else req.peer.encode(),
+                  b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", index.get(b"host") or pool.authority,
+                  b"\r\nVia: ", via + b", " + self.rt.via if via else self.rt.via,
+                  b"\r\nX-Request-Id: ", req.request_id, b"\r\n")
         if req.body or req.method in _BODY_METHODS:
             parts.append(b"Content-Length: %d\r\n" % len(req.body))
         parts += (b"\r\n", req.body)
         return b"".join(parts)
 
     # -- phase 3: relay (ResponseSink)
-    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], framed: bool) -> None:
+    def on_head(self, status: int, headers: list[Header], framed: bool) -> None:
         if self.done:
             return
-        self._arm_idle()
+        self.client.set_deadline(self.timeout, "backend response body")
         self.status = status
-        drop = connection_tokens([v for n, v in headers if n.lower() == b"connection"])
         parts = [status_line(status)]
         length: bytes | None = None
         chunked_upstream = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                length = value
-            elif lname == b"transfer-encoding":
-                chunked_upstream = True
-            if lname in HOP_BY_HOP or lname in RESPONSE_OWN or lname in drop:
+        drop = _NOTHING
+        for lname, _, value in headers:
+            if lname == b"connection":
+                drop = connection_tokens([value])
+        for lname, name, value in headers:
+            if lname in SKIP_RESPONSE or lname in drop:
+                if lname == b"content-length":
+                    length = value
+                elif lname == b"transfer-encoding":
+                    chunked_upstream = True
                 continue
             parts += (name, b": ", value, b"\r\n")
         req = self.req
-        no_body = req.method == b"HEAD" or status in (204, 304)
+        no_body = req.method == b"HEAD" or status == 204 or status == 304
         if length is not None and not chunked_upstream:
             parts += (b"Content-Length: ", length, b"\r\n")
         elif not no_body:
@@ -167,7 +163,7 @@ class Exchange:
     def on_body(self, data: bytes) -> None:
         if self.done or not data:
             return
-        self.idle_deadline = self.client.loop.time() + self.timeout
+        self.client.set_deadline(self.timeout, "backend response body")  # the body must keep moving
         if self.chunked:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -187,35 +183,26 @@ class Exchange:
         if self.head_sent:
             # Too late for an error status: cut the connection so the response never looks complete.
             self.close_after = True
-            self.flush()
             self._finish(self.status, broken=True)
             return
         status = 503 if error.kind == "pool_exhausted" else 502
         self._respond_error(status, str(error))
 
     def flush(self) -> None:
-        if self.out:
-            self.client.write(b"".join(self.out))
-            self.out.clear()
+        out = self.out
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     # -- timeouts and the client going away
-    def _arm_idle(self) -> None:
-        """After the head, the timeout applies to the gap between body pieces."""
-        self.idle_deadline = self.client.loop.time() + self.timeout
-
-    def _on_timeout(self) -> None:
-        self.timer = None
+    def on_timeout(self) -> None:
+        """The backend took longer than the route's timeout, for the head or between body pieces."""
         if self.done:
-            return
-        now = self.client.loop.time()
-        if self.head_sent and now < self.idle_deadline:
-            self.timer = self.client.loop.call_at(self.idle_deadline, self._on_timeout)
             return
         self._drop_upstream()
         self.rt.stats.upstream_error(self.backend, "timeout")
         if self.head_sent:
             self.close_after = True
-            self.flush()
             self._finish(self.status, broken=True)
         else:
             self._respond_error(504, f"backend {self.backend!r} did not answer within {self.timeout:g}s")
@@ -240,17 +227,12 @@ class Exchange:
         extra = [(b"X-Model-Backend", self.backend.encode())] if self.backend and \
             self.rt.config.proxy.backend_header else None
         self.close_after = self.close_after or self.client.draining
-        self.out.append(error_response(status, message, self.req.request_id, close=self.close_after,
-                                       extra=extra))
+        self.out.append(error_response(status, message, self.req.request_id, close=self.close_after, extra=extra))
         self._finish(status)
 
     def _finish(self, status: int, *, broken: bool = False, write: bool = True) -> None:
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if write:
             self.flush()
-        self.rt.stats.finished(self.route_name, self.backend, status,
-                               self.client.loop.time() - self.req.started)
+        self.rt.stats.finished(self.route_name, self.backend, status, self.client.loop.time() - self.req.started)
         self.client.exchange_done(self, keep_alive=not (self.close_after or broken))

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+# (lower-case name, name as sent, value)
+Header = tuple[bytes, bytes, bytes]
+
 
 class Request:
-    """A complete client request: method, target, headers (in order, as received) and body."""
+    """A complete client request: method, target, headers (in order, as received) and body.
 
-    __slots__ = ("_index", "body", "headers", "keep_alive", "method", "path", "peer", "query",
+    `index` maps lower-case header names to values (repeated headers joined with ", "); it is
+    built while parsing, so lookups on the hot path cost one dict probe.
+    """
+
+    __slots__ = ("body", "headers", "index", "keep_alive", "method", "path", "peer", "query",
                  "request_id", "started", "target", "version")
 
-    def __init__(self, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]],
-                 body: bytes, keep_alive: bool, peer: str, started: float) -> None:
+    def __init__(self, method: bytes, target: bytes, version: bytes, headers: list[Header],
+                 index: dict[bytes, bytes], body: bytes, keep_alive: bool, peer: str, started: float) -> None:
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
+        self.index = index
         self.body = body
         self.keep_alive = keep_alive
         self.peer = peer
@@ -23,19 +31,8 @@ class Request:
         self.path = path.decode("latin-1")
         self.query = query.decode("latin-1")
         self.request_id = b""
-        self._index: dict[str, str] | None = None
 
     def header(self, name: str) -> str | None:
-        """First value of a header by lower-case name; several values are joined with ', '."""
-        index = self._index
-        if index is None:
-            index = {}
-            for raw_name, raw_value in self.headers:
-                key = raw_name.decode("latin-1").lower()
-                value = raw_value.decode("latin-1")
-                index[key] = f"{index[key]}, {value}" if key in index else value
-            self._index = index
-        return index.get(name)
-
-    def header_values(self, lname: bytes) -> list[bytes]:
-        return [v for n, v in self.headers if n.lower() == lname]
+        """A header's value by lower-case name."""
+        value = self.index.get(name.encode("latin-1"))
+        return None if value is None else value.decode("latin-1")

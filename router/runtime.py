@@ -122,6 +122,9 @@ class Runtime:
     splits: Splits
     stats: Stats
 
+    @property
+    def via(self) -> bytes:
+        return self.config.proxy.via_entry
 
 def build_runtime(config: Config, splits: Splits, stats: Stats,
                   old: Runtime | None = None) -> tuple[Runtime, list[UpstreamPool]]:

@@ -20,12 +20,13 @@ import httptools
 
 from router.http11 import error_response
 from router.proxy import Exchange
-from router.request import Request
+from router.request import Header, Request
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
 
 log = logging.getLogger("router.server")
+_NEVER = float("inf")
 
 
 class Rejected(Exception):
@@ -37,7 +38,14 @@ class Rejected(Exception):
 
 
 class DataServer:
-    """Owns the listening socket and the set of open client connections."""
+    """Owns the listening socket, the open client connections and their deadlines.
+
+    Deadlines (header, body, idle, backend timeouts) are checked by one sweep every
+    `SWEEP_INTERVAL` seconds over all connections, instead of a timer per request: setting a
+    deadline on the hot path is then a float store. Timeouts fire up to one interval late.
+    """
+
+    SWEEP_INTERVAL = 0.1
 
     def __init__(self, runtime: Callable[[], Runtime]) -> None:
         self.runtime = runtime
@@ -45,16 +53,20 @@ class DataServer:
         self.server: asyncio.Server | None = None
         self.draining = False
         self.rejected_connections = 0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: ClientConnection(self), host, port,
                                                backlog=2048, reuse_address=True)
+        self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.on_deadline()
+        self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def active_exchanges(self) -> int:
         return sum(1 for c in self.connections if c.exchange is not None or c.queue)
@@ -73,6 +85,8 @@ class DataServer:
         clean = not self.active_exchanges()
         for conn in list(self.connections):
             conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         return clean
 
 
@@ -90,21 +104,19 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.paused_writing = False
         self.pending_reject: bytes | None = None
+        self.deadline = _NEVER  # loop time when on_deadline fires
+        self.deadline_reason = ""
         # the request being parsed
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[Header] = []
+        self._index: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
         self._in_head = False
         self._in_body = False
         self._head_bytes = 0
         self._started = 0.0
-        self._host_seen = False
         self._limits = server.runtime().config.limits
-        # one timer per connection, re-armed lazily: `deadline` moves, the timer follows only when it fires
-        self._deadline: float | None = None
-        self._deadline_reason = ""
-        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def draining(self) -> bool:
@@ -122,7 +134,7 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
-        self._set_deadline(self._limits.header_timeout, "request headers")
+        self.set_deadline(self._limits.header_timeout, "request headers")
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -155,8 +167,6 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
         if self.exchange is not None:
             self.exchange.abort()
         self.queue.clear()
@@ -177,13 +187,13 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._index = {}
         self._body = []
         self._body_size = 0
         self._in_head = True
-        self._host_seen = False
         self._started = self.loop.time()
         if self.exchange is None:
-            self._set_deadline(self._limits.header_timeout, "request headers")
+            self.set_deadline(self._limits.header_timeout, "request headers")
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -192,13 +202,18 @@ class ClientConnection(asyncio.Protocol):
         if b"_" in name:
             # Some frameworks map X_Forwarded_For to X-Forwarded-For: never let it through.
             raise Rejected(400, f"header name with an underscore refused: {name.decode('latin-1')}")
-        if len(self._headers) >= self._limits.max_headers:
+        headers = self._headers
+        if len(headers) >= self._limits.max_headers:
             raise Rejected(431, f"more than {self._limits.max_headers} request headers")
-        if name.lower() == b"host":
-            if self._host_seen:
+        lname = name.lower()
+        index = self._index
+        if lname in index:
+            if lname == b"host":
                 raise Rejected(400, "more than one Host header")
-            self._host_seen = True
-        self._headers.append((name, value))
+            index[lname] += b", " + value
+        else:
+            index[lname] = value
+        headers.append((lname, name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -207,24 +222,19 @@ class ClientConnection(asyncio.Protocol):
         version = self.parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise Rejected(400, f"unsupported HTTP version {version}")
-        url = self._url
-        if not url.startswith(b"/"):
+        if not self._url.startswith(b"/"):
             raise Rejected(400, "request target must be a path (origin-form), e.g. /v1/models/x")
-        if version == "1.1" and not self._host_seen:
+        index = self._index
+        if version == "1.1" and b"host" not in index:
             raise Rejected(400, "HTTP/1.1 request without a Host header")
-        length = 0
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                length = int(value)  # llhttp has checked it is a single number
-            elif lname == b"transfer-encoding" and version == "1.0":
-                raise Rejected(400, "Transfer-Encoding is not allowed in HTTP/1.0")
-        if length > self._limits.max_body:
+        if version == "1.0" and b"transfer-encoding" in index:
+            raise Rejected(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        length = index.get(b"content-length")
+        if length is not None and int(length) > self._limits.max_body:  # llhttp checked it is one number
             raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
         if self.exchange is None:
-            self._set_deadline(self._limits.header_timeout, "request body")
-            if any(n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self._headers):
-                assert self.transport is not None
+            self.set_deadline(self._limits.header_timeout, "request body")
+            if index.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -233,11 +243,13 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
         self._body.append(body)
         if self.exchange is None:
-            self._set_deadline(self._limits.header_timeout, "request body")  # it keeps moving
+            self.set_deadline(self._limits.header_timeout, "request body")  # it keeps moving
 
     def on_message_complete(self) -> None:
-        req = Request(self.parser.get_method(), self._url, self.parser.get_http_version().encode(),
-                      self._headers, b"".join(self._body), self.parser.should_keep_alive(),
+        parser = self.parser
+        body = self._body
+        req = Request(parser.get_method(), self._url, parser.get_http_version().encode(), self._headers,
+                      self._index, body[0] if len(body) == 1 else b"".join(body), parser.should_keep_alive(),
                       self.peer, self._started)
         self._in_body = False
         self._head_bytes = 0
@@ -250,10 +262,10 @@ class ClientConnection(asyncio.Protocol):
 
     # -- running exchanges
     def _start(self, req: Request) -> None:
-        self._deadline = None
-        ex = Exchange(self, req, self.server.runtime())
+        rt = self.server.runtime()
+        ex = Exchange(self, req, rt)
         self.exchange = ex
-        self.server.runtime().stats.in_flight += 1
+        rt.stats.in_flight += 1
         ex.start()
 
     def write(self, data: bytes) -> None:
@@ -264,6 +276,7 @@ class ClientConnection(asyncio.Protocol):
         if self.exchange is ex:
             self.exchange = None
             ex.rt.stats.in_flight -= 1
+        self.deadline = _NEVER
         if self.closed:
             return
         if not keep_alive:
@@ -278,8 +291,8 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
         elif self.draining:
             self.close()
-        else:
-            self._set_deadline(self._limits.idle_timeout, "idle keep-alive")
+        elif not self._in_head:
+            self.set_deadline(self._limits.idle_timeout, "idle keep-alive")
 
     def _reject(self, status: int, message: str) -> None:
         response = error_response(status, message, close=True)
@@ -307,21 +320,17 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.close()
 
     # -- deadlines
-    def _set_deadline(self, seconds: float, reason: str) -> None:
-        self._deadline = self.loop.time() + seconds
-        self._deadline_reason = reason
-        if self._timer is None:
-            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+    def set_deadline(self, seconds: float, reason: str) -> None:
+        self.deadline = self.loop.time() + seconds
+        self.deadline_reason = reason
 
-    def _check_deadline(self) -> None:
-        self._timer = None
-        if self.closed or self._deadline is None:
+    def on_deadline(self) -> None:
+        self.deadline = _NEVER
+        if self.closed:
             return
-        now = self.loop.time()
-        if now < self._deadline:
-            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
-            return
-        if self._deadline_reason == "idle keep-alive" and not self._in_head:
+        if self.exchange is not None:
+            self.exchange.on_timeout()
+        elif self.deadline_reason == "idle keep-alive":
             self.close()
         else:
-            self._reject(408, f"timed out waiting for the {self._deadline_reason}")
+            self._reject(408, f"timed out waiting for the {self.deadline_reason}")

@@ -16,6 +16,7 @@ from typing import Protocol
 import httptools
 
 from router.config import BackendConfig
+from router.request import Header
 
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -32,7 +33,7 @@ class UpstreamError(Exception):
 class ResponseSink(Protocol):
     """Receives one response. Calls come in order: head, body*, then complete or error."""
 
-    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], framed: bool) -> None: ...
+    def on_head(self, status: int, headers: list[Header], framed: bool) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_complete(self) -> None: ...
     def on_error(self, error: UpstreamError) -> None: ...
@@ -49,7 +50,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink: ResponseSink | None = None
         self.closed = False
         self.uses = 0
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[Header] = []
+        self._has_length = False
         self._head_done = False
         self._got_bytes = False
         self._framed = True  # False: the body ends when the backend closes
@@ -106,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self.uses += 1
         self._headers = []
+        self._has_length = False
         self._head_done = False
         self._got_bytes = False
         self._framed = True
@@ -129,18 +132,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- llhttp callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        lname = name.lower()
+        if lname == b"content-length" or lname == b"transfer-encoding":
+            self._has_length = True
+        self._headers.append((lname, name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
             self._headers = []  # interim (1xx): wait for the final response
+            self._has_length = False
             return
         self._head_done = True
         headers = self._headers
-        has_length = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
         no_body = status in _NO_BODY_STATUS or self._head_request
-        self._framed = has_length or no_body
+        self._framed = self._has_length or no_body
         if not self._framed or not self.parser.should_keep_alive():
             self._reusable = False
         assert self.sink is not None
@@ -188,6 +194,7 @@ class UpstreamPool:
         self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self.closing = False
         self._ssl = ssl.create_default_context() if backend.scheme == "https" else None
+        self.authority = backend.authority.encode()
 
     def acquire_nowait(self) -> UpstreamConnection | None:
         """An idle connection, newest first (the most likely still to be open), or None."""
