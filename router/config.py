@@ -378,18 +378,28 @@ def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[Route
     seen: dict[str, int] = {}
     ok = True
     for i, item in enumerate(items):
+        name = _peek_name(item)
+        if name is not None and name in seen:
+            first = f"first at routes[{seen[name]}]"
+            r.error(item, join(join("routes", i), "name"), f"duplicate route name {name!r} ({first})")
+            ok = False
+        elif name is not None:
+            seen[name] = i
         route = _route(r, item, join("routes", i), backends)
         if route is None:
             ok = False
-            continue
-        if route.name in seen:
-            r.error(item, join(join("routes", i), "name"),
-                    f"duplicate route name {route.name!r} (first at routes[{seen[route.name]}])")
-            ok = False
-            continue
-        seen[route.name] = i
-        routes.append(route)
+        else:
+            routes.append(route)
     return tuple(routes) if ok else None
+
+
+def _peek_name(node: yaml.Node) -> str | None:
+    """A route's name before validation, so duplicates are found even in broken routes."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == "name" and isinstance(v, yaml.ScalarNode):
+                return str(v.value)
+    return None
 
 
 def _backend_ref(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> str | None:

@@ -111,7 +111,8 @@ class RouterProcess:
         if self.proc.stdout:
             self.output.append(self.proc.stdout.read().decode())
             self.proc.stdout.close()
-        return self.proc.returncode
+        code, self.proc = self.proc.returncode, None
+        return code
 
 
 RouterFactory = Callable[..., Awaitable[RouterProcess]]
