@@ -130,3 +130,9 @@ def test_units_and_defaults() -> None:
     assert cfg.limits.max_body == 512 * 1024 and cfg.limits.connect_timeout == 0.5
     assert cfg.limits.request_timeout == 30 and cfg.admin.listen.port == 9901
     assert cfg.backends["fraud-v1"].port == 9001 and cfg.routes[0].split.salt == "fraud"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_validate(path: Path) -> None:
+    result = run_cli("validate", str(path))
+    assert result.returncode == 0, result.stderr
