@@ -3,6 +3,11 @@
 Exact paths are a dict lookup and prefixes are looked up by length (one dict probe per distinct
 prefix length), so a table of a thousand prefix routes costs about as much as one. Only
 `path_regex` routes are scanned in order. The first route in file order that matches wins.
+
+A prefix matches at a boundary only: `/v1/models/fraud` takes `/v1/models/fraud`,
+`/v1/models/fraud:predict` (KServe V1) and `/v1/models/fraud/infer` (V2 style), but not
+`/v1/models/fraud-v2:predict`, which a plain string prefix would steal. A prefix ending in `/`
+takes everything below it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router.config import Config, RouteConfig
+
+
+_BOUNDARY = frozenset("/:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +82,7 @@ class RoutingTable:
         for length in self._prefix_lengths:
             if length <= n:
                 hit = self._prefixes[length].get(path[:length])
-                if hit:
+                if hit and (length == n or path[length] in _BOUNDARY or path[length - 1] == "/"):
                     found.extend(hit)
         found.extend(self._regex)
         return found

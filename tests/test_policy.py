@@ -106,3 +106,18 @@ def test_sticky_route_uses_key_and_counts_missing() -> None:
 ])
 def test_overrides_come_before_the_split(headers: dict[str, str], query: str, percent: float, expected: str) -> None:
     assert choose(FRAUD, percent, view(headers, query), lambda: 0.0).backend == expected
+
+
+def test_prefix_matches_at_boundaries_and_first_route_wins() -> None:
+    from router.table import RoutingTable
+
+    routes = "\n".join(
+        f"  - {{name: r{i}, match: {{path_prefix: /v1/models/m{i}}}, primary: v1}}" for i in range(1000))
+    text = YAML.split("routes:")[0] + "routes:\n" + routes + "\n  - {name: all, match: {path_prefix: /}, primary: v2}\n"
+    table = RoutingTable(parse_config(text))
+    none = {}.get
+    for path, expected in [("/v1/models/m777:predict", "r777"), ("/v1/models/m7:predict", "r7"),
+                           ("/v1/models/m7", "r7"), ("/v1/models/m7/infer", "r7"), ("/v1/models/m7x", "all"),
+                           ("/other", "all")]:
+        route = table.match("POST", path, none)
+        assert route is not None and route.name == expected, path
