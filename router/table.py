@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from router.config import Config, RouteConfig
 
-
 _BOUNDARY = frozenset("/:")
 
 
