@@ -66,7 +66,11 @@ class Exchange:
             self._respond_error(404, f"no route matches {req.method.decode('latin-1')} {req.path}")
             return
         self.route_name = route.name
-        choice = choose(route.config, rt.splits.percent(route.config), RequestView(req.header, req.query), _draw)
+        percent = rt.splits.percent(route.config)
+        if route.simple and percent <= 0:
+            choice = route.primary_choice
+        else:
+            choice = choose(route.config, percent, RequestView(req.header, req.query), _draw)
         self.backend = choice.backend
         rt.stats.chosen(route.name, choice)
         self.timeout = route.config.timeout or rt.config.limits.request_timeout
@@ -118,7 +122,7 @@ class Exchange:
         return b"".join(parts)
 
     # -- phase 3: relay (ResponseSink)
-    def on_head(self, status: int, headers: list[Header], framed: bool) -> None:
+    def on_head(self, status: int, headers: list[Header], connection: bytes | None) -> None:
         if self.done:
             return
         self.client.set_deadline(self.timeout, "backend response body")
@@ -126,10 +130,7 @@ class Exchange:
         parts = [status_line(status)]
         length: bytes | None = None
         chunked_upstream = False
-        drop = _NOTHING
-        for lname, _, value in headers:
-            if lname == b"connection":
-                drop = connection_tokens([value])
+        drop = connection_tokens([connection]) if connection else _NOTHING
         for lname, name, value in headers:
             if lname in SKIP_RESPONSE or lname in drop:
                 if lname == b"content-length":

@@ -233,7 +233,6 @@ class ClientConnection(asyncio.Protocol):
         if length is not None and int(length) > self._limits.max_body:  # llhttp checked it is one number
             raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
         if self.exchange is None:
-            self.set_deadline(self._limits.header_timeout, "request body")
             if index.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router.config import Config, RouteConfig
+from router.policy import Choice
 
 _BOUNDARY = frozenset("/:")
 
@@ -28,6 +29,9 @@ class Route:
     config: RouteConfig
     index: int
     regex: re.Pattern[str] | None
+    # The choice when there is nothing to decide (no overrides, candidate at 0%): made once.
+    primary_choice: Choice
+    simple: bool
 
     @property
     def name(self) -> str:
@@ -89,4 +93,5 @@ class RoutingTable:
 
 def _compile(rc: RouteConfig, index: int) -> Route:
     pattern = rc.match.path_regex
-    return Route(rc, index, re.compile(pattern) if pattern is not None else None)
+    return Route(rc, index, re.compile(pattern) if pattern is not None else None,
+                 Choice(rc.primary, "primary"), not rc.overrides)

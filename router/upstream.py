@@ -33,7 +33,7 @@ class UpstreamError(Exception):
 class ResponseSink(Protocol):
     """Receives one response. Calls come in order: head, body*, then complete or error."""
 
-    def on_head(self, status: int, headers: list[Header], framed: bool) -> None: ...
+    def on_head(self, status: int, headers: list[Header], connection: bytes | None) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_complete(self) -> None: ...
     def on_error(self, error: UpstreamError) -> None: ...
@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.uses = 0
         self._headers: list[Header] = []
         self._has_length = False
+        self._connection: bytes | None = None
         self._head_done = False
         self._got_bytes = False
         self._framed = True  # False: the body ends when the backend closes
@@ -109,6 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.uses += 1
         self._headers = []
         self._has_length = False
+        self._connection = None
         self._head_done = False
         self._got_bytes = False
         self._framed = True
@@ -135,6 +137,8 @@ class UpstreamConnection(asyncio.Protocol):
         lname = name.lower()
         if lname == b"content-length" or lname == b"transfer-encoding":
             self._has_length = True
+        elif lname == b"connection":
+            self._connection = value if self._connection is None else self._connection + b", " + value
         self._headers.append((lname, name, value))
 
     def on_headers_complete(self) -> None:
@@ -142,6 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             self._headers = []  # interim (1xx): wait for the final response
             self._has_length = False
+            self._connection = None
             return
         self._head_done = True
         headers = self._headers
@@ -150,7 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._framed or not self.parser.should_keep_alive():
             self._reusable = False
         assert self.sink is not None
-        self.sink.on_head(status, headers, self._framed)
+        self.sink.on_head(status, headers, self._connection)
         if self._head_request:
             self._finish()
 
