@@ -61,6 +61,12 @@ class Exchange:
         req, rt = self.req, self.rt
         rid = req.index.get(b"x-request-id")
         req.request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
+        via = req.index.get(b"via")
+        if via is not None and rt.via in via:
+            # Our own Via entry: a route points back at this router (or a sibling with the same name).
+            self._respond_error(508, f"request already passed through {rt.config.proxy.via!r} (Via: "
+                                f"{via.decode('latin-1')}); a route points back at the router")
+            return
         route = rt.table.match(req.method.decode("latin-1"), req.path, req.header)
         if route is None:
             self._respond_error(404, f"no route matches {req.method.decode('latin-1')} {req.path}")

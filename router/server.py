@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.server")
 _NEVER = float("inf")
+CLIENT_READING = "client to read the response"
 
 
 class Rejected(Exception):
@@ -172,16 +173,21 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
+        # The client reads slower than the backend sends: stop reading the backend (so nothing
+        # piles up here) and give the client a deadline to catch up.
         self.paused_writing = True
         ex = self.exchange
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
+        self.set_deadline(self._limits.idle_timeout, CLIENT_READING)
 
     def resume_writing(self) -> None:
         self.paused_writing = False
         ex = self.exchange
-        if ex is not None and ex.upstream is not None:
-            ex.upstream.resume_reading()
+        if ex is not None:
+            if ex.upstream is not None:
+                ex.upstream.resume_reading()
+            self.set_deadline(ex.timeout, "backend response body")
 
     # -- llhttp callbacks
     def on_message_begin(self) -> None:
@@ -232,9 +238,10 @@ class ClientConnection(asyncio.Protocol):
         length = index.get(b"content-length")
         if length is not None and int(length) > self._limits.max_body:  # llhttp checked it is one number
             raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
-        if self.exchange is None:
-            if index.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Only when no earlier response is in progress, which the interim line would split.
+        expect = index.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue" and self.exchange is None and self.transport:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -327,7 +334,12 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = _NEVER
         if self.closed:
             return
-        if self.exchange is not None:
+        if self.deadline_reason == CLIENT_READING:
+            log.info("closing a connection whose client stopped reading its response")
+            self.close()
+            if self.exchange is not None:
+                self.exchange.abort()
+        elif self.exchange is not None:
             self.exchange.on_timeout()
         elif self.deadline_reason == "idle keep-alive":
             self.close()
