@@ -1,0 +1,709 @@
+"""Comparing a shadow model's outputs with the live model's: extraction per protocol, then field by field.
+
+Pure: bytes in, a frozen `Comparison` out. `CompareSpec.build` parses the config once (format,
+JSONPaths, tolerances), so each sample only parses two bodies and walks them side by side.
+
+Extraction turns a body into a canonical document that keeps the protocol's own key names, so that
+`paths` and `ignore` read like paths into the response:
+
+- kserve-v1, mlflow: `{"predictions": ...}` (an MLflow 1.x bare list or object goes under
+  `predictions`); tfserving: `{"predictions": ...}` or, columnar, `{"outputs": ...}`.
+- open-inference-v2: `{"outputs": {name: data reshaped by shape}}`. Only the data is kept (`id`,
+  `model_version`, `datatype` and `parameters` are dropped), so an output is `$.outputs.probs`.
+- openai: `{"choices": [{"message": {"content": ...}}]}` for chat, streamed or not, and
+  `{"choices": [{"text": ...}]}` for completions, in `index` order.
+- json: the document itself.
+
+A field is a location with list indices generalised to `[*]` (`$.predictions[*].scores[*]`), so the
+set of fields follows the schema, not the batch size. Every node compared contributes its field,
+and a field matches when every node under that name matched: a leaf when its values match, a list
+when both sides are lists of the same length, an object when both sides are objects. A key present
+on one side only fails that key's field; a type difference fails the field where it occurs.
+
+Labels, summarised in `label_agree`: the argmax of probability vectors, leaves under a key that
+names a label or class, and strings in the model-server formats (their strings are class names).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Literal, NamedTuple, TypeGuard, TypeVar, cast, get_args
+
+Format = Literal["kserve-v1", "open-inference-v2", "tfserving", "mlflow", "openai", "json"]
+FORMATS: tuple[str, ...] = get_args(Format)
+MAX_VALUES = 10_000
+# Text similarity costs O(tokens^2 / 64): 4,000 characters (at most 2,000 tokens) stays near 1 ms.
+TEXT_LIMIT = 4_000
+
+
+class ExtractionError(ValueError):
+    """The body is not what its format promises: not JSON, no predictions, a cut-off stream."""
+
+
+# ---- JSONPath subset: $, .key, ['key'], [n], [*] ----------------------------------------------
+
+
+class Wildcard(Enum):
+    """`[*]`: any index of a list or any key of an object."""
+
+    ANY = "*"
+
+
+ANY = Wildcard.ANY
+Segment = str | int | Wildcard
+Location = tuple[str | int, ...]
+
+_DOTTED_KEY = re.compile(r"[^\s.\[\]'\"*]+")
+_INDEX = re.compile(r"\[(-?[0-9]+)\]")
+_QUOTED = re.compile(r"""\[(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\]""", re.DOTALL)
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPath:
+    """A parsed path; `text` is what the user wrote, kept for messages."""
+
+    text: str
+    segments: tuple[Segment, ...]
+
+    def matches(self, location: Location) -> bool:
+        """Whether this path names exactly `location`."""
+        return len(location) == len(self.segments) and all(
+            s is ANY or s == part for s, part in zip(self.segments, location, strict=True))
+
+
+def parse_path(text: str) -> JsonPath:
+    """Parse `$`, `.key`, `['key']`, `[n]` and `[*]`; raises ValueError saying what is wrong and where."""
+    if not text.startswith("$"):
+        raise ValueError(f"bad path {text!r}: a path starts with '$'")
+    segments: list[Segment] = []
+    i = 1
+    while i < len(text):
+        segment, i = _parse_segment(text, i)
+        segments.append(segment)
+    return JsonPath(text, tuple(segments))
+
+
+def _parse_segment(text: str, i: int) -> tuple[Segment, int]:
+    if text.startswith("..", i):
+        raise _path_error(text, i, "recursive descent '..' is not supported")
+    if text.startswith(".*", i):
+        raise _path_error(text, i, "write the wildcard as '[*]'")
+    if text[i] == ".":
+        key = _DOTTED_KEY.match(text, i + 1)
+        if key is None:
+            raise _path_error(text, i + 1, "expected a key after '.' (quote unusual keys as ['key'])")
+        return key.group(), key.end()
+    if text.startswith("[*]", i):
+        return ANY, i + 3
+    if index := _INDEX.match(text, i):
+        if (n := int(index.group(1))) < 0:
+            raise _path_error(text, i, "negative indices are not supported")
+        return n, index.end()
+    if quoted := _QUOTED.match(text, i):
+        raw = quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
+        return re.sub(r"\\(.)", r"\1", raw, flags=re.DOTALL), quoted.end()
+    if text[i] == "[":
+        raise _path_error(text, i, "expected [n], [*] or ['key']")
+    raise _path_error(text, i, f"unexpected {text[i]!r}; expected .key, [n], [*] or ['key']")
+
+
+def _path_error(text: str, offset: int, problem: str) -> ValueError:
+    return ValueError(f"bad path {text!r} at offset {offset}: {problem}")
+
+
+def _key_segment(key: str) -> str:
+    if _PLAIN_KEY.fullmatch(key):
+        return "." + key
+    return "['" + key.replace("\\", "\\\\").replace("'", "\\'") + "']"
+
+
+def field_name(location: Sequence[str | int]) -> str:
+    """The field of a location: keys kept, indices generalised to `[*]`; it parses with parse_path."""
+    return "$" + "".join("[*]" if isinstance(part, int) else _key_segment(part) for part in location)
+
+
+# ---- the spec and the result -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CompareSpec:
+    """What to compare and how closely; built once from config with `build`."""
+
+    format: Format
+    paths: tuple[JsonPath, ...]  # empty: the whole canonical document
+    ignore: tuple[JsonPath, ...]
+    abs_tol: float
+    rel_tol: float
+    max_values: int = MAX_VALUES
+
+    @classmethod
+    def build(cls, format: str = "json", paths: Sequence[str] = (), ignore: Sequence[str] = (),
+              abs_tol: float = 1e-6, rel_tol: float = 1e-3, max_values: int = MAX_VALUES) -> CompareSpec:
+        """Validate config values; raises ValueError naming the bad value (`paths[1]: bad path ...`)."""
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+        for name, tol in (("abs_tol", abs_tol), ("rel_tol", rel_tol)):
+            if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < math.inf:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {tol!r}")
+        if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
+            raise ValueError(f"max_values: expected an integer >= 1, got {max_values!r}")
+        return cls(cast(Format, format), _parse_paths("paths", paths), _parse_paths("ignore", ignore),
+                   float(abs_tol), float(rel_tol), max_values)
+
+
+def _parse_paths(name: str, texts: Sequence[str]) -> tuple[JsonPath, ...]:
+    if not isinstance(texts, list | tuple):
+        raise ValueError(f"{name}: expected a list of paths, got {texts!r}")
+    parsed = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"{name}[{i}]: expected a path string, got {text!r}")
+        try:
+            parsed.append(parse_path(text))
+        except ValueError as exc:
+            raise ValueError(f"{name}[{i}]: {exc}") from None
+    return tuple(parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """The verdict on one live/shadow pair.
+
+    When `error` is set nothing was compared (a body was not valid for the format): count it as an
+    extraction error, never as a disagreement. `truncated` means the value budget ran out; `agree`
+    and `fields` then cover only what was compared.
+    """
+
+    agree: bool
+    fields: Mapping[str, bool]
+    label_agree: bool | None = None
+    text_similarity: float | None = None
+    error: str | None = None
+    truncated: bool = False
+
+
+def compare(live: bytes, shadow: bytes, spec: CompareSpec, content_type: str = "application/json",
+            shadow_content_type: str | None = None) -> Comparison:
+    """Compare the live (primary) response with the shadow's. Never raises on bad bodies."""
+    docs = []
+    for side, body, ctype in (("live", live, content_type), ("shadow", shadow, shadow_content_type or content_type)):
+        try:
+            docs.append(extract(body, spec.format, ctype))
+        except ExtractionError as exc:
+            return _failed(f"{side}: {exc}")
+    tally = _Tally(spec, spec.max_values)
+    roots = _root_pairs(tally, docs[0], docs[1])
+    if spec.paths and not roots:
+        return _failed("paths matched nothing (or only ignored values) in either response")
+    _walk(tally, roots)
+    return tally.result()
+
+
+def _failed(error: str) -> Comparison:
+    return Comparison(agree=False, fields=MappingProxyType({}), error=error)
+
+
+# ---- extraction ---------------------------------------------------------------------------------
+
+
+def extract(body: bytes, format: Format, content_type: str = "application/json") -> object:
+    """The canonical document of a response body; raises ExtractionError when it is not `format`."""
+    if format == "openai" and _is_event_stream(body, content_type):
+        return _openai_stream(body)
+    return _EXTRACTORS[format](_load_json(body))
+
+
+def _load_json(body: bytes | str) -> object:
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ExtractionError("body is not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ExtractionError(f"body is not JSON: {exc}") from None
+
+
+def _short(value: object) -> str:
+    return repr(value)[:200]
+
+
+def _member(doc: object, *keys: str) -> tuple[str, object]:
+    """The first of `keys` present in the object `doc`, with its value."""
+    if not isinstance(doc, dict):
+        raise ExtractionError(f"expected a JSON object, got {_kind(doc)}")
+    for key in keys:
+        if key in doc:
+            return key, doc[key]
+    if "error" in doc:
+        raise ExtractionError(f"error response: {_short(doc['error'])}")
+    wanted = " or ".join(repr(k) for k in keys)
+    raise ExtractionError(f"no {wanted} in the response (keys: {_short(list(doc)[:10])})")
+
+
+def _kserve_v1(doc: object) -> object:
+    return {"predictions": _member(doc, "predictions")[1]}
+
+
+def _tfserving(doc: object) -> object:
+    key, value = _member(doc, "predictions", "outputs")
+    return {key: value}
+
+
+def _mlflow(doc: object) -> object:
+    if isinstance(doc, dict) and "predictions" not in doc and "error_code" in doc:
+        raise ExtractionError(f"error response: {_short(doc.get('message', doc['error_code']))}")
+    if isinstance(doc, dict) and "predictions" in doc:
+        return {"predictions": doc["predictions"]}
+    if isinstance(doc, list | dict):  # MLflow 1.x returned the bare output
+        return {"predictions": doc}
+    raise ExtractionError(f"expected a JSON object or list, got {_kind(doc)}")
+
+
+def _open_inference_v2(doc: object) -> object:
+    outputs = _member(doc, "outputs")[1]
+    if not isinstance(outputs, list):
+        raise ExtractionError(f"'outputs' is {_kind(outputs)}, not a list")
+    named: dict[str, object] = {}
+    for i, output in enumerate(outputs):
+        name = output.get("name") if isinstance(output, dict) else None
+        if not isinstance(output, dict) or not isinstance(name, str):
+            raise ExtractionError(f"outputs[{i}] is not an object with a string 'name'")
+        if name in named:
+            raise ExtractionError(f"outputs[{i}]: output {name!r} appears twice")
+        named[name] = _reshaped(output, i)
+    return {"outputs": named}
+
+
+def _reshaped(output: dict[str, object], i: int) -> object:
+    data, shape = output.get("data"), output.get("shape")
+    if not isinstance(data, list):
+        raise ExtractionError(f"outputs[{i}].data is not a list")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ExtractionError(f"outputs[{i}].shape is not a list of sizes")
+    flat = _flatten(data)  # some servers send data already nested; the shape decides
+    if math.prod(shape) != len(flat):
+        raise ExtractionError(f"outputs[{i}]: shape {shape} holds {math.prod(shape)} values, data has {len(flat)}")
+    if not shape:
+        return flat[0]
+    if not flat:  # zero-size output: nothing to compare, and [0, n] must not build n empty rows
+        return []
+    rows: list[object] = flat
+    for size in reversed(shape[1:]):
+        rows = [rows[j:j + size] for j in range(0, len(rows), size)]
+    return rows
+
+
+def _flatten(data: list[object]) -> list[object]:
+    if not any(isinstance(x, list) for x in data):
+        return data
+    flat: list[object] = []
+    stack: list[Iterator[object]] = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            flat.append(x)
+        else:
+            stack.pop()
+    return flat
+
+
+def _openai(doc: object) -> object:
+    choices = _member(doc, "choices")[1]
+    if not isinstance(choices, list):
+        raise ExtractionError(f"'choices' is {_kind(choices)}, not a list")
+    return {"choices": [_openai_choice(c, i) for i, c in _by_index(choices)]}
+
+
+def _by_index(choices: list[object]) -> list[tuple[int, object]]:
+    indexed: list[tuple[int, object]] = []
+    for position, choice in enumerate(choices):
+        index = choice.get("index", position) if isinstance(choice, dict) else position
+        if type(index) is not int:
+            raise ExtractionError(f"choice {position}: 'index' is not an integer")
+        indexed.append((index, choice))
+    return sorted(indexed, key=lambda pair: pair[0])
+
+
+def _openai_choice(choice: object, i: int) -> object:
+    if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+        return {"message": {"content": _text_or_none(choice["message"].get("content"), i)}}
+    if isinstance(choice, dict) and "text" in choice:
+        return {"text": _text_or_none(choice["text"], i)}
+    raise ExtractionError(f"choice {i} has neither 'message' nor 'text'")
+
+
+def _text_or_none(value: object, i: int) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ExtractionError(f"choice {i}: the text is {_kind(value)}, not a string")
+
+
+_SSE_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*(?:data|event|id|retry)?:")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _is_event_stream(body: bytes, content_type: str) -> bool:
+    # Sniffed as well: only one content type may be known for both sides.
+    mime = content_type.partition(";")[0].strip().lower()
+    return mime == "text/event-stream" or _SSE_START.match(body) is not None
+
+
+@dataclass(slots=True)
+class _StreamedChoice:
+    kind: Literal["message", "text"]
+    parts: list[str] = field(default_factory=list)
+    has_content: bool = False
+
+
+def _openai_stream(body: bytes) -> object:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ExtractionError(f"event stream is not UTF-8: {exc}") from None
+    choices: dict[int, _StreamedChoice] = {}
+    for data in _sse_data(text):
+        if data.strip() == "[DONE]":
+            return {"choices": [_streamed_choice(choices[i]) for i in sorted(choices)]}
+        _absorb(choices, _load_json(data))
+    # Without [DONE] the stream was cut (by a byte cap or a dropped connection): partial text
+    # would look like a disagreement.
+    raise ExtractionError("event stream ended without 'data: [DONE]'")
+
+
+def _sse_data(text: str) -> Iterator[str]:
+    """The data of each event, by the WHATWG rules: comments, multi-line data, any line break."""
+    data: list[str] = []
+    for line in _LINE_BREAK.split(text):  # not splitlines(): U+2028 may sit inside JSON strings
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value.removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+def _absorb(choices: dict[int, _StreamedChoice], chunk: object) -> None:
+    if isinstance(chunk, dict) and "error" in chunk:
+        raise ExtractionError(f"error event: {_short(chunk['error'])}")
+    deltas = chunk.get("choices", []) if isinstance(chunk, dict) else None
+    if not isinstance(deltas, list):
+        raise ExtractionError(f"stream chunk without a 'choices' list: {_short(chunk)}")
+    for i, delta in _by_index(deltas):
+        if isinstance(delta, dict) and isinstance(delta.get("delta"), dict):
+            _append(choices, i, "message", delta["delta"].get("content"))
+        elif isinstance(delta, dict) and "text" in delta:
+            _append(choices, i, "text", delta["text"])
+
+
+def _append(choices: dict[int, _StreamedChoice], i: int, kind: Literal["message", "text"], piece: object) -> None:
+    entry = choices.setdefault(i, _StreamedChoice(kind))
+    if piece is not None:
+        entry.parts.append(_text_or_none(piece, i) or "")
+        entry.has_content = True
+
+
+def _streamed_choice(choice: _StreamedChoice) -> object:
+    text = "".join(choice.parts) if choice.has_content else None
+    return {"message": {"content": text}} if choice.kind == "message" else {"text": text or ""}
+
+
+_EXTRACTORS: Mapping[Format, Callable[[object], object]] = {
+    "kserve-v1": _kserve_v1, "open-inference-v2": _open_inference_v2, "tfserving": _tfserving,
+    "mlflow": _mlflow, "openai": _openai, "json": lambda doc: doc,
+}
+
+
+# ---- comparison ---------------------------------------------------------------------------------
+
+
+class _Missing:
+    """Stands in for a key one side lacks; its own kind, so it never matches anything."""
+
+
+MISSING = _Missing()
+_KINDS: Mapping[type, str] = {type(None): "null", bool: "bool", int: "number", float: "number",
+                              str: "string", list: "list", dict: "object", _Missing: "missing"}
+_PROB_KEY = re.compile(r"prob|score|logit|softmax", re.IGNORECASE)
+_LABEL_KEY = re.compile(r"(?:^|_)(?:labels?|class(?:es)?|class_ids?|class_names?|categor(?:y|ies))$", re.IGNORECASE)
+_STRING_LABEL_FORMATS = frozenset({"kserve-v1", "open-inference-v2", "tfserving", "mlflow"})
+# Where the batch lives: that list holds one value per instance, so its summing to 1 is chance.
+_BATCH_DEPTH: Mapping[str, int] = {"kserve-v1": 1, "tfserving": 1, "mlflow": 1, "open-inference-v2": 2}
+_SPACES = re.compile(r"\s+")
+
+
+def _kind(value: object) -> str:
+    return _KINDS.get(type(value), "other")
+
+
+class _Pair(NamedTuple):
+    location: Location
+    name: str  # the field
+    key: str | None  # the nearest object key above: what the values are called
+    live: object
+    shadow: object
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one `compare` call accumulates; never outlives it."""
+
+    spec: CompareSpec
+    budget: int
+    fields: dict[str, bool] = field(default_factory=dict)
+    labels: list[bool] = field(default_factory=list)
+    similarities: list[float] = field(default_factory=list)
+    truncated: bool = False
+
+    def record(self, name: str, ok: bool) -> None:
+        self.fields[name] = ok and self.fields.get(name, True)
+
+    def take(self, n: int) -> int:
+        """Spend up to `n` values of the budget; returns how many were granted."""
+        granted = min(n, self.budget)
+        self.budget -= granted
+        self.truncated = self.truncated or granted < n
+        return granted
+
+    def result(self) -> Comparison:
+        sims = self.similarities
+        return Comparison(agree=all(self.fields.values()), fields=MappingProxyType(self.fields),
+                          label_agree=all(self.labels) if self.labels else None,
+                          text_similarity=math.fsum(sims) / len(sims) if sims else None,
+                          truncated=self.truncated)
+
+
+def _ignored(spec: CompareSpec, location: Location) -> bool:
+    return bool(spec.ignore) and any(p.matches(location) for p in spec.ignore)
+
+
+def _root_pairs(t: _Tally, live: object, shadow: object) -> list[_Pair]:
+    live_at, shadow_at = _select(t, live), _select(t, shadow)
+    return [_Pair(loc, field_name(loc), _nearest_key(loc), live_at.get(loc, MISSING), shadow_at.get(loc, MISSING))
+            for loc in _union(live_at, shadow_at) if not _ignored(t.spec, loc)]
+
+
+def _nearest_key(location: Location) -> str | None:
+    return next((part for part in reversed(location) if isinstance(part, str)), None)
+
+
+_K = TypeVar("_K")
+
+
+def _union(live: Mapping[_K, object], shadow: Mapping[_K, object]) -> list[_K]:
+    return [*live, *(k for k in shadow if k not in live)]
+
+
+def _select(t: _Tally, doc: object) -> dict[Location, object]:
+    if not t.spec.paths:
+        return {(): doc}
+    found: dict[Location, object] = {}
+    for path in t.spec.paths:
+        found.update(_resolve(t, doc, path.segments))
+    # Overlapping paths ($.a and $.a.b) must not compare a value twice.
+    return {loc: v for loc, v in found.items() if not any(loc[:i] in found for i in range(len(loc)))}
+
+
+def _resolve(t: _Tally, doc: object, segments: tuple[Segment, ...]) -> list[tuple[Location, object]]:
+    frontier: list[tuple[Location, object]] = [((), doc)]
+    for segment in segments:
+        frontier = [child for loc, node in frontier for child in _children(loc, node, segment)]
+        if len(frontier) > t.spec.max_values:
+            frontier = frontier[:t.spec.max_values]
+            t.truncated = True
+    return frontier
+
+
+def _children(loc: Location, node: object, segment: Segment) -> list[tuple[Location, object]]:
+    if segment is ANY:
+        items = enumerate(node) if isinstance(node, list) else node.items() if isinstance(node, dict) else ()
+        return [((*loc, k), v) for k, v in items]
+    if isinstance(segment, int) and isinstance(node, list) and segment < len(node):
+        return [((*loc, segment), node[segment])]
+    if isinstance(segment, str) and isinstance(node, dict) and segment in node:
+        return [((*loc, segment), node[segment])]
+    return []
+
+
+def _walk(t: _Tally, roots: list[_Pair]) -> None:
+    # Iterative, so deep documents cannot exhaust the interpreter stack; reversed pushes keep
+    # document order in `fields`.
+    stack = roots[::-1]
+    while stack:
+        if t.budget <= 0:
+            t.truncated = True
+            return
+        t.budget -= 1
+        stack.extend(reversed(_visit(t, stack.pop())))
+
+
+def _visit(t: _Tally, p: _Pair) -> list[_Pair]:
+    live, shadow = p.live, p.shadow
+    if isinstance(live, dict) and isinstance(shadow, dict):
+        return _object_pairs(t, p, live, shadow)
+    if isinstance(live, list) and isinstance(shadow, list):
+        return _list_pairs(t, p, live, shadow)
+    t.record(p.name, _kind(live) == _kind(shadow) and _leaf_match(t, p))
+    return []
+
+
+def _object_pairs(t: _Tally, p: _Pair, live: dict[str, object], shadow: dict[str, object]) -> list[_Pair]:
+    t.record(p.name, True)
+    keys = _union(live, shadow)
+    if len(keys) > t.budget:  # the rest could never be visited; don't build them
+        keys, t.truncated = keys[:t.budget], True
+    pairs = []
+    for k in keys:
+        location = (*p.location, k)
+        if not _ignored(t.spec, location):
+            pairs.append(_Pair(location, p.name + _key_segment(k), k, live.get(k, MISSING), shadow.get(k, MISSING)))
+    return pairs
+
+
+def _list_pairs(t: _Tally, p: _Pair, live: list[object], shadow: list[object]) -> list[_Pair]:
+    t.record(p.name, len(live) == len(shadow))
+    name = p.name + "[*]"
+    if _numbers(live) and _numbers(shadow) and not _is_label_key(p.key) and not _ignores_below(t.spec, p.location):
+        _compare_numbers(t, p, name, live, shadow)
+        return []
+    count = min(len(live), len(shadow))
+    if count > t.budget:
+        count, t.truncated = t.budget, True
+    pairs = [_Pair((*p.location, i), name, p.key, live[i], shadow[i]) for i in range(count)]
+    return [pair for pair in pairs if not _ignored(t.spec, pair.location)] if t.spec.ignore else pairs
+
+
+def _numbers(values: list[object]) -> TypeGuard[list[float]]:
+    return all(type(x) is float or type(x) is int for x in values)
+
+
+def _ignores_below(spec: CompareSpec, location: Location) -> bool:
+    return any(len(p.segments) == len(location) + 1 for p in spec.ignore)
+
+
+def _compare_numbers(t: _Tally, p: _Pair, name: str, live: list[float], shadow: list[float]) -> None:
+    """The fast path for number lists (vectors, embeddings): one field, no per-element pairs."""
+    count = t.take(min(len(live), len(shadow)))
+    if count:
+        tol = t.spec.abs_tol, t.spec.rel_tol
+        t.record(name, all(_close(s, v, *tol) for v, s in zip(live[:count], shadow[:count], strict=True)))
+    if count == len(live) == len(shadow) and _probability_vectors(t.spec, p, live, shadow):
+        live_f, shadow_f = _floats(live), _floats(shadow)
+        if live_f is not None and shadow_f is not None:
+            t.labels.append(_argmax(live_f) == _argmax(shadow_f))
+
+
+def _close(value: float, reference: float, abs_tol: float, rel_tol: float) -> bool:
+    """numpy.isclose(value, reference): |value - reference| <= abs_tol + rel_tol * |reference|.
+
+    The live value is the reference, so the tolerance scales with what production returned.
+    NaN matches only NaN; an infinity only the same infinity.
+    """
+    if value == reference:
+        return True
+    try:
+        a, b = float(value), float(reference)
+    except OverflowError:  # an integer beyond float range: only exact equality, checked above
+        return False
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return False
+    return abs(a - b) <= abs_tol + rel_tol * abs(b)
+
+
+def _probability_vectors(spec: CompareSpec, p: _Pair, live: list[float], shadow: list[float]) -> bool:
+    if len(live) < 2:
+        return False
+    if p.key is not None and _PROB_KEY.search(p.key):
+        return True
+    if len(p.location) == _BATCH_DEPTH.get(spec.format, -1):
+        return False
+    return _is_distribution(live) or _is_distribution(shadow)
+
+
+def _is_distribution(values: list[float]) -> bool:
+    # 0.01: outputs rounded to a few decimals over many classes still sum to about 1.
+    try:
+        return all(0.0 <= x <= 1.0 for x in values) and abs(math.fsum(values) - 1.0) <= 0.01
+    except OverflowError:
+        return False
+
+
+def _floats(values: list[float]) -> list[float] | None:
+    try:
+        floats = [float(x) for x in values]
+    except OverflowError:
+        return None
+    return None if any(math.isnan(x) for x in floats) else floats
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)  # the first maximum, as numpy.argmax
+
+
+def _is_label_key(key: str | None) -> bool:
+    return key is not None and _LABEL_KEY.search(key) is not None
+
+
+def _leaf_match(t: _Tally, p: _Pair) -> bool:
+    live, shadow = p.live, p.shadow
+    if isinstance(live, str) and isinstance(shadow, str) and t.spec.format == "openai":
+        return _text_match(t, live, shadow)
+    string_label = isinstance(live, str) and t.spec.format in _STRING_LABEL_FORMATS
+    if live is not None and (string_label or _is_label_key(p.key)):
+        t.labels.append(live == shadow)
+        return live == shadow
+    if isinstance(live, int | float) and isinstance(shadow, int | float) and _kind(live) == "number":
+        return _close(shadow, live, t.spec.abs_tol, t.spec.rel_tol)
+    return live == shadow
+
+
+def _text_match(t: _Tally, live: str, shadow: str) -> bool:
+    a, b = normalise_whitespace(live), normalise_whitespace(shadow)
+    t.similarities.append(text_similarity(a, b))
+    return a == b
+
+
+def normalise_whitespace(text: str) -> str:
+    """Runs of whitespace collapsed to one space, ends stripped."""
+    return _SPACES.sub(" ", text).strip()
+
+
+def text_similarity(a: str, b: str) -> float:
+    """2 * LCS / (len(a) + len(b)) over whitespace tokens of the first TEXT_LIMIT characters, in [0, 1].
+
+    The same measure as difflib's `SequenceMatcher.ratio`, but with the true longest common
+    subsequence, computed bit-parallel (Allison and Dix, 1986) in O(len(a) * len(b) / 64) word
+    operations. SequenceMatcher is quadratic or worse on repetitive text (seconds for 1,000
+    tokens), which would stall the event loop.
+    """
+    if a == b:
+        return 1.0
+    tokens_a, tokens_b = a[:TEXT_LIMIT].split(), b[:TEXT_LIMIT].split()
+    total = len(tokens_a) + len(tokens_b)
+    return 2 * _lcs_length(tokens_a, tokens_b) / total if total else 1.0
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    # Bit i of `row` is 0 where row i of the LCS table steps up: the zeros count the LCS length.
+    positions: dict[str, int] = {}
+    for i, token in enumerate(a):
+        positions[token] = positions.get(token, 0) | 1 << i
+    full = (1 << len(a)) - 1
+    row = full
+    for token in b:
+        matched = row & positions.get(token, 0)
+        row = ((row + matched) | (row - matched)) & full
+    return len(a) - row.bit_count()
