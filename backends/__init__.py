@@ -1,0 +1,1 @@
+"""Example model backends for the demo, the tests and the benchmark."""
