@@ -133,6 +133,36 @@ async def route_split(request: web.Request) -> web.Response:
     return web.json_response({"route": route.name, "candidate_percent": float(value), "persisted": True})
 
 
+def shadow_stats(request: web.Request) -> tuple[Any, Any]:
+    route = find_route(request)
+    stats = request.app[ROUTER].mirror.stats.get(route.name)
+    if route.config.shadow is None or stats is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": {"status": 404, "message":
+                                                          f"route {route.name!r} has no shadow"}}),
+                               content_type="application/json")
+    return route, stats
+
+
+async def route_shadow(request: web.Request) -> web.Response:
+    route, stats = shadow_stats(request)
+    cfg = route.config.shadow
+    mirror = request.app[ROUTER].mirror
+    body = {"route": route.name, "primary": route.config.primary, "shadow_backend": cfg.backend,
+            "percent": cfg.percent, "format": cfg.compare.format, "in_flight": mirror.in_flight.get(route.name, 0),
+            **stats.report()}
+    return web.json_response(body)
+
+
+async def route_diffs(request: web.Request) -> web.Response:
+    route, stats = shadow_stats(request)
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return json_error(400, "limit must be a whole number")
+    diffs = list(stats.recent)[-limit:] if limit > 0 else []
+    return web.json_response({"route": route.name, "diffs": diffs[::-1]})
+
+
 async def reload(request: web.Request) -> web.Response:
     ok, message = await request.app[ROUTER].reload()
     return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
@@ -154,6 +184,8 @@ def build_admin_app(router: Router) -> web.Application:
     app.router.add_get("/-/routes/{name}", route_info)
     app.router.add_get("/-/routes/{name}/assign", route_assign)
     app.router.add_post("/-/routes/{name}/split", route_split)
+    app.router.add_get("/-/routes/{name}/shadow", route_shadow)
+    app.router.add_get("/-/routes/{name}/diffs", route_diffs)
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/metrics", metrics)
     return app

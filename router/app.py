@@ -17,6 +17,7 @@ from aiohttp import web
 from router.config import Config, ConfigError, load_config
 from router.runtime import Runtime, Splits, Stats, build_runtime
 from router.server import DataServer
+from router.shadow import Mirror
 from router.state import StateStore
 from router.upstream import UpstreamPool
 
@@ -32,8 +33,9 @@ class Router:
         self.splits = Splits(self.state_store)
         self.splits.reconcile(config)
         self.stats = Stats()
+        self.mirror = Mirror()
         self.runtime: Runtime
-        self.runtime, _ = build_runtime(config, self.splits, self.stats)
+        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror)
         self.data = DataServer(lambda: self.runtime)
         self.admin_runner: web.AppRunner | None = None
         self.reloads_ok = 0
@@ -76,7 +78,7 @@ class Router:
         stale = self.splits.reconcile(config)
         if stale:
             notes.append(f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}")
-        self.runtime, removed = build_runtime(config, self.splits, self.stats, old)
+        self.runtime, removed = build_runtime(config, self.splits, self.stats, self.mirror, old)
         for pool in removed:
             pool.close()  # idle connections now; busy ones as their responses end
         self.reloads_ok += 1
@@ -117,7 +119,7 @@ class Router:
         clean = await self.data.drain(self.config.limits.drain_timeout)
         if not clean:
             log.warning("drain_timeout reached: closed connections with requests still in flight")
-        for pool in self.runtime.pools.values():
+        for pool in [*self.runtime.pools.values(), *self.mirror.pools.values()]:
             pool.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()

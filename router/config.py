@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from router.compare import CompareSpec
 from router.units import parse_duration, parse_size
 from router.yamlsrc import ConfigError, ConfigIssue, Reader, join
 
@@ -144,6 +145,21 @@ class Override:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    """Mirror live requests to `backend` and compare its answers with the live model's."""
+
+    backend: str
+    compare: CompareSpec
+    percent: float = 100.0
+    methods: frozenset[bytes] = frozenset({b"POST"})
+    max_concurrency: int = 64
+    max_body: int = 1024 * 1024  # larger requests are not mirrored
+    max_response: int = 1024 * 1024  # larger responses (either side) are not compared
+    noise_percent: float = 0.0
+    timeout: float | None = None  # default: the route's timeout
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """One route as written in the YAML."""
 
@@ -154,6 +170,7 @@ class RouteConfig:
     split: Split = Split()
     overrides: tuple[Override, ...] = ()
     timeout: float | None = None  # overrides limits.request_timeout
+    shadow: ShadowConfig | None = None
 
     def backend_names(self) -> tuple[str, ...]:
         names = [self.primary]
@@ -365,7 +382,7 @@ def _backends(r: Reader, node: yaml.Node) -> dict[str, BackendConfig] | None:
     return out
 
 
-_ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout"})
+_ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "shadow"})
 
 
 def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[RouteConfig, ...] | None:
@@ -432,9 +449,93 @@ def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> R
         r.error(m["split"], join(path, "split.candidate_percent"), "a split needs a candidate backend")
     overrides = _overrides(r, m["overrides"], join(path, "overrides"), backends) if "overrides" in m else ()
     timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
+    shadow = _shadow(r, m["shadow"], join(path, "shadow"), backends) if "shadow" in m else None
+    if shadow is not None and shadow.backend == primary:
+        r.error(m["shadow"], join(path, "shadow.backend"), "must differ from primary (mirror to another model)")
     if len(r.issues) > before or not (name and match and primary and split) or overrides is None:
         return None
-    return RouteConfig(name, match, primary, candidate, split, overrides, timeout)
+    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, shadow)
+
+
+_SHADOW_KEYS = frozenset({"backend", "percent", "methods", "max_concurrency", "max_body", "max_response",
+                          "timeout", "compare"})
+_COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent"})
+
+
+def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> ShadowConfig | None:
+    m = r.mapping(node, path, _SHADOW_KEYS)
+    if m is None:
+        return None
+    before = len(r.issues)
+    if "backend" not in m:
+        r.error(node, join(path, "backend"), "required key is missing")
+    backend = r.get(m, "backend", path, lambda n, p: _backend_ref(r, n, p, backends), None)
+    percent = r.get(m, "percent", path, lambda n, p: _percent(r, n, p), 100.0)
+    methods = _methods(r, m["methods"], join(path, "methods")) if "methods" in m else frozenset({"POST"})
+    max_conc = r.get(m, "max_concurrency", path, r.integer, 64)
+    if max_conc is not None and max_conc < 1:
+        r.error(m["max_concurrency"], join(path, "max_concurrency"), "must be at least 1")
+    max_body = r.get(m, "max_body", path, lambda n, p: r.converted(n, p, parse_size), 1024 * 1024)
+    max_response = r.get(m, "max_response", path, lambda n, p: r.converted(n, p, parse_size), 1024 * 1024)
+    timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
+    spec, noise = _compare(r, m.get("compare"), join(path, "compare"))
+    if len(r.issues) > before or None in (backend, percent, methods, max_conc, max_body, max_response, spec, noise):
+        return None
+    assert backend and spec and methods is not None
+    return ShadowConfig(backend, spec, float(percent or 0), frozenset(x.encode() for x in methods),
+                        int(max_conc or 1), int(max_body or 0), int(max_response or 0), float(noise or 0), timeout)
+
+
+def _compare(r: Reader, node: yaml.Node | None, path: str) -> tuple[CompareSpec | None, float | None]:
+    if node is None:
+        return CompareSpec.build(), 0.0
+    m = r.mapping(node, path, _COMPARE_KEYS)
+    if m is None:
+        return None, None
+    fmt = r.get(m, "format", path, r.string, "json")
+    none: list[str] = []
+    paths = r.get(m, "paths", path, r.string_list, none)
+    ignore = r.get(m, "ignore", path, r.string_list, none)
+    abs_tol = r.get(m, "abs_tol", path, r.number, 1e-6)
+    rel_tol = r.get(m, "rel_tol", path, r.number, 1e-3)
+    noise = r.get(m, "noise_percent", path, lambda n, p: _percent(r, n, p), 0.0)
+    for key, value in (("abs_tol", abs_tol), ("rel_tol", rel_tol)):
+        if value is not None and value < 0:
+            r.error(m[key], join(path, key), "must be 0 or more")
+            return None, None
+    if fmt is None or paths is None or ignore is None or abs_tol is None or rel_tol is None:
+        return None, None
+    try:
+        spec = CompareSpec.build(format=fmt, paths=paths, ignore=ignore, abs_tol=abs_tol, rel_tol=rel_tol)
+    except ValueError as exc:
+        # Path errors start with "paths[i]: " or "ignore[i]: "; anything else is about the format.
+        where, sep, what = str(exc).partition(": ")
+        key = where.split("[", 1)[0]
+        if sep and key in ("paths", "ignore"):
+            r.error(m[key], f"{path}.{where}", what)
+        else:
+            r.error(m.get("format", node), join(path, "format"), str(exc))
+        return None, None
+    return spec, noise
+
+
+def _percent(r: Reader, node: yaml.Node, path: str) -> float | None:
+    value = r.number(node, path)
+    if value is not None and not 0 <= value <= 100:
+        r.error(node, path, f"must be within 0..100, got {value:g}")
+        return None
+    return value
+
+
+def _methods(r: Reader, node: yaml.Node, path: str) -> frozenset[str] | None:
+    names = r.string_list(node, path)
+    if names is None:
+        return None
+    bad = [x for x in names if x.upper() not in _METHODS]
+    if bad:
+        r.error(node, path, f"unknown method {bad[0]!r} (known: {', '.join(sorted(_METHODS))})")
+        return None
+    return frozenset(x.upper() for x in names)
 
 
 _MATCH_KEYS = frozenset({"path", "path_prefix", "path_regex", "methods", "headers"})
@@ -461,14 +562,7 @@ def _match(r: Reader, node: yaml.Node, path: str) -> Match | None:
             except re.error as exc:
                 r.error(m[key], join(path, key), f"bad regular expression: {exc}")
         values[key] = value
-    methods = None
-    if "methods" in m:
-        names = r.string_list(m["methods"], join(path, "methods"))
-        bad = [x for x in names or () if x.upper() not in _METHODS]
-        if bad:
-            known = ", ".join(sorted(_METHODS))
-            r.error(m["methods"], join(path, "methods"), f"unknown method {bad[0]!r} (known: {known})")
-        methods = frozenset(x.upper() for x in names or ())
+    methods = _methods(r, m["methods"], join(path, "methods")) if "methods" in m else None
     headers = _pairs(r, m["headers"], join(path, "headers"), header_names=True) if "headers" in m else ()
     if len(r.issues) > before or headers is None:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from router.http11 import (
@@ -28,17 +29,44 @@ if TYPE_CHECKING:
     from router.request import Header, Request
     from router.runtime import Runtime
     from router.server import ClientConnection
+    from router.shadow import MirroredRequest
 
 _draw = random.random
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _NOTHING: frozenset[bytes] = frozenset()
 
 
+def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = b"") -> bytes:
+    """The request as sent to a backend: hop-by-hop headers dropped, forwarding headers set.
+
+    `extra` is complete header lines to add (the shadow marker).
+    """
+    index = req.index
+    connection = index.get(b"connection")
+    drop = connection_tokens([connection]) if connection else _NOTHING
+    parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
+    for lname, name, value in req.headers:
+        if lname in SKIP_REQUEST or lname in drop:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    xff = index.get(b"x-forwarded-for")
+    prior_via = index.get(b"via")
+    peer = req.peer.encode()
+    parts += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer,
+              b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", index.get(b"host") or authority,
+              b"\r\nVia: ", prior_via + b", " + via if prior_via else via,
+              b"\r\nX-Request-Id: ", req.request_id, b"\r\n", extra)
+    if req.body or req.method in _BODY_METHODS:
+        parts.append(b"Content-Length: %d\r\n" % len(req.body))
+    parts += (b"\r\n", req.body)
+    return b"".join(parts)
+
+
 class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
-    __slots__ = ("backend", "chunked", "client", "close_after", "done", "head_sent", "out", "req", "route_name",
-                 "rt", "status", "task", "timeout", "upstream")
+    __slots__ = ("backend", "chunked", "client", "close_after", "done", "head_sent", "out", "pair", "req",
+                 "route_name", "rt", "status", "task", "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -55,6 +83,7 @@ class Exchange:
         self.close_after = not req.keep_alive
         self.status = 0
         self.done = False
+        self.pair: MirroredRequest | None = None
 
     # -- phase 1: decide where the request goes
     def start(self) -> None:
@@ -79,6 +108,8 @@ class Exchange:
             choice = choose(route.config, percent, RequestView(req.header, req.query), _draw)
         self.backend = choice.backend
         rt.stats.chosen(route.name, choice)
+        if route.config.shadow is not None:
+            self.pair = rt.mirror.begin(rt, route.config, req, choice.backend)
         self.timeout = route.config.timeout or rt.config.limits.request_timeout
         self.client.set_deadline(self.timeout, "backend response")
         pool = rt.pools[choice.backend]
@@ -104,28 +135,8 @@ class Exchange:
     # -- phase 2: forward
     def _send(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
-        upstream.send(self._upstream_request(upstream.pool), self, head_request=self.req.method == b"HEAD")
-
-    def _upstream_request(self, pool: UpstreamPool) -> bytes:
-        req = self.req
-        index = req.index
-        connection = index.get(b"connection")
-        drop = connection_tokens([connection]) if connection else _NOTHING
-        parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", pool.authority, b"\r\n"]
-        for lname, name, value in req.headers:
-            if lname in SKIP_REQUEST or lname in drop:
-                continue
-            parts += (name, b": ", value, b"\r\n")
-        xff = index.get(b"x-forwarded-for")
-        via = index.get(b"via")
-        parts += (b"X-Forwarded-For: ", xff + b", " + req.peer.encode() if xff else req.peer.encode(),
-                  b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", index.get(b"host") or pool.authority,
-                  b"\r\nVia: ", via + b", " + self.rt.via if via else self.rt.via,
-                  b"\r\nX-Request-Id: ", req.request_id, b"\r\n")
-        if req.body or req.method in _BODY_METHODS:
-            parts.append(b"Content-Length: %d\r\n" % len(req.body))
-        parts += (b"\r\n", req.body)
-        return b"".join(parts)
+        data = upstream_request(self.req, upstream.pool.authority, self.rt.via)
+        upstream.send(data, self, head_request=self.req.method == b"HEAD")
 
     # -- phase 3: relay (ResponseSink)
     def on_head(self, status: int, headers: list[Header], connection: bytes | None) -> None:
@@ -166,11 +177,15 @@ class Exchange:
         parts.append(b"\r\n")
         self.out.append(b"".join(parts))
         self.head_sent = True
+        if self.pair is not None:
+            self.pair.live_head(status, headers)
 
     def on_body(self, data: bytes) -> None:
         if self.done or not data:
             return
         self.client.set_deadline(self.timeout, "backend response body")  # the body must keep moving
+        if self.pair is not None:
+            self.pair.live_body(data)
         if self.chunked:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -239,7 +254,9 @@ class Exchange:
 
     def _finish(self, status: int, *, broken: bool = False, write: bool = True) -> None:
         self.done = True
+        if self.pair is not None:
+            self.pair.live_done(status, broken)
         if write:
             self.flush()
-        self.rt.stats.finished(self.route_name, self.backend, status, self.client.loop.time() - self.req.started)
+        self.rt.stats.finished(self.route_name, self.backend, status, perf_counter() - self.req.started)
         self.client.exchange_done(self, keep_alive=not (self.close_after or broken))

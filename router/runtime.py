@@ -15,6 +15,7 @@ from typing import Any
 
 from router.config import Config, RouteConfig
 from router.policy import Choice
+from router.shadow import Mirror
 from router.state import StateStore
 from router.table import RoutingTable
 from router.upstream import UpstreamPool
@@ -121,12 +122,13 @@ class Runtime:
     pools: Mapping[str, UpstreamPool]
     splits: Splits
     stats: Stats
+    mirror: Mirror
 
     @property
     def via(self) -> bytes:
         return self.config.proxy.via_entry
 
-def build_runtime(config: Config, splits: Splits, stats: Stats,
+def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror,
                   old: Runtime | None = None) -> tuple[Runtime, list[UpstreamPool]]:
     """A new runtime for `config`, reusing the pools of unchanged backends.
 
@@ -142,7 +144,8 @@ def build_runtime(config: Config, splits: Splits, stats: Stats,
         else:
             pools[name] = UpstreamPool(backend, timeout)
     removed = [p for name, p in old_pools.items() if pools.get(name) is not p]
-    return Runtime(config, RoutingTable(config), pools, splits, stats), removed
+    removed += mirror.configure(config)
+    return Runtime(config, RoutingTable(config), pools, splits, stats, mirror), removed
 
 
 def describe(rt: Runtime) -> list[dict[str, Any]]:

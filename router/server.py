@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 import httptools
@@ -197,7 +198,8 @@ class ClientConnection(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._in_head = True
-        self._started = self.loop.time()
+        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
+        self._started = perf_counter()
         if self.exchange is None:
             self.set_deadline(self._limits.header_timeout, "request headers")
 

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
-from tests.helpers import Backend, BackendFactory, Handler, RouterFactory, router_factory, start_backend
+from backends.model_server import ServerOptions, build_app
+from tests.helpers import (
+    Backend,
+    BackendFactory,
+    Handler,
+    RouterFactory,
+    free_port,
+    router_factory,
+    start_backend,
+)
 
 
 @pytest.fixture
@@ -28,3 +39,22 @@ async def make_backend() -> AsyncIterator[BackendFactory]:
     for backend in started:
         assert backend.runner is not None
         await backend.runner.cleanup()
+
+
+@pytest.fixture
+async def make_model() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Start example model servers (backends.model_server) in-process; returns their URLs."""
+    runners: list[web.AppRunner] = []
+
+    async def make(**options: Any) -> str:
+        port = free_port()
+        app = build_app(ServerOptions(port=port, **options))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()

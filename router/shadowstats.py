@@ -1,0 +1,122 @@
+"""What the router keeps about shadow comparisons, per route, and the report built from it.
+
+Every figure is a counter or a fixed-bucket histogram, so the stats of several router processes
+add up field by field; only the ring of recent disagreements is local. The agreement rate that
+excludes noise is computed from counts of samples per set of mismatching fields, so fields found
+to be noise after the fact can still be taken out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+from router.histogram import Histogram, SignedHistogram
+from router.stats_tests import classify_field, wilson_interval
+
+MAX_FIELDS = 200  # distinct field names tracked per route; beyond, counted under "(other)"
+MAX_COMBOS = 256  # distinct sets of mismatching fields tracked; beyond, "(other)"
+RECENT = 50
+OTHER = "(other)"
+
+
+class ShadowStats:
+    """Counters for one route's shadow traffic."""
+
+    def __init__(self, primary: str, shadow_backend: str) -> None:
+        self.key = (primary, shadow_backend)  # a YAML change of either starts the stats afresh
+        self.started = time.time()
+        self.mirrored = 0
+        self.dropped: defaultdict[str, int] = defaultdict(int)
+        self.compared = 0
+        self.agreements = 0
+        self.extraction_errors = 0
+        self.skipped: defaultdict[str, int] = defaultdict(int)  # not compared: why
+        self.live_errors = 0
+        self.shadow_errors = 0
+        self.shadow_error_kinds: defaultdict[str, int] = defaultdict(int)
+        self.label_n = 0
+        self.label_agree = 0
+        self.text_n = 0
+        self.text_similarity_sum = 0.0
+        self.fields: dict[str, list[int]] = {}  # field -> [samples, mismatches]
+        self.noise_fields: dict[str, list[int]] = {}
+        self.noise_samples = 0
+        self.mismatch_sets: defaultdict[frozenset[str], int] = defaultdict(int)
+        self.live_latency = Histogram()
+        self.shadow_latency = Histogram()
+        self.paired_diff = SignedHistogram()  # shadow minus live, same request
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+
+    def field_counts(self, table: dict[str, list[int]], fields: dict[str, bool]) -> None:
+        for name, ok in fields.items():
+            counts = table.get(name)
+            if counts is None:
+                name = name if len(table) < MAX_FIELDS else OTHER
+                counts = table.setdefault(name, [0, 0])
+            counts[0] += 1
+            if not ok:
+                counts[1] += 1
+
+    def mismatch_set(self, fields: dict[str, bool]) -> None:
+        key = frozenset(name for name, ok in fields.items() if not ok)
+        if key not in self.mismatch_sets and len(self.mismatch_sets) >= MAX_COMBOS:
+            key = frozenset({OTHER})
+        self.mismatch_sets[key] += 1
+
+    def noise_classes(self, alpha: float = 0.01) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, (n, k) in self.fields.items():
+            noise_n, noise_k = self.noise_fields.get(name, (0, 0))
+            out[name] = classify_field(k, n, noise_k, noise_n, alpha=alpha) if noise_n else "insufficient"
+        return out
+
+    def report(self, confidence: float = 0.95) -> dict[str, Any]:
+        classes = self.noise_classes()
+        noise = {name for name, c in classes.items() if c == "noise"}
+        agree_wo_noise = sum(n for combo, n in self.mismatch_sets.items() if combo <= noise)
+        live_p = {q: self.live_latency.quantile(q) for q in (0.5, 0.95, 0.99)}
+        shadow_p = {q: self.shadow_latency.quantile(q) for q in (0.5, 0.95, 0.99)}
+        return {
+            "since": self.started,
+            "mirrored": self.mirrored,
+            "dropped": dict(self.dropped),
+            "compared": self.compared,
+            "not_compared": dict(self.skipped),
+            "extraction_errors": self.extraction_errors,
+            "agreement": _rate(agree_wo_noise, self.compared, confidence),
+            "agreement_raw": _rate(self.agreements, self.compared, confidence),
+            "label_agreement": _rate(self.label_agree, self.label_n, confidence) if self.label_n else None,
+            "text_similarity_mean": self.text_similarity_sum / self.text_n if self.text_n else None,
+            "fields": [
+                {"field": name, "samples": n, "mismatches": k, "mismatch_rate": k / n if n else None,
+                 "noise_samples": self.noise_fields.get(name, [0, 0])[0],
+                 "noise_mismatches": self.noise_fields.get(name, [0, 0])[1],
+                 "class": classes[name]}
+                for name, (n, k) in sorted(self.fields.items())
+            ],
+            "noise_fields": sorted(noise),
+            "noise_samples": self.noise_samples,
+            "latency_seconds": {
+                "live": {f"p{int(q * 100)}": v for q, v in live_p.items()},
+                "shadow": {f"p{int(q * 100)}": v for q, v in shadow_p.items()},
+                "ratio": {f"p{int(q * 100)}": _ratio(shadow_p[q], live_p[q]) for q in live_p},
+                "paired_difference": {f"p{int(q * 100)}": self.paired_diff.quantile(q) for q in (0.5, 0.95, 0.99)},
+                "pairs": self.paired_diff.total,
+            },
+            "errors": {
+                "live": _rate(self.live_errors, self.mirrored, confidence),
+                "shadow": _rate(self.shadow_errors, self.mirrored, confidence),
+                "shadow_kinds": dict(self.shadow_error_kinds),
+            },
+        }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _rate(k: int, n: int, confidence: float) -> dict[str, Any]:
+    low, high = wilson_interval(k, n, confidence) if n else (None, None)
+    return {"rate": k / n if n else None, "low": low, "high": high, "n": n, "k": k, "confidence": confidence}
