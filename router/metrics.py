@@ -8,13 +8,15 @@ route and backend names come from the YAML, status is reduced to its class (2xx,
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from router.histogram import BOUNDS, Histogram
 from router.runtime import LATENCY_BUCKETS
+from router.shadowstats import ShadowStats
 
 if TYPE_CHECKING:
     from router.app import Router
@@ -80,6 +82,7 @@ class RouterCollector(Collector):
                                 value=len(router.data.connections))
         yield CounterMetricFamily("router_client_connections_rejected", "Client connections refused "
                                   "over limits.max_connections.", value=router.data.rejected_connections)
+        yield from shadow_metrics(router.mirror.stats)
 
     @staticmethod
     def _requests(requests: dict[tuple[str, str, int], int]) -> Iterator[Metric]:
@@ -91,6 +94,56 @@ class RouterCollector(Collector):
         for labels, n in sorted(by_class.items()):
             family.add_metric(list(labels), n)
         yield family
+
+
+def shadow_metrics(all_stats: Mapping[str, ShadowStats]) -> Iterator[Metric]:
+    """Shadow counters by route; field labels are bounded by ShadowStats.MAX_FIELDS."""
+    requests = CounterMetricFamily("router_shadow_requests", "Live requests mirrored or not mirrored "
+                                   "(dropped_concurrency, dropped_body_too_large).", labels=["route", "result"])
+    comparisons = CounterMetricFamily("router_shadow_comparisons", "Shadow comparisons by outcome "
+                                      "(agree, disagree, error = output not extractable).", labels=["route", "result"])
+    fields = CounterMetricFamily("router_shadow_field_comparisons", "Comparisons per output field.",
+                                 labels=["route", "field", "result"])
+    noise = CounterMetricFamily("router_shadow_noise_comparisons", "Primary-vs-primary comparisons per "
+                                "output field (noise baseline).", labels=["route", "field", "result"])
+    labels = CounterMetricFamily("router_shadow_label_comparisons", "Comparisons of predicted labels.",
+                                 labels=["route", "result"])
+    errors = CounterMetricFamily("router_shadow_errors", "Mirrored requests where a side failed.",
+                                 labels=["route", "side"])
+    latency = HistogramMetricFamily("router_shadow_latency_seconds", "Latency of mirrored requests, "
+                                    "per side, over the same requests.", labels=["route", "side"])
+    for route, s in sorted(all_stats.items()):
+        requests.add_metric([route, "mirrored"], s.mirrored)
+        for reason, n in sorted(s.dropped.items()):
+            requests.add_metric([route, f"dropped_{reason}"], n)
+        comparisons.add_metric([route, "agree"], s.agreements)
+        comparisons.add_metric([route, "disagree"], s.compared - s.agreements)
+        comparisons.add_metric([route, "error"], s.extraction_errors)
+        for family, table in ((fields, s.fields), (noise, s.noise_fields)):
+            for name, (n, k) in sorted(table.items()):
+                family.add_metric([route, name, "match"], n - k)
+                family.add_metric([route, name, "mismatch"], k)
+        labels.add_metric([route, "agree"], s.label_agree)
+        labels.add_metric([route, "disagree"], s.label_n - s.label_agree)
+        errors.add_metric([route, "live"], s.live_errors)
+        errors.add_metric([route, "shadow"], s.shadow_errors)
+        for side, hist in (("live", s.live_latency), ("shadow", s.shadow_latency)):
+            latency.add_metric([route, side], _coarse(hist), sum_value=hist.sum)
+    yield from (requests, comparisons, fields, noise, labels, errors, latency)
+
+
+def _coarse(hist: Histogram) -> list[tuple[str, float]]:
+    """A fine histogram summed into the exported bucket bounds."""
+    out: list[tuple[str, float]] = []
+    i = 0
+    cumulative = 0
+    for bound in LATENCY_BUCKETS:
+        while i < len(BOUNDS) and BOUNDS[i] <= bound * 1.000001:
+            cumulative += hist.counts[i]
+            i += 1
+        out.append((repr(bound), float(cumulative)))
+    out.append(("+Inf", float(hist.total)))
+    return out
 
 
 def make_registry(router: Callable[[], Router]) -> CollectorRegistry:

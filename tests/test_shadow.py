@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -221,3 +223,21 @@ async def test_shadow_errors_in_admin(make_router: RouterFactory, make_backend: 
             assert resp.status == 404 and "has no shadow" in (await resp.json())["error"]["message"]
         async with s.get(r.admin + "/-/routes/nope/diffs") as resp:
             assert resp.status == 404
+
+
+async def test_shadow_metrics_and_promtool(make_router: RouterFactory, make_model: ModelFactory, tmp_path: Path) -> None:
+    v1, v2 = await make_model(version="v1"), await make_model(version="v2", perturb=0.3, seed=7)
+    r = await make_router(base_config(tmp_path, {"v1": v1, "v2": v2}, shadow_route(compare={"format": "kserve-v1"})))
+    async with aiohttp.ClientSession() as s:
+        await post_many(s, r.url, 20)
+        await settle(s, r.admin, 20)
+        async with s.get(r.admin + "/metrics") as resp:
+            text = await resp.text()
+    assert 'router_shadow_requests_total{result="mirrored",route="fraud"} 20.0' in text
+    assert 'router_shadow_comparisons_total{result="disagree",route="fraud"} 20.0' in text
+    assert 'router_shadow_field_comparisons_total{field="$.predictions[*].scores[*]",result="mismatch",route="fraud"} 20.0' in text
+    assert 'router_shadow_latency_seconds_count{route="fraud",side="shadow"} 20.0' in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make deps` (Debian package prometheus)"
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
