@@ -20,6 +20,8 @@ def _validate(args: argparse.Namespace) -> int:
     for route in config.routes:
         target = route.match.path or route.match.path_prefix or route.match.path_regex
         extra = f", candidate {route.candidate} at {route.split.candidate_percent:g}%" if route.candidate else ""
+        if route.shadow:
+            extra += f", shadow {route.shadow.backend} ({route.shadow.compare.format}, {route.shadow.percent:g}%)"
         print(f"  route {route.name}: {target} -> {route.primary}{extra}")
     return 0
 
