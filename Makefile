@@ -1,0 +1,77 @@
+# model-router: build, test and bench entry points (GNU make).
+# Works on a fresh Debian machine that has only Python 3.11: `make test` creates
+# the venv and installs the Debian tools the tests and bench need.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Written after a successful install; pyproject.toml changes trigger a reinstall.
+VENV_STAMP := $(VENV)/.installed
+BENCH_ARGS ?=
+
+# Debian packages the tests and bench call as binaries. Add new ones here.
+# prometheus ships both `prometheus` and `promtool`.
+APT_PACKAGES := nginx wrk prometheus
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# $(call apt_install,PACKAGES): quiet apt-get; on failure the full log is shown.
+# The lock timeout waits for another apt run instead of failing at once.
+define apt_install
+	log=$$(mktemp); \
+	echo "apt-get install $(1)"; \
+	if ! { $(SUDO) apt-get update -qq \
+	       && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	          -o DPkg::Lock::Timeout=600 --no-install-recommends $(1); } >"$$log" 2>&1; then \
+	    cat "$$log" >&2; rm -f "$$log"; echo "apt-get install $(1) failed" >&2; exit 1; \
+	fi; \
+	rm -f "$$log"
+endef
+
+.PHONY: test lint bench demo deps clean distclean $(VENV)
+
+$(VENV): $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@# Debian's python3 lacks ensurepip (so venv fails) until python3-venv is installed.
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(call apt_install,python3-venv); }
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# A package counts as present if its command is on PATH or dpkg has it installed.
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	    command -v "$$p" >/dev/null \
+	        || dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' \
+	        || missing="$${missing:+$$missing }$$p"; \
+	done; \
+	if [ -n "$$missing" ]; then $(call apt_install,$$missing); fi
+
+lint: $(VENV)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Lint runs first: it is fast and needs no Debian packages.
+test: $(VENV) lint deps
+	$(PY) -m pytest -q
+
+bench: $(VENV) deps
+	$(PY) bench/run.py $(BENCH_ARGS)
+	@if [ -f bench/decisions.py ]; then echo "$(PY) bench/decisions.py"; $(PY) bench/decisions.py; fi
+
+demo: $(VENV)
+	$(PY) -m router.demo
+
+clean:
+	rm -rf bench/out .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,623 @@
+"""Side-by-side load test in one run: the backend directly, nginx, and the router.
+
+Every case gets the same wrk load (POST of a small JSON body, fixed connections,
+one wrk thread) against the same fast backend, so the proxy is what differs.
+See bench/README.md for how to read the output.
+
+    .venv/bin/python bench/run.py [--duration 8] [--warmup 2] [--cases direct,nginx,router]
+
+To add a case, write a context manager that starts what it needs, yields a Target
+and stops everything on exit, and append a Case to CASES (and a row to RATIOS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import nginx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "bench" / "out"
+HOST = "127.0.0.1"
+REQUEST_PATH = "/v1/models/m/predict"
+BODY = '{"inputs": [[0.1, 0.2, 0.3, 0.4]]}'
+SHADOW_LATENCY_MS = 200
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+
+WRK_SCRIPT = f"""\
+wrk.method = "POST"
+wrk.body = '{BODY}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+class BenchError(Exception):
+    """The harness itself cannot go on (missing tool, backend did not start)."""
+
+
+class Unavailable(Exception):
+    """A case cannot run on this checkout, e.g. the router lacks the feature yet."""
+
+
+class StartFailed(BenchError):
+    """A process exited or never became ready."""
+
+
+# --- processes -----------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(cpus: frozenset[int] | None) -> Callable[[], None]:
+    """Runs in the child before exec: pin it, and have it die if the bench is killed."""
+    def setup() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    return setup
+
+
+@dataclass
+class Env:
+    """What every case needs: tools, scratch space, CPU layout, the shared backend."""
+
+    tmp: Path
+    python: str
+    nginx: str
+    wrk: str
+    pins: dict[str, frozenset[int] | None]
+    backend_port: int = 0
+    live: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def log(self, name: str) -> Path:
+        return self.tmp / f"{name}.log"
+
+    def exited(self) -> list[str]:
+        """Processes that died while they should have been serving."""
+        return [f"{name} exited during the run (code {p.returncode}), see {name}.log"
+                for name, p in self.live.items() if p.poll() is not None]
+
+
+@contextlib.contextmanager
+def process(env: Env, name: str, argv: list[str], role: str,
+            ready: Callable[[], bool]) -> Iterator[subprocess.Popen[bytes]]:
+    """Start argv in its own process group; yield once ready; stop the group on exit."""
+    with env.log(name).open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=ROOT, start_new_session=True,
+                                preexec_fn=_child_setup(env.pins[role]))
+    env.live[name] = proc
+    try:
+        _wait_ready(env, name, proc, ready)
+        yield proc
+    finally:
+        del env.live[name]
+        _stop(proc)
+
+
+def _wait_ready(env: Env, name: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while proc.poll() is None:
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise StartFailed(f"{name} not ready after {START_TIMEOUT_S:g} s; {_tail(env.log(name))}")
+        time.sleep(0.05)
+    raise StartFailed(f"{name} exited with code {proc.returncode}: {_tail(env.log(name))}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)  # the group: nginx workers, router workers
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(log: Path, lines: int = 3) -> str:
+    text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return " | ".join(text[-lines:]) or "(no output)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+    return check
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as resp:
+                return int(resp.status) == 200
+        except OSError:
+            return False
+    return check
+
+
+# --- the servers -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """Where a case takes load, and the mirror port to watch if it mirrors."""
+
+    url: str
+    mirror_port: int | None = None
+
+
+def url(port: int) -> str:
+    return f"http://{HOST}:{port}{REQUEST_PATH}"
+
+
+@contextlib.contextmanager
+def fast_backend(env: Env, name: str, latency_ms: int = 0) -> Iterator[int]:
+    port = free_port()
+    argv = [env.python, "-m", "backends.fast_server", "--port", str(port)]
+    if latency_ms:
+        argv += ["--latency-ms", str(latency_ms)]
+    with process(env, name, argv, "backend", port_open(port)):
+        yield port
+
+
+@contextlib.contextmanager
+def nginx_proxy(env: Env, name: str, mirror: int | None = None) -> Iterator[int]:
+    prefix = env.tmp / name
+    prefix.mkdir()
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx.config(prefix, port, env.backend_port, mirror))
+    argv = [env.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    with process(env, name, argv, "proxy", port_open(port)):
+        yield port
+
+
+def router_config(env: Env, name: str, port: int, admin: int,
+                  shadow: int | None = None, extra_routes: int = 0) -> dict[str, Any]:
+    """Router config with one live route; `extra_routes` non-matching routes come first."""
+    backends = {"m": {"url": f"http://{HOST}:{env.backend_port}"}}
+    route: dict[str, Any] = {"name": "m", "match": {"path_prefix": "/v1/models/m"}, "primary": "m"}
+    if shadow:
+        backends["shadow"] = {"url": f"http://{HOST}:{shadow}"}
+        route["shadow"] = {"backend": "shadow", "percent": 100}
+    fillers = [{"name": f"filler-{i}", "match": {"path_prefix": f"/v1/models/filler-{i}"}, "primary": "m"}
+               for i in range(extra_routes)]
+    return {"listen": f"{HOST}:{port}", "admin": {"listen": f"{HOST}:{admin}"},
+            "state_dir": str(env.tmp / name / "state"), "backends": backends, "routes": [*fillers, route]}
+
+
+@contextlib.contextmanager
+def router_proxy(env: Env, name: str, shadow: int | None = None, extra_routes: int = 0) -> Iterator[int]:
+    """One router process. A router that will not start makes the case n/a, with its reason."""
+    (env.tmp / name).mkdir()
+    port, admin = free_port(), free_port()
+    conf = env.tmp / name / "router.yaml"
+    conf.write_text(yaml.safe_dump(router_config(env, name, port, admin, shadow, extra_routes),
+                                   sort_keys=False))
+    argv = [env.python, "-m", "router", "serve", "--config", str(conf)]
+    try:
+        with process(env, name, argv, "proxy", http_ok(f"http://{HOST}:{admin}/-/healthz")):
+            yield port
+    except StartFailed as e:
+        raise Unavailable(str(e)) from e
+
+
+# --- the cases -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    """A named setup: `start` is a context manager yielding the Target, stopping all on exit."""
+
+    name: str
+    about: str
+    start: Callable[[Env], contextlib.AbstractContextManager[Target]]
+
+
+@contextlib.contextmanager
+def case_direct(env: Env) -> Iterator[Target]:
+    yield Target(url(env.backend_port))
+
+
+@contextlib.contextmanager
+def case_nginx(env: Env) -> Iterator[Target]:
+    with nginx_proxy(env, "nginx") as port:
+        yield Target(url(port))
+
+
+@contextlib.contextmanager
+def case_router(env: Env) -> Iterator[Target]:
+    with router_proxy(env, "router") as port:
+        yield Target(url(port))
+
+
+@contextlib.contextmanager
+def case_nginx_mirror(env: Env) -> Iterator[Target]:
+    with (fast_backend(env, "nginx-mirror-backend", SHADOW_LATENCY_MS) as mirror,
+          nginx_proxy(env, "nginx-mirror", mirror) as port):
+        yield Target(url(port), mirror)
+
+
+@contextlib.contextmanager
+def case_router_shadow(env: Env) -> Iterator[Target]:
+    with (fast_backend(env, "router-shadow-backend", SHADOW_LATENCY_MS) as shadow,
+          router_proxy(env, "router-shadow", shadow) as port):
+        yield Target(url(port), shadow)
+
+
+@contextlib.contextmanager
+def case_router_1k(env: Env) -> Iterator[Target]:
+    with router_proxy(env, "router-1k-routes", extra_routes=999) as port:
+        yield Target(url(port))
+
+
+CASES = [
+    Case("direct", "wrk -> backend", case_direct),
+    Case("nginx", "wrk -> nginx (1 worker, upstream keepalive) -> backend", case_nginx),
+    Case("router", "wrk -> router (1 process) -> backend", case_router),
+    Case("nginx-mirror", f"nginx + `mirror` of every request to a {SHADOW_LATENCY_MS} ms backend",
+         case_nginx_mirror),
+    Case("router-shadow", f"router + 100% shadow to a {SHADOW_LATENCY_MS} ms backend", case_router_shadow),
+    Case("router-1k-routes", "router with 1,000 routes, the live one last", case_router_1k),
+]
+
+# (label, numerator case, denominator case): req/s and p99 of one over the other.
+RATIOS = [
+    ("router / nginx", "router", "nginx"),
+    ("router / direct", "router", "direct"),
+    ("nginx / direct", "nginx", "direct"),
+    ("router-shadow / router", "router-shadow", "router"),
+    ("nginx-mirror / nginx", "nginx-mirror", "nginx"),
+    ("router-1k-routes / router", "router-1k-routes", "router"),
+]
+
+
+# --- load ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Load:
+    connections: int
+    duration_s: int
+    warmup_s: int
+    timeout_s: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: dict[str, int]
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx + sum(self.socket_errors.values())
+
+
+_TIME_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(text: str) -> float:
+    """wrk's '812.00us', '1.23ms', '2.01s' as milliseconds."""
+    m = re.fullmatch(r"([\d.]+)([a-z]+)", text)
+    if not m or m[2] not in _TIME_UNITS_MS:
+        raise ValueError(f"unknown wrk time {text!r}")
+    return float(m[1]) * _TIME_UNITS_MS[m[2]]
+
+
+def parse_wrk(out: str) -> Measurement:
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if not rps:
+        raise BenchError(f"cannot read wrk output:\n{out}")
+    pct = {p: to_ms(v) for p, v in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)", out, re.M)}
+    total = re.search(r"(\d+) requests in", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    kinds = ("connect", "read", "write", "timeout")
+    return Measurement(
+        rps=float(rps[1]), p50_ms=pct.get("50", float("nan")), p99_ms=pct.get("99", float("nan")),
+        requests=int(total[1]) if total else 0, non_2xx=int(non2xx[1]) if non2xx else 0,
+        socket_errors={k: int(sock[i + 1]) if sock else 0 for i, k in enumerate(kinds)})
+
+
+def wrk(env: Env, target: str, seconds: int, load: Load, watch: ConnWatch | None = None) -> Measurement:
+    argv = [env.wrk, "-t1", f"-c{load.connections}", f"-d{seconds}s", "--latency",
+            f"--timeout={load.timeout_s}s", "-s", str(env.tmp / "post.lua"), target]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, preexec_fn=_child_setup(env.pins["client"]))
+    try:
+        # The watcher's thread starts after the fork: preexec_fn and threads do not mix.
+        with watch or contextlib.nullcontext():
+            out, _ = proc.communicate(timeout=seconds + load.timeout_s + 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode:
+        raise BenchError(f"wrk exited with code {proc.returncode}:\n{out}")
+    return parse_wrk(out)
+
+
+class ConnWatch:
+    """Samples the peak of established connections into a local port (proof of mirroring)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConnWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self.count())
+
+    def count(self) -> int:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        return sum(1 for fields in map(str.split, lines)
+                   if int(fields[1].rsplit(":", 1)[1], 16) == self.port and fields[3] == "01")
+
+
+# --- running and reporting -------------------------------------------------------
+
+@dataclass
+class Row:
+    """One case's outcome. `warnings` make its numbers suspect; `notes` are information."""
+
+    case: str
+    about: str
+    result: Measurement | None = None
+    unavailable: str = ""
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def suspect(self) -> bool:
+        return bool(self.warnings or (self.result and self.result.errors))
+
+
+def run_case(env: Env, case: Case, load: Load) -> Row:
+    print(f"== {case.name}: {case.about}", file=sys.stderr, flush=True)
+    row = Row(case.name, case.about)
+    try:
+        with case.start(env) as target:
+            if load.warmup_s:
+                wrk(env, target.url, load.warmup_s, load)
+            watch = ConnWatch(target.mirror_port) if target.mirror_port else None
+            row.result = wrk(env, target.url, load.duration_s, load, watch)
+            row.warnings += env.exited()
+            if watch:
+                row.notes.append(f"mirror backend peak connections: {watch.peak}")
+                if not watch.peak:
+                    row.warnings.append("the mirror backend got no connections: nothing was mirrored, "
+                                        "so this measured a plain proxy")
+    except Unavailable as e:
+        row.unavailable = str(e)
+        print(f"   n/a: {e}", file=sys.stderr, flush=True)
+    return row
+
+
+def fmt_table(rows: list[Row]) -> str:
+    lines = [f"{'case':<18} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>8}"]
+    for r in rows:
+        if r.result is None:
+            lines.append(f"{r.case:<18} n/a (not implemented or did not start; reason below)")
+            continue
+        m = r.result
+        flag = "  <-- ERRORS" if m.errors else "  <-- SUSPECT, see below" if r.warnings else ""
+        lines.append(f"{r.case:<18} {m.rps:>10.0f} {m.p50_ms:>9.2f} {m.p99_ms:>9.2f} {m.errors:>8}{flag}")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[Row]) -> list[dict[str, Any]]:
+    """Each RATIOS pair that ran; `suspect` marks a pair where either side had errors or warnings."""
+    by_name = {r.case: r for r in rows if r.result}
+    out = []
+    for label, num, den in RATIOS:
+        a, b = by_name.get(num), by_name.get(den)
+        if a and b and a.result and b.result and b.result.rps and b.result.p99_ms:
+            out.append({"label": label, "rps": a.result.rps / b.result.rps,
+                        "p99": a.result.p99_ms / b.result.p99_ms, "suspect": a.suspect or b.suspect})
+    return out
+
+
+def fmt_ratios(rows: list[Row]) -> str:
+    lines = [f"{'ratio':<28} {'req/s':>8} {'p99':>8}"]
+    lines += [f"{r['label']:<28} {r['rps']:>8.3g} {r['p99']:>8.3g}"
+              + ("  <-- a side is suspect" if r["suspect"] else "") for r in ratios(rows)]
+    return "\n".join(lines)
+
+
+def fmt_details(rows: list[Row]) -> str:
+    lines = []
+    for r in rows:
+        if r.unavailable:
+            lines.append(f"{r.case}: n/a: {r.unavailable}")
+        if r.result and r.result.errors:
+            sock = ", ".join(f"{k} {v}" for k, v in r.result.socket_errors.items())
+            lines.append(f"{r.case}: ERRORS: {r.result.non_2xx} non-2xx/3xx of {r.result.requests}; "
+                         f"socket errors: {sock}")
+        lines += [f"{r.case}: WARNING: {w}" for w in r.warnings]
+        lines += [f"{r.case}: {note}" for note in r.notes]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    cases = []
+    for r in rows:
+        m = asdict(r.result) | {"errors": r.result.errors} if r.result else None
+        cases.append({"name": r.case, "about": r.about, "status": "ok" if m else "n/a",
+                      "reason": r.unavailable, "warnings": r.warnings, "notes": r.notes, **(m or {})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "cases": cases, "ratios": ratios(rows)}, indent=2) + "\n")
+
+
+# --- setup -------------------------------------------------------------------------
+
+def find_tool(name: str) -> str:
+    # /usr/sbin is not on a normal user's PATH on Debian, and nginx lives there.
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    found = shutil.which(name, path=path)
+    if not found:
+        raise BenchError(f"{name} not found; install the bench tools with `make deps`")
+    return found
+
+
+def plan_pins(enabled: bool) -> dict[str, frozenset[int] | None]:
+    """wrk gets a core of its own; proxy and backend share the next one on a 2-core box.
+
+    The load generator then never steals CPU from the side being measured, and every
+    extra instruction the proxy spends shows up as lost throughput.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2:
+        return dict.fromkeys(("client", "proxy", "backend"))
+    backend = cpus[2] if len(cpus) > 2 else cpus[1]
+    return {"client": frozenset({cpus[0]}), "proxy": frozenset({cpus[1]}), "backend": frozenset({backend})}
+
+
+def version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+    except OSError:
+        return "?"
+    return ((out.stdout + out.stderr).strip().splitlines() or ["?"])[0]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=8, help="measured seconds per case (default 8)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds per case, not measured")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--cases", default=",".join(c.name for c in CASES),
+                   help="comma-separated subset of: " + ", ".join(c.name for c in CASES))
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
+    return p.parse_args(argv)
+
+
+def select(names: str) -> list[Case]:
+    known = {c.name: c for c in CASES}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise BenchError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in wanted]
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP: unwinds through the context managers, stopping every process."""
+
+
+def _on_signal(signum: int, _frame: object) -> NoReturn:
+    raise Stopped(signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    cases = select(args.cases)
+    load = Load(args.connections, args.duration, args.warmup, timeout_s=5)
+    venv = ROOT / ".venv" / "bin" / "python"
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
+        env = Env(Path(tmp), str(venv) if venv.exists() else sys.executable,
+                  find_tool("nginx"), find_tool("wrk"), plan_pins(args.pin))
+        (env.tmp / "post.lua").write_text(WRK_SCRIPT)
+        stack.callback(_keep_logs, env.tmp, args.out.parent / "logs")
+        env.backend_port = stack.enter_context(fast_backend(env, "backend"))
+        meta = _meta(env, load)
+        print(f"bench: {meta['setup']}", file=sys.stderr, flush=True)
+        if meta["loadavg_1m_before"] > 0.5:
+            print(f"bench: load average {meta['loadavg_1m_before']:.2f} before starting: other work on "
+                  "this machine will skew the numbers", file=sys.stderr, flush=True)
+        rows = [run_case(env, case, load) for case in cases]
+    print("\n" + fmt_table(rows) + "\n\n" + fmt_ratios(rows))
+    details = fmt_details(rows)
+    if details:
+        print("\n" + details)
+    write_json(args.out, rows, meta)
+    print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+def _meta(env: Env, load: Load) -> dict[str, Any]:
+    pins = {role: sorted(cpus) if cpus else None for role, cpus in env.pins.items()}
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "setup": (f"{load.connections} connections, 1 wrk thread, {load.duration_s} s per case after "
+                  f"{load.warmup_s} s warm-up; cpus {sorted(os.sched_getaffinity(0))}, pinned {pins}"),
+        "load": asdict(load), "pins": pins, "cpu_count": os.cpu_count(),
+        "machine": platform.platform(), "python": platform.python_version(),
+        "nginx": version([env.nginx, "-v"]), "wrk": version([env.wrk, "--version"]),
+        # Before any case ran, so this is other work competing for the same cores.
+        "loadavg_1m_before": os.getloadavg()[0],
+    }
+
+
+def _keep_logs(tmp: Path, dest: Path) -> None:
+    """Copy each process's log out of the scratch dir before it is deleted."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for log in tmp.glob("**/*.log"):
+        shutil.copy(log, dest / f"{log.parent.name}-{log.name}" if log.parent != tmp else dest / log.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        return run(parse_args(argv))
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopped everything it started", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Stopped as e:
+        print(f"bench: got signal {e.args[0]}; stopped everything it started", file=sys.stderr)
+        return 128 + int(e.args[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
