@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.app import Router
+from router.decision import InvalidTransition, OperatorAction
 from router.metrics import make_registry
 from router.policy import assign
 from router.runtime import describe
@@ -81,6 +82,7 @@ async def status(request: web.Request) -> web.Response:
         "reload": {"last_ok": router.last_reload_ok, "last_error": router.last_reload_error,
                    "ok": router.reloads_ok, "failed": router.reloads_failed},
         "state_problem": router.state_store.problem,
+        "rollout_problem": router.rollouts.problem,
     })
 
 
@@ -125,6 +127,9 @@ async def route_split(request: web.Request) -> web.Response:
         return json_error(400, f"candidate_percent must be within 0..100, got {value}")
     if route.config.candidate is None and value > 0:
         return json_error(409, f"route {route.name!r} has no candidate backend")
+    if route.config.rollout is not None:
+        return json_error(409, f"route {route.name!r} is under automatic rollout; use promote, rollback, pause "
+                          "or resume instead of setting the split")
     router = request.app[ROUTER]
     try:
         router.splits.set(route.config, float(value))
@@ -163,6 +168,35 @@ async def route_diffs(request: web.Request) -> web.Response:
     return web.json_response({"route": route.name, "diffs": diffs[::-1]})
 
 
+async def route_rollout(request: web.Request) -> web.Response:
+    route = find_route(request)
+    rollouts = request.app[ROUTER].rollouts
+    info = rollouts.describe(route.name)
+    if info is None:
+        return json_error(404, f"route {route.name!r} has no rollout")
+    try:
+        tail = int(request.query.get("tail", "20"))
+    except ValueError:
+        return json_error(400, "tail must be a whole number")
+    return web.json_response({**info, "log": rollouts.tail(route.name, max(0, tail))})
+
+
+def rollout_action(action: OperatorAction) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        route = find_route(request)
+        rollouts = request.app[ROUTER].rollouts
+        if rollouts.describe(route.name) is None:
+            return json_error(404, f"route {route.name!r} has no rollout")
+        try:
+            decision = rollouts.operator(route.name, action)
+        except InvalidTransition as exc:
+            return json_error(409, str(exc))
+        return web.json_response({"route": route.name, "action": str(decision.action),
+                                  "phase": str(decision.phase), "step_index": decision.step_index,
+                                  "reason": decision.reason})
+    return handler
+
+
 async def reload(request: web.Request) -> web.Response:
     ok, message = await request.app[ROUTER].reload()
     return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
@@ -186,6 +220,10 @@ def build_admin_app(router: Router) -> web.Application:
     app.router.add_post("/-/routes/{name}/split", route_split)
     app.router.add_get("/-/routes/{name}/shadow", route_shadow)
     app.router.add_get("/-/routes/{name}/diffs", route_diffs)
+    app.router.add_get("/-/routes/{name}/rollout", route_rollout)
+    for action in (OperatorAction.PROMOTE, OperatorAction.ROLLBACK, OperatorAction.PAUSE, OperatorAction.RESUME,
+                   OperatorAction.RESTART):
+        app.router.add_post(f"/-/routes/{{name}}/{action}", rollout_action(action))
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/metrics", metrics)
     return app

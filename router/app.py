@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from router.config import Config, ConfigError, load_config
+from router.rollout import RolloutController
 from router.runtime import Runtime, Splits, Stats, build_runtime
 from router.server import DataServer
 from router.shadow import Mirror
@@ -34,8 +35,10 @@ class Router:
         self.splits.reconcile(config)
         self.stats = Stats()
         self.mirror = Mirror()
+        self.rollouts = RolloutController(config.state_dir, self.splits)
         self.runtime: Runtime
-        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror)
+        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts)
+        self._rollout_task: asyncio.Task[None] | None = None
         self.data = DataServer(lambda: self.runtime)
         self.admin_runner: web.AppRunner | None = None
         self.reloads_ok = 0
@@ -61,6 +64,7 @@ class Router:
         site = web.TCPSite(self.admin_runner, cfg.admin.listen.host, cfg.admin.listen.port,
                            reuse_address=True)
         await site.start()
+        self._rollout_task = asyncio.get_running_loop().create_task(self.rollouts.run())
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the YAML and swap the table; on any error keep the old one and say why."""
@@ -78,7 +82,7 @@ class Router:
         stale = self.splits.reconcile(config)
         if stale:
             notes.append(f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}")
-        self.runtime, removed = build_runtime(config, self.splits, self.stats, self.mirror, old)
+        self.runtime, removed = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts, old)
         for pool in removed:
             pool.close()  # idle connections now; busy ones as their responses end
         self.reloads_ok += 1
@@ -119,6 +123,9 @@ class Router:
         clean = await self.data.drain(self.config.limits.drain_timeout)
         if not clean:
             log.warning("drain_timeout reached: closed connections with requests still in flight")
+        if self._rollout_task is not None:
+            self._rollout_task.cancel()
+        await self.rollouts.close()
         for pool in [*self.runtime.pools.values(), *self.mirror.pools.values()]:
             pool.close()
         if self.admin_runner is not None:
@@ -138,8 +145,9 @@ def check_parsers() -> str | None:
 
 async def serve(config: Config, config_path: str, *, ready_message: bool = True) -> None:
     router = Router(config, config_path)
-    if router.state_store.problem:
-        log.error("%s", router.state_store.problem)
+    for problem in (router.state_store.problem, router.rollouts.problem):
+        if problem:
+            log.error("%s", problem)
     await router.start()
     router.install_signal_handlers()
     if ready_message:

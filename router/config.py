@@ -8,7 +8,7 @@ never silently falls back to a default.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from router.compare import CompareSpec
+from router.decision import Action, Gates, RolloutPolicy
 from router.units import parse_duration, parse_size
 from router.yamlsrc import ConfigError, ConfigIssue, Reader, join
 
@@ -160,6 +161,14 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    """Automatic rollout of the route's candidate: the decision policy and where to tell."""
+
+    policy: RolloutPolicy
+    notify: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """One route as written in the YAML."""
 
@@ -171,6 +180,7 @@ class RouteConfig:
     overrides: tuple[Override, ...] = ()
     timeout: float | None = None  # overrides limits.request_timeout
     shadow: ShadowConfig | None = None
+    rollout: RolloutConfig | None = None
 
     def backend_names(self) -> tuple[str, ...]:
         names = [self.primary]
@@ -382,7 +392,8 @@ def _backends(r: Reader, node: yaml.Node) -> dict[str, BackendConfig] | None:
     return out
 
 
-_ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "shadow"})
+_ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "shadow",
+                         "rollout"})
 
 
 def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[RouteConfig, ...] | None:
@@ -452,9 +463,93 @@ def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> R
     shadow = _shadow(r, m["shadow"], join(path, "shadow"), backends) if "shadow" in m else None
     if shadow is not None and shadow.backend == primary:
         r.error(m["shadow"], join(path, "shadow.backend"), "must differ from primary (mirror to another model)")
+    rollout = _rollout(r, m["rollout"], join(path, "rollout")) if "rollout" in m else None
+    if "rollout" in m and "candidate" not in m:
+        r.error(m["rollout"], join(path, "rollout"), "a rollout needs a candidate backend")
     if len(r.issues) > before or not (name and match and primary and split) or overrides is None:
         return None
-    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, shadow)
+    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, shadow, rollout)
+
+
+_ROLLOUT_KEYS = frozenset({"steps", "interval", "min_samples", "max_duration", "gates", "confidence", "on_failure",
+                           "on_timeout", "approval", "notify"})
+_GATE_KEYS = ("min_agreement", "max_latency_ratio", "max_error_rate_increase", "min_accuracy_delta")
+
+
+def _rollout(r: Reader, node: yaml.Node, path: str) -> RolloutConfig | None:
+    m = r.mapping(node, path, _ROLLOUT_KEYS)
+    if m is None:
+        return None
+    before = len(r.issues)
+    d = RolloutPolicy()
+    steps = r.get(m, "steps", path, _number_list(r), list(d.steps))
+    interval = r.get(m, "interval", path, lambda n, p: r.converted(n, p, parse_duration), d.interval_s)
+    min_samples = r.get(m, "min_samples", path, r.integer, d.min_samples)
+    max_duration = r.get(m, "max_duration", path, lambda n, p: r.converted(n, p, parse_duration), d.max_duration_s)
+    confidence = r.get(m, "confidence", path, r.number, d.confidence)
+    on_failure = r.get(m, "on_failure", path, _choice(r, ("rollback", "pause")), "rollback")
+    on_timeout = r.get(m, "on_timeout", path, _choice(r, ("rollback", "pause")), "pause")
+    approval = r.get(m, "approval", path, r.boolean, False)
+    notify = r.get(m, "notify", path, r.string, None)
+    if notify is not None and not re.match(r"^https?://[^/\s]+", notify):
+        r.error(m["notify"], join(path, "notify"), f"bad URL {notify!r}: give http://host:port/path")
+    gates = _gates(r, m["gates"], join(path, "gates")) if "gates" in m else Gates()
+    if len(r.issues) > before or gates is None:
+        return None
+    try:
+        policy = RolloutPolicy(tuple(steps or ()), float(interval or 0), int(min_samples or 0),
+                               float(max_duration or 0), gates, float(confidence or 0),
+                               Action(on_failure or "rollback"), Action(on_timeout or "pause"), bool(approval))
+    except ValueError as exc:
+        for problem in str(exc).split("; "):
+            key = next((k for k in ("steps", "interval", "min_samples", "max_duration", "confidence", "on_failure")
+                        if problem.startswith(k)), None)
+            r.error(m.get(key, node) if key else node, join(path, key) if key else path, problem)
+        return None
+    return RolloutConfig(policy, notify)
+
+
+def _gates(r: Reader, node: yaml.Node, path: str) -> Gates | None:
+    m = r.mapping(node, path, frozenset(_GATE_KEYS))
+    if m is None:
+        return None
+    d = Gates()
+    values: dict[str, float | None] = {k: getattr(d, k) for k in _GATE_KEYS}
+    for key, value_node in m.items():
+        # An explicit null switches a gate off.
+        values[key] = None if yaml_null(value_node) else r.number(value_node, join(path, key))
+        if values[key] is None and not yaml_null(value_node):
+            return None
+    try:
+        return Gates(values["min_agreement"], values["max_latency_ratio"], values["max_error_rate_increase"],
+                     values["min_accuracy_delta"])
+    except ValueError as exc:
+        r.error(node, path, str(exc))
+        return None
+
+
+def yaml_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _number_list(r: Reader) -> Callable[[yaml.Node, str], list[float] | None]:
+    def read(node: yaml.Node, path: str) -> list[float] | None:
+        items = r.sequence(node, path)
+        if items is None:
+            return None
+        values = [r.number(item, join(path, i)) for i, item in enumerate(items)]
+        return None if None in values else [v for v in values if v is not None]
+    return read
+
+
+def _choice(r: Reader, allowed: tuple[str, ...]) -> Callable[[yaml.Node, str], str | None]:
+    def read(node: yaml.Node, path: str) -> str | None:
+        value = r.string(node, path)
+        if value is not None and value not in allowed:
+            r.error(node, path, f"must be one of {', '.join(allowed)}, got {value!r}")
+            return None
+        return value
+    return read
 
 
 _SHADOW_KEYS = frozenset({"backend", "percent", "methods", "max_concurrency", "max_body", "max_response",

@@ -27,6 +27,7 @@ from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from router.request import Header, Request
+    from router.rollout import WindowCounters
     from router.runtime import Runtime
     from router.server import ClientConnection
     from router.shadow import MirroredRequest
@@ -66,7 +67,7 @@ class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
     __slots__ = ("backend", "chunked", "client", "close_after", "done", "head_sent", "out", "pair", "req",
-                 "route_name", "rt", "status", "task", "timeout", "upstream")
+                 "rollout", "route_name", "rt", "status", "task", "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -84,6 +85,7 @@ class Exchange:
         self.status = 0
         self.done = False
         self.pair: MirroredRequest | None = None
+        self.rollout: WindowCounters | None = None
 
     # -- phase 1: decide where the request goes
     def start(self) -> None:
@@ -110,6 +112,8 @@ class Exchange:
         rt.stats.chosen(route.name, choice)
         if route.config.shadow is not None:
             self.pair = rt.mirror.begin(rt, route.config, req, choice.backend)
+        if route.config.rollout is not None:
+            self.rollout = rt.rollouts.counters(route.name)
         self.timeout = route.config.timeout or rt.config.limits.request_timeout
         self.client.set_deadline(self.timeout, "backend response")
         pool = rt.pools[choice.backend]
@@ -258,5 +262,10 @@ class Exchange:
             self.pair.live_done(status, broken)
         if write:
             self.flush()
-        self.rt.stats.finished(self.route_name, self.backend, status, perf_counter() - self.req.started)
+        seconds = perf_counter() - self.req.started
+        self.rt.stats.finished(self.route_name, self.backend, status, seconds)
+        if self.rollout is not None:
+            route = self.rt.table.by_name[self.route_name].config
+            if self.backend in (route.primary, route.candidate):
+                self.rollout.live(self.backend == route.candidate, status, seconds)
         self.client.exchange_done(self, keep_alive=not (self.close_after or broken))

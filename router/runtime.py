@@ -11,11 +11,14 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.config import Config, RouteConfig
 from router.policy import Choice
 from router.shadow import Mirror
+
+if TYPE_CHECKING:
+    from router.rollout import RolloutController
 from router.state import StateStore
 from router.table import RoutingTable
 from router.upstream import UpstreamPool
@@ -43,6 +46,8 @@ class Splits:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.overrides: dict[str, SplitOverride] = {}
+        # Percentages set by the rollout controller for routes under automatic rollout; they win.
+        self.driven: dict[str, float] = {}
         for name, raw in store.load().get("splits", {}).items():
             try:
                 primary, candidate, base_percent = raw["base"]
@@ -52,6 +57,9 @@ class Splits:
                 log.error("state file %s: ignoring unreadable split for route %r", store.path, name)
 
     def percent(self, route: RouteConfig) -> float:
+        driven = self.driven.get(route.name)
+        if driven is not None:
+            return driven
         o = self.overrides.get(route.name)
         return route.split.candidate_percent if o is None else o.percent
 
@@ -123,12 +131,13 @@ class Runtime:
     splits: Splits
     stats: Stats
     mirror: Mirror
+    rollouts: RolloutController
 
     @property
     def via(self) -> bytes:
         return self.config.proxy.via_entry
 
-def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror,
+def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror, rollouts: RolloutController,
                   old: Runtime | None = None) -> tuple[Runtime, list[UpstreamPool]]:
     """A new runtime for `config`, reusing the pools of unchanged backends.
 
@@ -145,7 +154,8 @@ def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror,
             pools[name] = UpstreamPool(backend, timeout)
     removed = [p for name, p in old_pools.items() if pools.get(name) is not p]
     removed += mirror.configure(config)
-    return Runtime(config, RoutingTable(config), pools, splits, stats, mirror), removed
+    rollouts.configure(config)
+    return Runtime(config, RoutingTable(config), pools, splits, stats, mirror, rollouts), removed
 
 
 def describe(rt: Runtime) -> list[dict[str, Any]]:
@@ -160,5 +170,7 @@ def describe(rt: Runtime) -> list[dict[str, Any]]:
             "sticky": str(rc.split.sticky) if rc.split.sticky else None,
             "requests_by_backend": rt.stats.by_backend(rc.name),
             "sticky_key_missing": rt.stats.sticky_key_missing.get(rc.name, 0),
+            "shadow": rc.shadow.backend if rc.shadow else None,
+            "rollout": rt.rollouts.describe(rc.name),
         })
     return out

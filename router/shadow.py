@@ -25,6 +25,7 @@ from router.shadowstats import ShadowStats
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
+    from router.rollout import WindowCounters
     from router.runtime import Runtime
 
 log = logging.getLogger("router.shadow")
@@ -134,6 +135,7 @@ class MirroredRequest:
         self.shadow = Side(now)
         self.noise = Side(now) if noise else None
         self.pending = 3 if noise else 2
+        self.window: WindowCounters | None = None  # the rollout step window this request counts in
 
     # the live side, fed by the Exchange
     def live_head(self, status: int, headers: list[Header]) -> None:
@@ -212,6 +214,8 @@ class Mirror:
         stats.mirrored += 1
         noise = cfg.noise_percent > 0 and _draw() * 100 < cfg.noise_percent
         pair = MirroredRequest(self, route, req, stats, noise)
+        if route.rollout is not None and route.candidate == cfg.backend:
+            pair.window = rt.rollouts.counters(route.name)
         timeout = cfg.timeout or route.timeout or rt.config.limits.request_timeout
         self._send(self.pools[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
         if pair.noise is not None:
@@ -254,6 +258,9 @@ class Mirror:
         if not shadow.ok:
             stats.shadow_errors += 1
             stats.shadow_error_kinds[shadow.error or f"status_{shadow.status // 100}xx"] += 1
+        window = pair.window
+        if window is not None and live.error != "incomplete":
+            window.pair(live.ok, live.latency, shadow.ok, shadow.latency)
         if live.ok and shadow.ok:
             stats.live_latency.observe(live.latency)
             stats.shadow_latency.observe(shadow.latency)
@@ -311,6 +318,10 @@ class _CompareJob:
         if repeat is not None and repeat.error is None:
             stats.noise_samples += 1
             stats.field_counts(stats.noise_fields, dict(repeat.fields))
+        if p.window is not None:
+            # Agreement for the rollout gate leaves out fields already known to be noise.
+            noise = stats.noise_set()
+            p.window.compared(all(ok or name in noise for name, ok in fields.items()))
         if not main.agree:
             stats.recent.append(_diff_entry(p, fields))
 

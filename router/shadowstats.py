@@ -48,6 +48,8 @@ class ShadowStats:
         self.shadow_latency = Histogram()
         self.paired_diff = SignedHistogram()  # shadow minus live, same request
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._noise: frozenset[str] = frozenset()
+        self._noise_at = -1e9
 
     def field_counts(self, table: dict[str, list[int]], fields: dict[str, bool]) -> None:
         for name, ok in fields.items():
@@ -64,6 +66,15 @@ class ShadowStats:
         if key not in self.mismatch_sets and len(self.mismatch_sets) >= MAX_COMBOS:
             key = frozenset({OTHER})
         self.mismatch_sets[key] += 1
+
+    def noise_set(self) -> frozenset[str]:
+        """Fields classified as noise, recomputed at most once a second (the tests are not free)."""
+        now = time.monotonic()
+        if now - self._noise_at >= 1.0:
+            self._noise_at = now
+            classes = self.noise_classes() if self.noise_samples else {}
+            self._noise = frozenset(name for name, c in classes.items() if c == "noise")
+        return self._noise
 
     def noise_classes(self, alpha: float = 0.01) -> dict[str, str]:
         out: dict[str, str] = {}

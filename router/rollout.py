@@ -1,0 +1,390 @@
+"""The rollout loop: applies `decision.decide` to each route's step window, and persists it all.
+
+The statistics and transitions are pure (`router.decision`); this module owns what is not:
+the per-step counters the data path feeds, the clock, the state file, the decision log, the
+webhook, and turning a phase into the route's candidate percentage (through `Splits.driven`).
+
+Evidence per step: with a shadow on the candidate, both sides come from mirrored requests (the
+same requests went to both, so latency and errors are paired and agreement applies); without one,
+from live traffic split between primary and candidate over the same window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from router.config import Config, RolloutConfig, RouteConfig
+from router.decision import (
+    EMPTY_HISTOGRAM,
+    LATENCY_BUCKETS_S,
+    Action,
+    Decision,
+    InvalidTransition,
+    OperatorAction,
+    Phase,
+    RolloutState,
+    SideCounts,
+    Snapshot,
+    StepEvidence,
+    decide,
+    initial_state,
+    operator_action,
+)
+from router.state import StateStore
+
+if TYPE_CHECKING:
+    from router.runtime import Splits
+
+log = logging.getLogger("router.rollout")
+
+__all__ = ["InvalidTransition", "RolloutController", "WindowCounters"]
+
+LOG_NAME = "decisions.jsonl"
+STATE_NAME = "rollouts.json"
+PERSIST_EVERY_S = 5.0
+
+
+class Side:
+    """One side's counters in the window: requests, server errors, latency buckets."""
+
+    __slots__ = ("errors", "latency", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.latency = [0] * len(EMPTY_HISTOGRAM)
+
+    def record(self, ok: bool, seconds: float) -> None:
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+
+    def counts(self) -> SideCounts:
+        return SideCounts(self.requests, self.errors, tuple(self.latency))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                "latency": {str(i): n for i, n in enumerate(self.latency) if n}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Side:
+        side = cls()
+        side.requests, side.errors = int(data["requests"]), int(data["errors"])
+        for i, n in data["latency"].items():
+            side.latency[int(i)] = int(n)
+        SideCounts(side.requests, side.errors, tuple(side.latency))  # validates
+        return side
+
+
+class WindowCounters:
+    """The evidence of one route's current step window; summable across processes."""
+
+    __slots__ = ("agreements", "candidate", "comparisons", "primary", "shadowed")
+
+    def __init__(self, shadowed: bool) -> None:
+        self.shadowed = shadowed
+        self.comparisons = 0
+        self.agreements = 0
+        self.primary = Side()
+        self.candidate = Side()
+
+    def live(self, on_candidate: bool, status: int, seconds: float) -> None:
+        """A live request finished (used when the step is not shadowed)."""
+        if self.shadowed or status == 499:  # 499: the client left; says nothing about the model
+            return
+        (self.candidate if on_candidate else self.primary).record(status < 500, seconds)
+
+    def pair(self, live_ok: bool, live_s: float, shadow_ok: bool, shadow_s: float) -> None:
+        """A mirrored request finished on both sides (shadowed steps)."""
+        self.primary.record(live_ok, live_s)
+        self.candidate.record(shadow_ok, shadow_s)
+
+    def compared(self, agree: bool) -> None:
+        self.comparisons += 1
+        self.agreements += agree
+
+    def evidence(self) -> StepEvidence:
+        return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
+                "primary": self.primary.to_json(), "candidate": self.candidate.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WindowCounters:
+        c = cls(bool(data["shadowed"]))
+        c.comparisons, c.agreements = int(data["comparisons"]), int(data["agreements"])
+        c.primary, c.candidate = Side.from_json(data["primary"]), Side.from_json(data["candidate"])
+        StepEvidence(c.comparisons, c.agreements)  # validates
+        return c
+
+
+@dataclass
+class RouteRollout:
+    """One route's rollout: its policy, where it stands, and the evidence of the current step."""
+
+    name: str
+    cfg: RolloutConfig
+    key: tuple[str, str]  # (primary, candidate): a YAML change of either starts a new rollout
+    state: RolloutState
+    counters: WindowCounters
+    step_started_at: float
+    rollout_started_at: float
+    last: dict[str, Any] = field(default_factory=dict)  # the last decision, as logged
+    last_logged_hold: float = 0.0
+    primary_only: bool = False  # state was unreadable: primary only, paused, until an operator acts
+
+    def percent(self) -> float:
+        if self.state.phase is Phase.ROLLED_BACK or self.primary_only:
+            return 0.0
+        return float(self.cfg.policy.steps[self.state.step_index])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": list(self.key), "phase": str(self.state.phase), "step_index": self.state.step_index,
+                "approved": self.state.approved, "step_started_at": self.step_started_at,
+                "rollout_started_at": self.rollout_started_at, "counters": self.counters.to_json(),
+                "last": self.last, "primary_only": self.primary_only}
+
+
+def shadowed(route: RouteConfig) -> bool:
+    return route.shadow is not None and route.shadow.backend == route.candidate
+
+
+class RolloutController:
+    """Runs every route's rollout: evaluates, applies, persists, logs and notifies."""
+
+    def __init__(self, state_dir: Path, splits: Splits) -> None:
+        self.store = StateStore(state_dir, STATE_NAME)
+        self.log_path = state_dir / LOG_NAME
+        self.splits = splits
+        self.routes: dict[str, RouteRollout] = {}
+        self.problem: str | None = None
+        self.notify_failures = 0
+        self.notifications = 0
+        self._saved: dict[str, Any] = self.store.load()
+        if self.store.problem:
+            self.problem = self.store.problem
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_persist = 0.0
+
+    # -- configuration
+    def configure(self, config: Config) -> None:
+        """Routes with a rollout block keep their state unless the YAML changed primary or candidate."""
+        now = time.time()
+        routes: dict[str, RouteRollout] = {}
+        for route in config.routes:
+            if route.rollout is None or route.candidate is None:
+                continue
+            key = (route.primary, route.candidate)
+            current = self.routes.get(route.name)
+            if current is not None and current.key == key:
+                current.cfg = route.rollout
+                routes[route.name] = self._fit(current, route, now)
+                continue
+            routes[route.name] = self._restore(route, route.rollout, key, now)
+        self.routes = routes
+        self.splits.driven = {name: rr.percent() for name, rr in routes.items()}
+
+    def _restore(self, route: RouteConfig, cfg: RolloutConfig, key: tuple[str, str], now: float) -> RouteRollout:
+        saved = self._saved.pop(route.name, None)
+        if saved is not None:
+            try:
+                if tuple(saved["key"]) != key:
+                    raise LookupError("the YAML changed its primary or candidate")
+                state = RolloutState(Phase(saved["phase"]), int(saved["step_index"]), bool(saved["approved"]))
+                rr = RouteRollout(route.name, cfg, key, state, WindowCounters.from_json(saved["counters"]),
+                                  float(saved["step_started_at"]), float(saved["rollout_started_at"]),
+                                  dict(saved.get("last", {})), primary_only=bool(saved.get("primary_only", False)))
+                return self._fit(rr, route, now)
+            except LookupError as exc:
+                log.info("route %s: starting a new rollout: %s", route.name, exc)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.problem = f"route {route.name}: saved rollout state unreadable ({exc}); serving primary only"
+                log.error("%s", self.problem)
+                return self._fresh(route, cfg, key, now, RolloutState(Phase.PAUSED, 0), primary_only=True)
+        elif self.store.problem:
+            # The file was unreadable: never guess where a rollout stood; primary only, paused.
+            return self._fresh(route, cfg, key, now, RolloutState(Phase.PAUSED, 0), primary_only=True)
+        return self._fresh(route, cfg, key, now, initial_state(cfg.policy))
+
+    def _fresh(self, route: RouteConfig, cfg: RolloutConfig, key: tuple[str, str], now: float,
+               state: RolloutState, *, primary_only: bool = False) -> RouteRollout:
+        rr = RouteRollout(route.name, cfg, key, state, WindowCounters(shadowed(route)), now, now,
+                          primary_only=primary_only)
+        why = "; saved state unreadable: primary only until an operator acts" if primary_only else ""
+        self._record(rr, Decision(Action.NONE, state, f"rollout of {key[1]} against {key[0]} starts at "
+                                  f"{state.phase} step {state.step_index}{why}"), "router", now, StepEvidence())
+        return rr
+
+    def _fit(self, rr: RouteRollout, route: RouteConfig, now: float) -> RouteRollout:
+        """A reload may change the steps: a state that no longer fits starts the rollout afresh."""
+        policy = rr.cfg.policy
+        on_last = rr.state.step_index == policy.last_step
+        if not 0 <= rr.state.step_index <= policy.last_step or (rr.state.phase is Phase.PROMOTED) != on_last:
+            return self._fresh(route, rr.cfg, rr.key, now, initial_state(policy))
+        rr.counters.shadowed = shadowed(route)
+        return rr
+
+    # -- the data path's hooks
+    def counters(self, route: str) -> WindowCounters | None:
+        rr = self.routes.get(route)
+        return rr.counters if rr is not None else None
+
+    # -- the loop
+    async def run(self) -> None:
+        while True:
+            intervals = [rr.cfg.policy.interval_s for rr in self.routes.values()] or [1.0]
+            await asyncio.sleep(min(1.0, max(0.1, min(intervals) / 4)))
+            self.tick()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for rr in list(self.routes.values()):
+            snapshot = Snapshot(rr.state, rr.counters.evidence(), now, rr.step_started_at, rr.rollout_started_at,
+                                shadowed=rr.counters.shadowed)
+            decision = decide(snapshot, rr.cfg.policy)
+            self.apply(rr, decision, "router", now)
+        if now - self._last_persist >= PERSIST_EVERY_S:
+            self.persist()
+
+    def operator(self, route: str, action: OperatorAction) -> Decision:
+        """An operator's command; InvalidTransition (HTTP 409) when the phase does not allow it."""
+        rr = self.routes[route]
+        decision = operator_action(rr.state, action, rr.cfg.policy)
+        rr.primary_only = False  # an operator has acted
+        self.apply(rr, decision, "operator", time.time())
+        self.splits.driven[rr.name] = rr.percent()
+        return decision
+
+    def apply(self, rr: RouteRollout, decision: Decision, actor: str, now: float) -> None:
+        changed = decision.state != rr.state
+        before = rr.state
+        evidence = rr.counters.evidence()  # what the decision was made on, before a new window
+        if decision.new_window:
+            rr.counters = WindowCounters(rr.counters.shadowed)
+            rr.step_started_at = now
+        if decision.restart_deadline:
+            rr.rollout_started_at = now
+        rr.state = decision.state
+        if changed:
+            self.splits.driven[rr.name] = rr.percent()
+            log.warning("route %s: %s -> %s: %s", rr.name, before.phase, rr.state.phase, decision.reason)
+        # Holds are logged once per interval, with their evidence; everything else always.
+        hold = decision.action in (Action.HOLD, Action.NONE) and not changed and actor == "router"
+        if hold and now - rr.last_logged_hold < max(rr.cfg.policy.interval_s, 1.0):
+            return
+        if hold:
+            rr.last_logged_hold = now
+        self._record(rr, decision, actor, now, evidence, before=before)
+        if changed or actor == "operator":
+            self.persist()
+            self._notify(rr, before, decision, actor)
+
+    def _record(self, rr: RouteRollout, decision: Decision, actor: str, now: float, ev: StepEvidence,
+                before: RolloutState | None = None) -> None:
+        entry = {
+            "time": now, "route": rr.name, "actor": actor, "action": str(decision.action),
+            "from": {"phase": str(before.phase), "step": before.step_index} if before else None,
+            "phase": str(decision.state.phase), "step": decision.state.step_index,
+            "candidate_percent": rr.percent(),
+            "reason": decision.reason,
+            "evidence": {"comparisons": ev.comparisons, "agreements": ev.agreements,
+                         "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
+                         "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors}},
+            "gates": [{"gate": str(g.name), "verdict": str(g.verdict), "estimate": g.estimate, "low": g.low,
+                       "high": g.high, "threshold": g.threshold, "n": g.n} for g in decision.gates],
+        }
+        rr.last = entry
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            log.error("cannot append to the decision log %s: %s", self.log_path, exc)
+
+    # -- persistence
+    def persist(self) -> None:
+        self._last_persist = time.time()
+        data = {name: rr.to_json() for name, rr in self.routes.items()}
+        try:
+            self.store.save(data)
+        except OSError as exc:
+            log.error("cannot save rollout state to %s: %s", self.store.path, exc)
+
+    def tail(self, route: str, n: int) -> list[dict[str, Any]]:
+        """The last `n` decision-log entries of a route."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        out: list[dict[str, Any]] = []
+        for line in reversed(lines):
+            with contextlib.suppress(json.JSONDecodeError):
+                entry = json.loads(line)
+                if entry.get("route") == route:
+                    out.append(entry)
+                    if len(out) >= n:
+                        break
+        return out[::-1]
+
+    def describe(self, route: str) -> dict[str, Any] | None:
+        rr = self.routes.get(route)
+        if rr is None:
+            return None
+        policy = rr.cfg.policy
+        ev = rr.counters.evidence()
+        return {
+            "route": route, "primary": rr.key[0], "candidate": rr.key[1],
+            "phase": str(rr.state.phase), "step_index": rr.state.step_index, "steps": list(policy.steps),
+            "candidate_percent": rr.percent(), "approved": rr.state.approved, "approval_required": policy.approval,
+            "primary_only": rr.primary_only,
+            "step_started_at": rr.step_started_at, "rollout_started_at": rr.rollout_started_at,
+            "shadowed": rr.counters.shadowed,
+            "window": {"comparisons": ev.comparisons, "agreements": ev.agreements,
+                       "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
+                       "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors}},
+            "last_decision": rr.last,
+        }
+
+    # -- webhook
+    def _notify(self, rr: RouteRollout, before: RolloutState, decision: Decision, actor: str) -> None:
+        url = rr.cfg.notify
+        if url is None or (before == decision.state and actor != "operator"):
+            return
+        payload = {"route": rr.name, "from_phase": str(before.phase), "phase": str(decision.state.phase),
+                   "step": decision.state.step_index, "candidate_percent": rr.percent(),
+                   "reason": decision.reason, "actor": actor, "time": time.time()}
+        task = asyncio.get_running_loop().create_task(self._post(url, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with self._session.post(url, json=payload) as resp:
+                if resp.status >= 300:
+                    raise aiohttp.ClientError(f"status {resp.status}")
+            self.notifications += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.notify_failures += 1
+            log.warning("rollout webhook %s failed: %s", url, exc)
+
+    async def close(self) -> None:
+        self.persist()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._session is not None:
+            await self._session.close()
