@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from router.decision import Phase
 from router.histogram import BOUNDS, Histogram
+from router.rollout import RolloutController
 from router.runtime import LATENCY_BUCKETS
 from router.shadowstats import ShadowStats
 
@@ -83,6 +85,7 @@ class RouterCollector(Collector):
         yield CounterMetricFamily("router_client_connections_rejected", "Client connections refused "
                                   "over limits.max_connections.", value=router.data.rejected_connections)
         yield from shadow_metrics(router.mirror.stats)
+        yield from rollout_metrics(router.rollouts)
 
     @staticmethod
     def _requests(requests: dict[tuple[str, str, int], int]) -> Iterator[Metric]:
@@ -130,6 +133,32 @@ def shadow_metrics(all_stats: Mapping[str, ShadowStats]) -> Iterator[Metric]:
         for side, hist in (("live", s.live_latency), ("shadow", s.shadow_latency)):
             latency.add_metric([route, side], _coarse(hist), sum_value=hist.sum)
     yield from (requests, comparisons, fields, noise, labels, errors, latency)
+
+
+def rollout_metrics(rollouts: RolloutController) -> Iterator[Metric]:
+    """Phase per route, and the current step window's decision inputs (counters that sum across replicas)."""
+    phase = GaugeMetricFamily("router_rollout_phase", "1 for the route's current rollout phase.",
+                              labels=["route", "phase"])
+    step = GaugeMetricFamily("router_rollout_step", "Index of the current rollout step.", labels=["route"])
+    comparisons = GaugeMetricFamily("router_rollout_window_comparisons", "Shadow comparisons in the current "
+                                    "step window, and how many agreed.", labels=["route", "result"])
+    requests = GaugeMetricFamily("router_rollout_window_requests", "Requests in the current step window, "
+                                 "by side and outcome.", labels=["route", "side", "result"])
+    for name, rr in sorted(rollouts.routes.items()):
+        for p in Phase:
+            phase.add_metric([name, str(p)], 1 if rr.state.phase is p else 0)
+        step.add_metric([name], rr.state.step_index)
+        ev = rr.counters.evidence()
+        comparisons.add_metric([name, "agree"], ev.agreements)
+        comparisons.add_metric([name, "disagree"], ev.comparisons - ev.agreements)
+        for side, counts in (("primary", ev.primary), ("candidate", ev.candidate)):
+            requests.add_metric([name, side, "ok"], counts.requests - counts.errors)
+            requests.add_metric([name, side, "error"], counts.errors)
+    notify = CounterMetricFamily("router_rollout_notifications", "Webhook calls on phase changes.",
+                                 labels=["result"])
+    notify.add_metric(["ok"], rollouts.notifications)
+    notify.add_metric(["failed"], rollouts.notify_failures)
+    yield from (phase, step, comparisons, requests, notify)
 
 
 def _coarse(hist: Histogram) -> list[tuple[str, float]]:

@@ -138,6 +138,11 @@ async def test_restart_resumes_the_same_step_and_operator_approves(
         assert (after["phase"], after["step_index"], after["step_started_at"]) == \
                (before["phase"], before["step_index"], before["step_started_at"])
         assert after["window"]["comparisons"] >= before["window"]["comparisons"] > 0
+        async with s.get(r.admin + "/metrics") as resp:
+            text = await resp.text()
+        assert 'router_rollout_phase{phase="awaiting_approval",route="fraud"} 1.0' in text
+        assert 'router_rollout_step{route="fraud"} 1.0' in text
+        assert 'router_candidate_percent{route="fraud"} 50.0' in text
         async with s.post(r.admin + "/-/routes/fraud/promote") as resp:
             assert resp.status == 401
         async with s.post(r.admin + "/-/routes/fraud/promote", headers=AUTH) as resp:
