@@ -22,6 +22,8 @@ def _validate(args: argparse.Namespace) -> int:
         extra = f", candidate {route.candidate} at {route.split.candidate_percent:g}%" if route.candidate else ""
         if route.shadow:
             extra += f", shadow {route.shadow.backend} ({route.shadow.compare.format}, {route.shadow.percent:g}%)"
+        if route.rollout:
+            extra += ", rollout " + "/".join(f"{s:g}" for s in route.rollout.policy.steps)
         print(f"  route {route.name}: {target} -> {route.primary}{extra}")
     return 0
 
