@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -78,7 +79,11 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({
         "config": router.config_path,
         "routes": describe(rt),
-        "backends": {n: {"url": p.backend.url, "idle": len(p.idle), "busy": p.busy} for n, p in rt.pools.items()},
+        "backends": {name: [{"url": p.endpoint.url, "idle": len(p.idle), "busy": p.busy,
+                             "available": st.available(time.monotonic()), "healthy": st.healthy,
+                             "consecutive_failures": st.consecutive_failures}
+                            for p, st in zip(g.pools, g.states, strict=True)]
+                     for name, g in rt.groups.items()},
         "reload": {"last_ok": router.last_reload_ok, "last_error": router.last_reload_error,
                    "ok": router.reloads_ok, "failed": router.reloads_failed},
         "state_problem": router.state_store.problem,

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from router.balancer import HealthRegistry
 from router.config import Config, ConfigError, load_config
+from router.healthcheck import HealthChecker
 from router.rollout import RolloutController
 from router.runtime import Runtime, Splits, Stats, build_runtime
 from router.server import DataServer
@@ -37,8 +39,10 @@ class Router:
         self.mirror = Mirror()
         self.rollouts = RolloutController(config.state_dir, self.splits)
         self.runtime: Runtime
-        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts)
+        self.health = HealthRegistry()
+        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts, self.health)
         self._rollout_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self.data = DataServer(lambda: self.runtime)
         self.admin_runner: web.AppRunner | None = None
         self.reloads_ok = 0
@@ -64,7 +68,9 @@ class Router:
         site = web.TCPSite(self.admin_runner, cfg.admin.listen.host, cfg.admin.listen.port,
                            reuse_address=True)
         await site.start()
-        self._rollout_task = asyncio.get_running_loop().create_task(self.rollouts.run())
+        loop = asyncio.get_running_loop()
+        self._rollout_task = loop.create_task(self.rollouts.run())
+        self._health_task = loop.create_task(HealthChecker(lambda: self.runtime).run())
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the YAML and swap the table; on any error keep the old one and say why."""
@@ -82,7 +88,8 @@ class Router:
         stale = self.splits.reconcile(config)
         if stale:
             notes.append(f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}")
-        self.runtime, removed = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts, old)
+        self.runtime, removed = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts,
+                                              self.health, old)
         for pool in removed:
             pool.close()  # idle connections now; busy ones as their responses end
         self.reloads_ok += 1
@@ -123,10 +130,11 @@ class Router:
         clean = await self.data.drain(self.config.limits.drain_timeout)
         if not clean:
             log.warning("drain_timeout reached: closed connections with requests still in flight")
-        if self._rollout_task is not None:
-            self._rollout_task.cancel()
+        for task in (self._rollout_task, self._health_task):
+            if task is not None:
+                task.cancel()
         await self.rollouts.close()
-        for pool in [*self.runtime.pools.values(), *self.mirror.pools.values()]:
+        for pool in [*(p for g in self.runtime.groups.values() for p in g.pools), *self.mirror.pools]:
             pool.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()

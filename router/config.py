@@ -22,9 +22,25 @@ from router.units import parse_duration, parse_size
 from router.yamlsrc import ConfigError, ConfigIssue, Reader, join
 
 __all__ = [
-    "Address", "AdminConfig", "BackendConfig", "Config", "ConfigError", "ConfigIssue", "Limits",
-    "Match", "Override", "OverrideMatch", "ProxyConfig", "RouteConfig", "Split", "StickyKey",
-    "load_config", "parse_config",
+    "Address",
+    "AdminConfig",
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "Endpoint",
+    "HealthCheck",
+    "Limits",
+    "Match",
+    "Outlier",
+    "Override",
+    "OverrideMatch",
+    "ProxyConfig",
+    "RouteConfig",
+    "Split",
+    "StickyKey",
+    "load_config",
+    "parse_config",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -80,21 +96,55 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class BackendConfig:
-    """One model backend, by name."""
+class Endpoint:
+    """One server of a backend."""
 
-    name: str
     url: str
     scheme: str
     host: str
     port: int
-    max_connections: int = 256
 
     @property
     def authority(self) -> str:
         default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checks: GET `path` on every endpoint every `interval`."""
+
+    path: str = "/health"
+    interval: float = 5.0
+    timeout: float = 1.0
+    unhealthy_after: int = 3
+    healthy_after: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Outlier:
+    """Passive outlier ejection: an endpoint failing this many times in a row is taken out."""
+
+    consecutive_failures: int = 5
+    base_ejection: float = 10.0  # doubled on each ejection in a row, up to max_ejection
+    max_ejection: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """One model backend, by name: one or more endpoints balanced round-robin."""
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    max_connections: int = 256  # per endpoint
+    max_pending: int = 100  # requests waiting for a connection; beyond, 503 at once (circuit breaker)
+    health: HealthCheck | None = None
+    outlier: Outlier = Outlier()
+
+    @property
+    def url(self) -> str:
+        return ", ".join(e.url for e in self.endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +229,7 @@ class RouteConfig:
     split: Split = Split()
     overrides: tuple[Override, ...] = ()
     timeout: float | None = None  # overrides limits.request_timeout
+    retries: int = 1  # extra attempts where safe, within the route's timeout and the retry budget
     shadow: ShadowConfig | None = None
     rollout: RolloutConfig | None = None
 
@@ -375,25 +426,97 @@ def _backends(r: Reader, node: yaml.Node) -> dict[str, BackendConfig] | None:
         if not _NAME.match(name):
             r.error(value, path, "backend names are letters, digits, '.', '_' or '-' (max 63)")
             continue
-        b = r.mapping(value, path, frozenset({"url", "max_connections"}))
-        if b is None:
-            continue
-        if "url" not in b:
-            r.error(value, join(path, "url"), "required key is missing")
-            continue
-        url = r.string(b["url"], join(path, "url"))
-        parsed = r.converted(b["url"], join(path, "url"), _parse_url) if url else None
-        max_conn = r.get(b, "max_connections", path, r.integer, 256)
-        if max_conn is not None and max_conn < 1:
-            r.error(b["max_connections"], join(path, "max_connections"), "must be at least 1")
-            max_conn = None
-        if url and parsed and max_conn:
-            out[name] = BackendConfig(name, url.strip(), *parsed, max_connections=max_conn)
+        backend = _backend(r, value, path, name)
+        if backend is not None:
+            out[name] = backend
     return out
 
 
-_ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "shadow",
-                         "rollout"})
+_BACKEND_KEYS = frozenset({"url", "urls", "max_connections", "max_pending", "health", "outlier"})
+
+
+def _backend(r: Reader, node: yaml.Node, path: str, name: str) -> BackendConfig | None:
+    b = r.mapping(node, path, _BACKEND_KEYS)
+    if b is None:
+        return None
+    before = len(r.issues)
+    if ("url" in b) == ("urls" in b):
+        r.error(node, path, "give url (one endpoint) or urls (a list of endpoints), not both or neither")
+        return None
+    if "url" in b:
+        urls: list[tuple[yaml.Node, str]] = [(b["url"], join(path, "url"))]
+    else:
+        items = r.sequence(b["urls"], join(path, "urls")) or []
+        if not items and len(r.issues) == before:
+            r.error(b["urls"], join(path, "urls"), "give at least one URL")
+        urls = [(item, join(join(path, "urls"), i)) for i, item in enumerate(items)]
+    endpoints = []
+    for url_node, url_path in urls:
+        text = r.string(url_node, url_path)
+        parsed = r.converted(url_node, url_path, _parse_url) if text else None
+        if text and parsed:
+            endpoints.append(Endpoint(text.strip(), *parsed))
+    if len({e.authority for e in endpoints}) != len(endpoints):
+        r.error(node, path, "the same endpoint is listed twice")
+    max_conn = _positive(r, b, "max_connections", path, 256)
+    max_pending = r.get(b, "max_pending", path, r.integer, 100)
+    if max_pending is not None and max_pending < 0:
+        r.error(b["max_pending"], join(path, "max_pending"), "must be 0 or more")
+    health = _health(r, b["health"], join(path, "health")) if "health" in b else None
+    outlier = _outlier(r, b["outlier"], join(path, "outlier")) if "outlier" in b else Outlier()
+    if len(r.issues) > before or not endpoints or max_conn is None or max_pending is None or outlier is None:
+        return None
+    return BackendConfig(name, tuple(endpoints), max_conn, max_pending, health, outlier)
+
+
+def _positive(r: Reader, m: dict[str, yaml.Node], key: str, path: str, default: int) -> int | None:
+    value = r.get(m, key, path, r.integer, default)
+    if value is not None and value < 1:
+        r.error(m[key], join(path, key), "must be at least 1")
+        return None
+    return value
+
+
+def _seconds(r: Reader, m: dict[str, yaml.Node], key: str, path: str, default: float) -> float | None:
+    value = r.get(m, key, path, lambda n, p: r.converted(n, p, parse_duration), default)
+    if value is not None and value <= 0:
+        r.error(m[key], join(path, key), "must be greater than zero")
+        return None
+    return value
+
+
+def _health(r: Reader, node: yaml.Node, path: str) -> HealthCheck | None:
+    m = r.mapping(node, path, frozenset({"path", "interval", "timeout", "unhealthy_after", "healthy_after"}))
+    if m is None:
+        return None
+    d = HealthCheck()
+    check_path = r.get(m, "path", path, r.string, d.path)
+    if check_path is not None and not check_path.startswith("/"):
+        r.error(m["path"], join(path, "path"), f"must start with '/', got {check_path!r}")
+        check_path = None
+    values = (check_path, _seconds(r, m, "interval", path, d.interval), _seconds(r, m, "timeout", path, d.timeout),
+              _positive(r, m, "unhealthy_after", path, d.unhealthy_after),
+              _positive(r, m, "healthy_after", path, d.healthy_after))
+    if any(v is None for v in values):
+        return None
+    return HealthCheck(*values)  # type: ignore[arg-type]
+
+
+def _outlier(r: Reader, node: yaml.Node, path: str) -> Outlier | None:
+    m = r.mapping(node, path, frozenset({"consecutive_failures", "base_ejection", "max_ejection"}))
+    if m is None:
+        return None
+    d = Outlier()
+    values = (_positive(r, m, "consecutive_failures", path, d.consecutive_failures),
+              _seconds(r, m, "base_ejection", path, d.base_ejection),
+              _seconds(r, m, "max_ejection", path, d.max_ejection))
+    if any(v is None for v in values):
+        return None
+    return Outlier(*values)  # type: ignore[arg-type]
+
+
+_ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "retries",
+                         "shadow", "rollout"})
 
 
 def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[RouteConfig, ...] | None:
@@ -468,7 +591,12 @@ def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> R
         r.error(m["rollout"], join(path, "rollout"), "a rollout needs a candidate backend")
     if len(r.issues) > before or not (name and match and primary and split) or overrides is None:
         return None
-    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, shadow, rollout)
+    retries = r.get(m, "retries", path, r.integer, 1)
+    if retries is not None and not 0 <= retries <= 5:
+        r.error(m["retries"], join(path, "retries"), "must be within 0..5")
+    if len(r.issues) > before or retries is None:
+        return None
+    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, retries, shadow, rollout)
 
 
 _ROLLOUT_KEYS = frozenset({"steps", "interval", "min_samples", "max_duration", "gates", "confidence", "on_failure",

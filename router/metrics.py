@@ -7,6 +7,7 @@ route and backend names come from the YAML, status is reduced to its class (2xx,
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -69,10 +70,22 @@ class RouterCollector(Collector):
         yield percent
         pools = GaugeMetricFamily("router_upstream_connections", "Open backend connections.",
                                   labels=["backend", "state"])
-        for name, pool in sorted(rt.pools.items()):
-            pools.add_metric([name, "idle"], len(pool.idle))
-            pools.add_metric([name, "busy"], pool.busy)
+        available = GaugeMetricFamily("router_backend_endpoints_available", "Endpoints in rotation (not "
+                                      "ejected, not failing health checks).", labels=["backend"])
+        now = time.monotonic()
+        for name, group in sorted(rt.groups.items()):
+            pools.add_metric([name, "idle"], sum(len(p.idle) for p in group.pools))
+            pools.add_metric([name, "busy"], sum(p.busy for p in group.pools))
+            available.add_metric([name], sum(s.available(now) for s in group.states))
         yield pools
+        yield available
+        yield CounterMetricFamily("router_endpoint_ejections", "Endpoints taken out of rotation after "
+                                  "consecutive failures.", value=router.health.ejections)
+        fallback = CounterMetricFamily("router_candidate_fallbacks", "Requests for a candidate with no available "
+                                       "endpoint, sent to the primary instead.", labels=["route"])
+        for route, n in sorted(router.health.fallbacks.items()):
+            fallback.add_metric([route], n)
+        yield fallback
         reloads = CounterMetricFamily("router_config_reloads", "Config reloads by result.", labels=["result"])
         reloads.add_metric(["success"], router.reloads_ok)
         reloads.add_metric(["failure"], router.reloads_failed)

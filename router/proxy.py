@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
 from router.http11 import (
@@ -26,6 +26,7 @@ from router.policy import RequestView, choose
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
+    from router.balancer import BackendGroup
     from router.request import Header, Request
     from router.rollout import WindowCounters
     from router.runtime import Runtime
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 _draw = random.random
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _NOTHING: frozenset[bytes] = frozenset()
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+_NEVER_SENT = frozenset({"connect_refused", "connect_timeout", "connect_error"})
+_NO_ANSWER = frozenset({"closed_before_headers"})
+_LOCAL_LIMITS = frozenset({"pool_exhausted", "circuit_open"})  # the router's own limits, not the endpoint's health
 
 
 def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = b"") -> bytes:
@@ -66,8 +71,9 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
 class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
-    __slots__ = ("backend", "chunked", "client", "close_after", "done", "head_sent", "out", "pair", "req",
-                 "rollout", "route_name", "rt", "status", "task", "timeout", "upstream")
+    __slots__ = ("attempts_left", "backend", "chunked", "client", "close_after", "deadline", "done", "group",
+                 "head_sent", "out", "pair", "pool", "req", "rollout", "route_name", "rt", "status", "task",
+                 "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -86,6 +92,10 @@ class Exchange:
         self.done = False
         self.pair: MirroredRequest | None = None
         self.rollout: WindowCounters | None = None
+        self.group: BackendGroup | None = None
+        self.pool: UpstreamPool | None = None
+        self.attempts_left = 0
+        self.deadline = 0.0
 
     # -- phase 1: decide where the request goes
     def start(self) -> None:
@@ -108,15 +118,34 @@ class Exchange:
             choice = route.primary_choice
         else:
             choice = choose(route.config, percent, RequestView(req.header, req.query), _draw)
-        self.backend = choice.backend
+        rc = route.config
         rt.stats.chosen(route.name, choice)
-        if route.config.shadow is not None:
-            self.pair = rt.mirror.begin(rt, route.config, req, choice.backend)
-        if route.config.rollout is not None:
+        group = rt.groups[choice.backend]
+        now = monotonic()
+        pool = group.pick(now)
+        if pool is None and choice.backend == rc.candidate:
+            # The candidate has no endpoint in rotation: its share goes to the primary, counted.
+            rt.health.fallbacks[route.name] = rt.health.fallbacks.get(route.name, 0) + 1
+            group = rt.groups[rc.primary]
+            pool = group.pick(now)
+        if pool is None:
+            pool = group.pick(now, panic=True)  # nothing healthy at all: try anyway rather than refuse
+        assert pool is not None
+        self.backend = group.name
+        self.group = group
+        group.earn()
+        if rc.shadow is not None:
+            self.pair = rt.mirror.begin(rt, rc, req, group.name)
+        if rc.rollout is not None:
             self.rollout = rt.rollouts.counters(route.name)
-        self.timeout = route.config.timeout or rt.config.limits.request_timeout
+        self.timeout = rc.timeout or rt.config.limits.request_timeout
+        self.deadline = perf_counter() + self.timeout
+        self.attempts_left = rc.retries
         self.client.set_deadline(self.timeout, "backend response")
-        pool = rt.pools[choice.backend]
+        self._dispatch(pool)
+
+    def _dispatch(self, pool: UpstreamPool) -> None:
+        self.pool = pool
         upstream = pool.acquire_nowait()
         if upstream is not None:
             self._send(upstream)
@@ -198,6 +227,8 @@ class Exchange:
     def on_complete(self) -> None:
         if self.done:
             return
+        if self.group is not None and self.pool is not None:
+            self.group.report(self.pool, self.status < 500)
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
         self._finish(self.status)
@@ -206,13 +237,36 @@ class Exchange:
         if self.done:
             return
         self.rt.stats.upstream_error(self.backend, error.kind)
+        group, pool = self.group, self.pool
+        if group is not None and pool is not None and error.kind not in _LOCAL_LIMITS:
+            group.report(pool, False)
+        if group is not None and self._may_retry(error, group):
+            self.attempts_left -= 1
+            self.rt.stats.upstream_error(self.backend, "retried")
+            self.upstream = None
+            now = monotonic()
+            retry_pool = group.pick(now, avoid=pool) or group.pick(now, panic=True)
+            assert retry_pool is not None  # panic always picks
+            self._dispatch(retry_pool)
+            return
         if self.head_sent:
             # Too late for an error status: cut the connection so the response never looks complete.
             self.close_after = True
             self._finish(self.status, broken=True)
             return
-        status = 503 if error.kind == "pool_exhausted" else 502
+        status = 503 if error.kind in _LOCAL_LIMITS else 502
         self._respond_error(status, str(error))
+
+    def _may_retry(self, error: UpstreamError, group: BackendGroup) -> bool:
+        """Retry only where it cannot run a request twice unasked, within the timeout and the budget."""
+        if self.head_sent or self.attempts_left <= 0 or perf_counter() >= self.deadline:
+            return False
+        if error.kind in _NEVER_SENT:
+            safe = True  # the request never left the router
+        else:
+            safe = error.kind in _NO_ANSWER and error.sent_nothing and (
+                self.req.method in _IDEMPOTENT or b"idempotency-key" in self.req.index)
+        return safe and group.spend()
 
     def flush(self) -> None:
         out = self.out
@@ -227,6 +281,8 @@ class Exchange:
             return
         self._drop_upstream()
         self.rt.stats.upstream_error(self.backend, "timeout")
+        if self.group is not None and self.pool is not None:
+            self.group.report(self.pool, False)
         if self.head_sent:
             self.close_after = True
             self._finish(self.status, broken=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from router.balancer import BackendGroup, HealthRegistry, build_groups
 from router.config import Config, RouteConfig
 from router.policy import Choice
 from router.shadow import Mirror
@@ -123,39 +124,33 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """Everything a request needs: config, table, pools by backend name, and the shared state."""
+    """Everything a request needs: config, table, backend groups by name, and the shared state."""
 
     config: Config
     table: RoutingTable
-    pools: Mapping[str, UpstreamPool]
+    groups: Mapping[str, BackendGroup]
     splits: Splits
     stats: Stats
     mirror: Mirror
     rollouts: RolloutController
+    health: HealthRegistry
 
     @property
     def via(self) -> bytes:
         return self.config.proxy.via_entry
 
 def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror, rollouts: RolloutController,
-                  old: Runtime | None = None) -> tuple[Runtime, list[UpstreamPool]]:
-    """A new runtime for `config`, reusing the pools of unchanged backends.
+                  health: HealthRegistry, old: Runtime | None = None) -> tuple[Runtime, list[UpstreamPool]]:
+    """A new runtime for `config`, reusing the pools of unchanged backend endpoints.
 
     Returns the runtime and the old pools it no longer uses (to drain, then close).
     """
-    old_pools: Mapping[str, UpstreamPool] = old.pools if old else {}
-    pools: dict[str, UpstreamPool] = {}
-    timeout = config.limits.connect_timeout
-    for name, backend in config.backends.items():
-        prev = old_pools.get(name)
-        if prev is not None and prev.backend == backend and prev.connect_timeout == timeout:
-            pools[name] = prev
-        else:
-            pools[name] = UpstreamPool(backend, timeout)
-    removed = [p for name, p in old_pools.items() if pools.get(name) is not p]
-    removed += mirror.configure(config)
+    old_pools = [p for g in old.groups.values() for p in g.pools] if old else []
+    groups, removed = build_groups(config, health, old_pools)
+    removed += mirror.configure(config, health)
     rollouts.configure(config)
-    return Runtime(config, RoutingTable(config), pools, splits, stats, mirror, rollouts), removed
+    health.prune(config)
+    return Runtime(config, RoutingTable(config), groups, splits, stats, mirror, rollouts, health), removed
 
 
 def describe(rt: Runtime) -> list[dict[str, Any]]:

@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from router.balancer import BackendGroup, HealthRegistry, build_groups
 from router.compare import Comparison, compare
-from router.config import BackendConfig, Config, RouteConfig, ShadowConfig
+from router.config import Config, RouteConfig, ShadowConfig
 from router.proxy import upstream_request
 from router.request import Header, Request
 from router.shadowstats import ShadowStats
@@ -164,26 +165,22 @@ class Mirror:
     """Owns the shadow pools, the per-route in-flight counts and the per-route stats."""
 
     def __init__(self) -> None:
-        self.pools: dict[str, UpstreamPool] = {}
+        self.groups: dict[str, BackendGroup] = {}
         self.stats: dict[str, ShadowStats] = {}
         self.in_flight: dict[str, int] = {}
 
     # -- configuration (at start and on each reload)
-    def configure(self, config: Config) -> list[UpstreamPool]:
-        """Pools for every backend a shadow (or its noise copy) may reach; stats kept for routes
-        whose primary and shadow backend are unchanged. Returns pools no longer used."""
+    def configure(self, config: Config, health: HealthRegistry) -> list[UpstreamPool]:
+        """Groups for every backend a shadow (or its noise copy) may reach, on pools of their own;
+        stats kept for routes whose primary and shadow backend are unchanged. Returns pools no
+        longer used."""
         caps: dict[str, int] = {}
         for route in config.routes:
             if route.shadow is not None:
                 for name in (route.shadow.backend, route.primary):
                     caps[name] = caps.get(name, 0) + 2 * route.shadow.max_concurrency
-        old, self.pools = self.pools, {}
-        for name, cap in caps.items():
-            backend = config.backends[name]
-            shadow_backend = BackendConfig(backend.name, backend.url, backend.scheme, backend.host, backend.port, cap)
-            prev = old.get(name)
-            keep = prev is not None and prev.backend == shadow_backend
-            self.pools[name] = prev if keep and prev else UpstreamPool(shadow_backend, config.limits.connect_timeout)
+        old = [p for g in self.groups.values() for p in g.pools]
+        self.groups, removed = build_groups(config, health, old, caps)
         stats: dict[str, ShadowStats] = {}
         for route in config.routes:
             if route.shadow is not None:
@@ -191,7 +188,11 @@ class Mirror:
                 prev_stats = self.stats.get(route.name)
                 stats[route.name] = prev_stats if prev_stats and prev_stats.key == key else ShadowStats(*key)
         self.stats = stats
-        return [p for name, p in old.items() if self.pools.get(name) is not p]
+        return removed
+
+    @property
+    def pools(self) -> list[UpstreamPool]:
+        return [p for g in self.groups.values() for p in g.pools]
 
     # -- the live path's only call
     def begin(self, rt: Runtime, route: RouteConfig, req: Request, live_backend: str) -> MirroredRequest | None:
@@ -217,12 +218,14 @@ class Mirror:
         if route.rollout is not None and route.candidate == cfg.backend:
             pair.window = rt.rollouts.counters(route.name)
         timeout = cfg.timeout or route.timeout or rt.config.limits.request_timeout
-        self._send(self.pools[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
+        self._send(self.groups[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
         if pair.noise is not None:
-            self._send(self.pools[route.primary], req, rt.via, CaptureSink(pair, pair.noise, timeout))
+            self._send(self.groups[route.primary], req, rt.via, CaptureSink(pair, pair.noise, timeout))
         return pair
 
-    def _send(self, pool: UpstreamPool, req: Request, via: bytes, sink: CaptureSink) -> None:
+    def _send(self, group: BackendGroup, req: Request, via: bytes, sink: CaptureSink) -> None:
+        pool = group.pick(time.monotonic(), panic=True)
+        assert pool is not None
         data = upstream_request(req, pool.authority, via, SHADOW_HEADER)
         conn = pool.acquire_nowait()
         if conn is not None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
 import httptools
 
-from router.config import BackendConfig
+from router.config import Endpoint
 from router.request import Header
 
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -184,22 +185,36 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_error(error)
 
 
-class UpstreamPool:
-    """Keep-alive connections to one backend, at most `max_connections` of them.
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """What a pool connects to and its limits; pools with equal specs are reused across reloads."""
 
-    Each backend has its own pool and cap, so a slow backend cannot take the connections or the
-    waiting room of another.
+    backend: str
+    endpoint: Endpoint
+    max_connections: int
+    max_pending: int
+    connect_timeout: float
+
+
+class UpstreamPool:
+    """Keep-alive connections to one backend endpoint, at most `max_connections` of them.
+
+    Each endpoint has its own pool and cap, so a slow backend cannot take the connections or the
+    waiting room of another. At the cap, at most `max_pending` requests wait for a connection; any
+    more fail at once (503): a hung backend fails fast instead of piling up requests.
     """
 
-    def __init__(self, backend: BackendConfig, connect_timeout: float) -> None:
-        self.backend = backend
-        self.connect_timeout = connect_timeout
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+        self.name = spec.backend
+        self.endpoint = spec.endpoint
+        self.connect_timeout = spec.connect_timeout
         self.idle: list[UpstreamConnection] = []
         self.open = 0  # connections counted against the cap, idle or busy or connecting
         self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self.closing = False
-        self._ssl = ssl.create_default_context() if backend.scheme == "https" else None
-        self.authority = backend.authority.encode()
+        self._ssl = ssl.create_default_context() if spec.endpoint.scheme == "https" else None
+        self.authority = spec.endpoint.authority.encode()
 
     def acquire_nowait(self) -> UpstreamConnection | None:
         """An idle connection, newest first (the most likely still to be open), or None."""
@@ -215,14 +230,17 @@ class UpstreamPool:
         conn = self.acquire_nowait()
         if conn is not None:
             return conn
-        while self.open >= self.backend.max_connections:
+        while self.open >= self.spec.max_connections:
+            if len(self.waiters) >= self.spec.max_pending:
+                raise UpstreamError("circuit_open", f"backend {self.name!r} is saturated: {self.open} connections "
+                                    f"busy and {len(self.waiters)} requests waiting (max_pending)")
             waiter: asyncio.Future[UpstreamConnection | None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
                 conn = await asyncio.wait_for(waiter, wait_timeout)
             except TimeoutError:
-                raise UpstreamError("pool_exhausted", f"backend {self.backend.name!r} has no free "
-                                    f"connection (max_connections={self.backend.max_connections})") from None
+                raise UpstreamError("pool_exhausted", f"backend {self.name!r} has no free "
+                                    f"connection (max_connections={self.spec.max_connections})") from None
             finally:
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)
@@ -233,20 +251,20 @@ class UpstreamPool:
     async def _connect(self) -> UpstreamConnection:
         self.open += 1
         loop = asyncio.get_running_loop()
-        b = self.backend
+        e = self.endpoint
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), b.host, b.port, ssl=self._ssl,
-                    server_hostname=b.host if self._ssl else None)
+                    lambda: UpstreamConnection(self), e.host, e.port, ssl=self._ssl,
+                    server_hostname=e.host if self._ssl else None)
         except TimeoutError:
             self._slot_freed()
-            raise UpstreamError("connect_timeout", f"backend {b.name!r} did not accept a connection "
+            raise UpstreamError("connect_timeout", f"backend {self.name!r} ({e.url}) did not accept a connection "
                                 f"within {self.connect_timeout:g}s") from None
         except OSError as exc:
             self._slot_freed()
             kind = "connect_refused" if isinstance(exc, ConnectionRefusedError) else "connect_error"
-            raise UpstreamError(kind, f"cannot connect to backend {b.name!r} at {b.url}: "
+            raise UpstreamError(kind, f"cannot connect to backend {self.name!r} at {e.url}: "
                                 f"{exc.strerror or exc}") from None
         return conn
 

@@ -129,7 +129,7 @@ def test_units_and_defaults() -> None:
     cfg = parse_config(GOOD.replace("10MiB", "512KiB").replace("2s", "500ms"))
     assert cfg.limits.max_body == 512 * 1024 and cfg.limits.connect_timeout == 0.5
     assert cfg.limits.request_timeout == 30 and cfg.admin.listen.port == 9901
-    assert cfg.backends["fraud-v1"].port == 9001 and cfg.routes[0].split.salt == "fraud"
+    assert cfg.backends["fraud-v1"].endpoints[0].port == 9001 and cfg.routes[0].split.salt == "fraud"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
