@@ -162,11 +162,11 @@ class Match:
 class StickyKey:
     """Where the sticky assignment key is read from."""
 
-    source: Literal["header", "cookie", "query"]
-    name: str  # lower-case for headers
+    source: Literal["header", "cookie", "query", "client"]
+    name: str  # lower-case for headers; empty for client
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.name}"
+        return f"{self.source}:{self.name}" if self.name else self.source
 
 
 @dataclass(frozen=True, slots=True)
@@ -811,9 +811,11 @@ def _pairs(
 
 
 def _parse_sticky(text: str) -> StickyKey:
+    if text == "client":
+        return StickyKey("client", "")
     source, sep, name = text.partition(":")
     if not sep or source not in ("header", "cookie", "query") or not name:
-        raise ValueError(f"bad sticky key {text!r}: write header:NAME, cookie:NAME or query:NAME")
+        raise ValueError(f"bad sticky key {text!r}: write header:NAME, cookie:NAME, query:NAME or client")
     if source == "header":
         if not _HEADER_NAME.match(name):
             raise ValueError(f"bad sticky key {text!r}: {name!r} is not a valid header name")

@@ -32,11 +32,13 @@ class Choice:
 class RequestView:
     """Read-only access to what the policy looks at; query and cookies are parsed only on demand."""
 
-    __slots__ = ("_cookies", "_query", "header", "query_string")
+    __slots__ = ("_cookies", "_query", "client", "header", "query_string")
 
-    def __init__(self, header: Callable[[str], str | None], query_string: str) -> None:
+    def __init__(self, header: Callable[[str], str | None], query_string: str,
+                 client: Callable[[], str] = lambda: "") -> None:
         self.header = header
         self.query_string = query_string
+        self.client = client
         self._query: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
 
@@ -55,6 +57,8 @@ class RequestView:
             value = self.header(key.name)
         elif key.source == "cookie":
             value = self.cookie(key.name)
+        elif key.source == "client":
+            value = self.client()
         else:
             value = self.query(key.name)
         return value or None

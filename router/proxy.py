@@ -117,7 +117,8 @@ class Exchange:
         if route.simple and percent <= 0:
             choice = route.primary_choice
         else:
-            choice = choose(route.config, percent, RequestView(req.header, req.query), _draw)
+            hops = rt.config.proxy.trusted_hops
+            choice = choose(route.config, percent, RequestView(req.header, req.query, lambda: req.client(hops)), _draw)
         rc = route.config
         rt.stats.chosen(route.name, choice)
         group = rt.groups[choice.backend]

@@ -32,6 +32,16 @@ class Request:
         self.query = query.decode("latin-1")
         self.request_id = b""
 
+    def client(self, trusted_hops: int) -> str:
+        """The client's address: the peer itself, or with trusted proxies in front, the address
+        the outermost trusted one saw (counting X-Forwarded-For from the right)."""
+        if trusted_hops <= 0:
+            return self.peer
+        xff = self.index.get(b"x-forwarded-for")
+        chain = [p.strip() for p in xff.decode("latin-1").split(",") if p.strip()] if xff else []
+        chain.append(self.peer)
+        return chain[max(0, len(chain) - 1 - trusted_hops)]
+
     def header(self, name: str) -> str | None:
         """A header's value by lower-case name."""
         value = self.index.get(name.encode("latin-1"))
