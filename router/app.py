@@ -141,10 +141,18 @@ class Router:
         self.stopped.set()
 
 
+MIN_AIOHTTP = (3, 14, 5)
+
+
 def check_parsers() -> str | None:
-    """Refuse to run on pure-Python HTTP parsers: most smuggling bugs lived there."""
+    """Refuse to run on pure-Python HTTP parsers or an old aiohttp: most request-smuggling bugs
+    in aiohttp were in its pure-Python parser, and fixed by 3.14.5."""
+    import aiohttp
     from aiohttp import http_parser
 
+    version = tuple(int(p) for p in aiohttp.__version__.split(".")[:3] if p.isdigit())
+    if version < MIN_AIOHTTP:
+        return f"aiohttp {aiohttp.__version__} is too old; the router needs {'.'.join(map(str, MIN_AIOHTTP))} or newer"
     if http_parser.HttpRequestParser is not getattr(http_parser, "HttpRequestParserC", None):
         return ("aiohttp's C HTTP parser is not in use (is AIOHTTP_NO_EXTENSIONS set?); "
                 "the router refuses to run on the pure-Python parser")
