@@ -1,8 +1,10 @@
-"""`make demo`: two example models behind the router, some traffic, and where to look.
+"""`make demo`: the whole story in about a minute.
 
-Starts `backends.model_server` twice (fraud v1 on 9001, v2 on 9002), the router on
-config/demo.yaml (8080, admin 9901), sends a few hundred predictions from a handful of users,
-prints what happened, and keeps everything running until Ctrl-C.
+Starts four example models (fraud v1 and a good v2; churn v1 and a bad v2), the router on
+config/demo.yaml, and a traffic generator. Both candidates go through an automatic rollout:
+shadowing, canary steps, then promotion for the good one and rollback (with the reason) for the
+bad one. Every phase change is printed as it happens; then the router keeps serving, with the
+status page's address shown, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 TOKEN = "demo-token"
+MODELS = [("fraud-v1", "fraud", ["--version", "v1"]), ("fraud-v2", "fraud", ["--version", "v2"]),
+          ("churn-v1", "churn", ["--version", "v1"]), ("churn-v2", "churn", ["--version", "v2", "--perturb", "3"])]
+TERMINAL = {"promoted", "rolled_back", "paused"}
 
 
-def shifted_config(offset: int) -> Path:
-    """config/demo.yaml with every port moved by `offset` (so the demo can run beside others)."""
-    text = DEMO_CONFIG.read_text()
-    if offset:
-        text = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{int(m.group(1)) + offset}", text)
-        text = text.replace("state_dir: var/demo", f"state_dir: {tempfile.mkdtemp(prefix='router-demo-')}")
-    path = Path(tempfile.mkdtemp(prefix="router-demo-")) / "demo.yaml"
+def demo_config(offset: int) -> Path:
+    """config/demo.yaml with every port moved by `offset` and a fresh state directory."""
+    text = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{int(m.group(1)) + offset}", DEMO_CONFIG.read_text())
+    work = Path(tempfile.mkdtemp(prefix="router-demo-"))
+    text = text.replace("state_dir: var/demo", f"state_dir: {work / 'state'}")
+    path = work / "demo.yaml"
     path.write_text(text)
     return path
 
@@ -49,146 +53,176 @@ def busy(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class Demo:
-    """The processes the demo starts, stopped in reverse order."""
+class Processes:
+    """What the demo starts, stopped in reverse order."""
 
-    def __init__(self, config: Path) -> None:
-        self.config = config
+    def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        ports = ports_in(config)
-        self.router_port, self.admin_port, self.v1_port, self.v2_port = ports[0], ports[1], ports[2], ports[3]
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs.append((name, proc))
 
+    def check(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise SystemExit(f"demo: {name} exited with {proc.returncode}:\n{err}")
+
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name, proc in reversed(self.procs):
+        for _, proc in reversed(self.procs):
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
-                print(f"  {name} did not stop; killing it")
                 proc.kill()
 
-    async def wait_ready(self, url: str, name: str) -> None:
+    async def wait_ready(self, url: str) -> None:
         async with aiohttp.ClientSession() as s:
-            for _ in range(200):
-                for pname, proc in self.procs:
-                    if proc.poll() is not None:
-                        err = proc.stderr.read().decode() if proc.stderr else ""
-                        raise SystemExit(f"demo: {pname} exited with {proc.returncode}:\n{err}")
+            for _ in range(300):
+                self.check()
                 with contextlib.suppress(aiohttp.ClientError):
                     async with s.get(url) as r:
                         if r.status == 200:
                             return
                 await asyncio.sleep(0.05)
-        raise SystemExit(f"demo: {name} did not become ready at {url}")
+        raise SystemExit(f"demo: nothing answered at {url}")
 
 
-async def traffic(base: str, requests: int) -> dict[str, Any]:
-    rng = random.Random(42)
-    users = [f"user-{i}" for i in range(20)]
-    by_backend: dict[str, int] = {}
-    by_user: dict[str, set[str]] = {}
-    failures = 0
-    async with aiohttp.ClientSession() as s:
-        for i in range(requests):
-            user = rng.choice(users)
+class Traffic:
+    """Predictions from a few hundred users on both routes, until told to stop."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.sent = 0
+        self.failed = 0
+        self.by_backend: dict[str, int] = {}
+        self.stop = asyncio.Event()
+
+    async def run(self, workers: int = 8) -> None:
+        async with aiohttp.ClientSession() as s:
+            await asyncio.gather(*(self._worker(s, random.Random(i)) for i in range(workers)))
+
+    async def _worker(self, s: aiohttp.ClientSession, rng: random.Random) -> None:
+        while not self.stop.is_set():
+            model = rng.choice(("fraud", "churn"))
             body = {"instances": [[rng.gauss(0, 1) for _ in range(4)]]}
-            async with s.post(f"{base}/v1/models/fraud:predict", json=body, headers={"X-User-Id": user}) as r:
-                await r.read()
-                backend = r.headers.get("X-Model-Backend", "?")
-                failures += r.status != 200
-            by_backend[backend] = by_backend.get(backend, 0) + 1
-            by_user.setdefault(user, set()).add(backend)
-            if (i + 1) % 25 == 0 or i + 1 == requests:
-                bar = "#" * ((i + 1) * 40 // requests)
-                print(f"\r  traffic [{bar:<40}] {i + 1}/{requests}", end="", flush=True)
+            headers = {"X-User-Id": f"user-{rng.randrange(300)}"}
+            try:
+                async with s.post(f"{self.base}/v1/models/{model}:predict", json=body, headers=headers) as r:
+                    await r.read()
+                    backend = r.headers.get("X-Model-Backend", "?")
+                    self.failed += r.status != 200
+            except aiohttp.ClientError:
+                self.failed += 1
+                backend = "error"
+            self.sent += 1
+            self.by_backend[backend] = self.by_backend.get(backend, 0) + 1
+
+
+async def watch(admin: str, traffic: Traffic, limit_s: float) -> dict[str, dict[str, Any]]:
+    """Print every rollout phase change as it happens; return when both rollouts have ended."""
+    seen: dict[str, tuple[str, int]] = {}
+    final: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() - started < limit_s:
+            for route in ("fraud", "churn"):
+                async with s.get(f"{admin}/-/routes/{route}/rollout?tail=1") as r:
+                    info = await r.json()
+                where = (info["phase"], info["step_index"])
+                if seen.get(route) != where:
+                    seen[route] = where
+                    reason = info["last_decision"].get("reason", "")
+                    line = (f"{time.monotonic() - started:5.1f}s  {route:<6} {info['phase']:<12} step "
+                            f"{info['step_index']} ({info['candidate_percent']:g}% to {info['candidate']})"
+                            f"{'  - ' + reason if info['phase'] in TERMINAL or info['step_index'] else ''}")
+                    print(f"\r{line:<78}")
+                final[route] = info
+            print(f"\r  traffic: {traffic.sent} predictions, {traffic.failed} failed", end="", flush=True)
+            if all(final.get(r, {}).get("phase") in TERMINAL for r in ("fraud", "churn")):
+                break
+            await asyncio.sleep(0.25)
     print()
-    return {"by_backend": by_backend, "sticky": all(len(b) == 1 for b in by_user.values()),
-            "users": len(by_user), "failures": failures}
+    return final
 
 
 async def run(args: argparse.Namespace) -> int:
-    config = shifted_config(args.port_offset)
-    demo = Demo(config)
-    taken = [p for p in ports_in(config) if busy(p)]
+    config = demo_config(args.port_offset)
+    ports = ports_in(config)
+    taken = [p for p in ports if busy(p)]
     if taken:
-        print(f"demo: ports {taken} are in use; stop what uses them, or run "
-              f"`python -m router.demo --port-offset 100`", file=sys.stderr)
+        print(f"demo: ports {taken} are in use; stop what uses them, or run `python -m router.demo --port-offset 100`",
+              file=sys.stderr)
         return 1
-    admin = f"http://127.0.0.1:{demo.admin_port}"
-    base = f"http://127.0.0.1:{demo.router_port}"
+    base, admin = f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+    procs = Processes()
     try:
-        print("starting the example models: fraud v1 and fraud v2 (a retrained version that mostly agrees)")
-        demo.start("fraud-v1", ["-m", "backends.model_server", "--port", str(demo.v1_port), "--version", "v1"])
-        demo.start("fraud-v2", ["-m", "backends.model_server", "--port", str(demo.v2_port), "--version", "v2"])
-        await demo.wait_ready(f"http://127.0.0.1:{demo.v1_port}/health", "fraud-v1")
-        await demo.wait_ready(f"http://127.0.0.1:{demo.v2_port}/health", "fraud-v2")
-        print(f"starting the router on {config.name}: canary 20% sticky by X-User-Id, v2 also shadowed")
-        demo.start("router", ["-m", "router", "serve", "--config", str(config), "--log-level", "warning"],
-                   env={"ROUTER_ADMIN_TOKEN": os.environ.get("ROUTER_ADMIN_TOKEN", TOKEN)})
-        await demo.wait_ready(admin + "/-/healthz", "router")
-        started = time.perf_counter()
-        result = await traffic(base, args.requests)
-        elapsed = time.perf_counter() - started
-        await asyncio.sleep(0.3)  # let the last shadow comparisons land
-        async with aiohttp.ClientSession() as s, s.get(admin + "/-/routes/fraud/shadow") as r:
-            shadow = await r.json()
-        print_summary(result, shadow, elapsed, args.requests)
-        print_where_to_look(base, admin)
-        if result["failures"]:
-            print(f"demo: {result['failures']} requests failed", file=sys.stderr)
-            return 1
+        print("starting 4 example models: fraud v1 + v2 (good candidate), churn v1 + v2 (bad candidate)")
+        for (name, model, extra), port in zip(MODELS, ports[2:6], strict=True):
+            procs.start(name, ["-m", "backends.model_server", "--port", str(port), "--name", model, *extra])
+        for port in ports[2:6]:
+            await procs.wait_ready(f"http://127.0.0.1:{port}/health")
+        print(f"starting the router on config/demo.yaml (data {base}, admin {admin})")
+        token = os.environ.get("ROUTER_ADMIN_TOKEN", TOKEN)
+        procs.start("router", ["-m", "router", "serve", "--config", str(config), "--log-level", "error"],
+                    env={"ROUTER_ADMIN_TOKEN": token})
+        await procs.wait_ready(admin + "/-/healthz")
+        print("sending traffic; both candidates start in shadow, then take 10%, 50%, 100% if the evidence holds\n")
+        traffic = Traffic(base)
+        sender = asyncio.create_task(traffic.run())
+        final = await watch(admin, traffic, args.limit)
         if args.no_wait:
-            return 0
-        print("\nserving until Ctrl-C ...")
+            traffic.stop.set()
+        print_summary(final, traffic)
+        print_where_to_look(base, admin, token)
+        if args.no_wait:
+            await sender
+            return 0 if traffic.failed == 0 else 1
+        print("\nserving (with traffic) until Ctrl-C ...")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        traffic.stop.set()
+        await sender
         return 0
     finally:
         print("stopping")
-        demo.stop()
+        procs.stop()
 
 
-def print_summary(result: dict[str, Any], shadow: dict[str, Any], elapsed: float, requests: int) -> None:
-    print(f"\n{requests} predictions in {elapsed:.1f}s, {result['failures']} failed")
-    for backend, n in sorted(result["by_backend"].items()):
-        print(f"  {backend:<10} {n:>5} ({100 * n / requests:.0f}%)")
-    print(f"  sticky: each of {result['users']} users always got the same model: {result['sticky']}")
-    agreement, labels = shadow.get("agreement", {}), shadow.get("label_agreement") or {}
-    if agreement.get("n"):
-        print(f"  shadow: {shadow['compared']} comparisons of v2 with v1: label agreement "
-              f"{100 * (labels.get('rate') or 0):.1f}% (95% CI {100 * (labels.get('low') or 0):.1f}"
-              f"..{100 * (labels.get('high') or 0):.1f}%), exact output agreement {100 * agreement['rate']:.1f}%")
+def print_summary(final: dict[str, dict[str, Any]], traffic: Traffic) -> None:
+    print(f"\n{traffic.sent} predictions, {traffic.failed} failed")
+    for backend, n in sorted(traffic.by_backend.items()):
+        print(f"  {backend:<10} {n:>6}")
+    for route, info in final.items():
+        print(f"  {route}: {info['phase']} - {info['last_decision'].get('reason', '')}")
 
 
-def print_where_to_look(base: str, admin: str) -> None:
+def print_where_to_look(base: str, admin: str, token: str) -> None:
     print(f"""
 where to look:
-  predictions   curl -s -X POST {base}/v1/models/fraud:predict -H 'X-User-Id: alice' \\
-                     -d '{{"instances": [[0.1, 0.5, -1.2, 2.0]]}}' -i
-  status        curl -s {admin}/-/status | python3 -m json.tool
-  assignment    curl -s '{admin}/-/routes/fraud/assign?key=alice'
+  status page   {admin}/
+  status        .venv/bin/model-router status --admin {admin.removeprefix('http://')}
+  rollout log   curl -s {admin}/-/routes/churn/rollout | python3 -m json.tool
   shadow        curl -s {admin}/-/routes/fraud/shadow | python3 -m json.tool
-  differences   curl -s {admin}/-/routes/fraud/diffs?limit=3 | python3 -m json.tool
-  metrics       curl -s {admin}/metrics | grep ^router_
-  change split  curl -s -X POST -H 'Authorization: Bearer {os.environ.get("ROUTER_ADMIN_TOKEN", TOKEN)}' \\
-                     -d '{{"candidate_percent": 50}}' {admin}/-/routes/fraud/split""")
+  differences   curl -s '{admin}/-/routes/churn/diffs?limit=3' | python3 -m json.tool
+  metrics       curl -s {admin}/metrics | grep ^router_rollout
+  predict       curl -s -X POST {base}/v1/models/fraud:predict -H 'X-User-Id: alice' \\
+                     -d '{{"instances": [[0.1, 0.5, -1.2, 2.0]]}}' -i
+  operate       ROUTER_ADMIN_TOKEN={token} .venv/bin/model-router restart churn --admin {admin.removeprefix('http://')}""")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router.demo", description=__doc__)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--no-wait", action="store_true", help="stop after the traffic instead of serving on")
+    parser.add_argument("--no-wait", action="store_true", help="stop when both rollouts have ended")
     parser.add_argument("--port-offset", type=int, default=0, help="move every demo port by this much")
+    parser.add_argument("--limit", type=float, default=120.0, help="give up on the rollouts after this many seconds")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args))

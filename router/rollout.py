@@ -281,8 +281,10 @@ class RolloutController:
         if changed:
             self.splits.driven[rr.name] = rr.percent()
             log.warning("route %s: %s -> %s: %s", rr.name, before.phase, rr.state.phase, decision.reason)
+        if decision.action is Action.NONE and actor == "router":
+            return  # a finished rollout: nothing new to say
         # Holds are logged once per interval, with their evidence; everything else always.
-        hold = decision.action in (Action.HOLD, Action.NONE) and not changed and actor == "router"
+        hold = decision.action is Action.HOLD and not changed and actor == "router"
         if hold and now - rr.last_logged_hold < max(rr.cfg.policy.interval_s, 1.0):
             return
         if hold:
