@@ -186,12 +186,12 @@ def url(port: int) -> str:
 
 
 @contextlib.contextmanager
-def fast_backend(env: Env, name: str, latency_ms: int = 0) -> Iterator[int]:
+def fast_backend(env: Env, name: str, latency_ms: int = 0, role: str = "backend") -> Iterator[int]:
     port = free_port()
     argv = [env.python, "-m", "backends.fast_server", "--port", str(port)]
     if latency_ms:
         argv += ["--latency-ms", str(latency_ms)]
-    with process(env, name, argv, "backend", port_open(port)):
+    with process(env, name, argv, role, port_open(port)):
         yield port
 
 
@@ -267,14 +267,14 @@ def case_router(env: Env) -> Iterator[Target]:
 
 @contextlib.contextmanager
 def case_nginx_mirror(env: Env) -> Iterator[Target]:
-    with (fast_backend(env, "nginx-mirror-backend", SHADOW_LATENCY_MS) as mirror,
+    with (fast_backend(env, "nginx-mirror-backend", SHADOW_LATENCY_MS, "mirror") as mirror,
           nginx_proxy(env, "nginx-mirror", mirror) as port):
         yield Target(url(port), mirror)
 
 
 @contextlib.contextmanager
 def case_router_shadow(env: Env) -> Iterator[Target]:
-    with (fast_backend(env, "router-shadow-backend", SHADOW_LATENCY_MS) as shadow,
+    with (fast_backend(env, "router-shadow-backend", SHADOW_LATENCY_MS, "mirror") as shadow,
           router_proxy(env, "router-shadow", shadow) as port):
         yield Target(url(port), shadow)
 
@@ -510,13 +510,17 @@ def plan_pins(enabled: bool) -> dict[str, frozenset[int] | None]:
     """wrk gets a core of its own; proxy and backend share the next one on a 2-core box.
 
     The load generator then never steals CPU from the side being measured, and every
-    extra instruction the proxy spends shows up as lost throughput.
+    extra instruction the proxy spends shows up as lost throughput. The slow mirror/shadow
+    backend (a separate model server in production) sits with the client, so its wake-ups do
+    not preempt the proxy whose live latency is being measured; nginx's mirror and the router's
+    shadow get the same placement.
     """
     cpus = sorted(os.sched_getaffinity(0))
     if not enabled or len(cpus) < 2:
-        return dict.fromkeys(("client", "proxy", "backend"))
+        return dict.fromkeys(("client", "proxy", "backend", "mirror"))
     backend = cpus[2] if len(cpus) > 2 else cpus[1]
-    return {"client": frozenset({cpus[0]}), "proxy": frozenset({cpus[1]}), "backend": frozenset({backend})}
+    return {"client": frozenset({cpus[0]}), "proxy": frozenset({cpus[1]}), "backend": frozenset({backend}),
+            "mirror": frozenset({cpus[0]})}
 
 
 def version(argv: list[str]) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
 _draw = random.random
 # Comparing large bodies takes milliseconds: those go to a worker thread, off the event loop.
 INLINE_COMPARE_BYTES = 64 * 1024
+MAX_BACKLOG = 4096  # finished mirrored requests waiting for their turn; beyond, skipped and counted
 PREVIEW_BYTES = 2048
 
 
@@ -166,6 +168,7 @@ class Mirror:
 
     def __init__(self) -> None:
         self.groups: dict[str, BackendGroup] = {}
+        self._backlog: deque[MirroredRequest] = deque()
         self.stats: dict[str, ShadowStats] = {}
         self.in_flight: dict[str, int] = {}
 
@@ -251,8 +254,27 @@ class Mirror:
 
     # -- after every side is done
     def finished(self, pair: MirroredRequest) -> None:
+        """Every side is done: free the slot now; account and compare on a later loop turn.
+
+        Shadow answers tend to arrive in bursts (a slow shadow frees its slots together), so the
+        work is queued and done one request per event-loop turn, between live requests, instead
+        of stalling them for the whole burst.
+        """
         name = pair.route.name
         self.in_flight[name] = max(0, self.in_flight.get(name, 0) - 1)
+        if len(self._backlog) >= MAX_BACKLOG:
+            pair.stats.skipped["compare_backlog"] += 1
+            return
+        self._backlog.append(pair)
+        if len(self._backlog) == 1:
+            asyncio.get_running_loop().call_soon(self._next)
+
+    def _next(self) -> None:
+        self._account(self._backlog.popleft())
+        if self._backlog:
+            asyncio.get_running_loop().call_soon(self._next)
+
+    def _account(self, pair: MirroredRequest) -> None:
         stats = pair.stats
         live, shadow = pair.live, pair.shadow
         if not live.ok:
@@ -264,12 +286,11 @@ class Mirror:
         window = pair.window
         if window is not None and live.error != "incomplete":
             window.pair(live.ok, live.latency, shadow.ok, shadow.latency)
-        if live.ok and shadow.ok:
-            stats.live_latency.observe(live.latency)
-            stats.shadow_latency.observe(shadow.latency)
-            stats.paired_diff.observe(shadow.latency - live.latency)
         if not (live.ok and shadow.ok):
             return
+        stats.live_latency.observe(live.latency)
+        stats.shadow_latency.observe(shadow.latency)
+        stats.paired_diff.observe(shadow.latency - live.latency)
         if live.truncated or shadow.truncated:
             stats.skipped["response_too_large"] += 1
             return
