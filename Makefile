@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 
 # Debian packages the tests and bench call as binaries. Add new ones here.
 # prometheus ships both `prometheus` and `promtool`.
-APT_PACKAGES := nginx wrk prometheus
+APT_PACKAGES := nginx wrk prometheus chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from router import statuspage
 from router.app import Router
 from router.decision import InvalidTransition, OperatorAction
 from router.metrics import make_registry
@@ -231,4 +232,5 @@ def build_admin_app(router: Router) -> web.Application:
         app.router.add_post(f"/-/routes/{{name}}/{action}", rollout_action(action))
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/metrics", metrics)
+    app.router.add_routes(statuspage.routes)
     return app
