@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from router import statuspage
 from router.app import Router
 from router.decision import InvalidTransition, OperatorAction
+from router.feedback import FeedbackError, parse_feedback_body
 from router.metrics import make_registry
 from router.policy import assign
 from router.runtime import describe
@@ -89,6 +90,7 @@ async def status(request: web.Request) -> web.Response:
                    "ok": router.reloads_ok, "failed": router.reloads_failed},
         "state_problem": router.state_store.problem,
         "rollout_problem": router.rollouts.problem,
+        "monitoring_problem": router.monitor.problem,
     })
 
 
@@ -203,6 +205,41 @@ def rollout_action(action: OperatorAction) -> Handler:
     return handler
 
 
+async def feedback(request: web.Request) -> web.Response:
+    monitor = request.app[ROUTER].monitor
+    if monitor.store is None:
+        return json_error(404, "the feedback loop is off: add monitoring.feedback to the routing YAML")
+    try:
+        items = parse_feedback_body(await request.read())
+    except FeedbackError as exc:
+        monitor.feedback_counts["malformed"] += 1
+        return json_error(exc.status, exc.message)
+    result = await monitor.feedback(items)
+    return web.json_response(result.to_json(), status=result.status)
+
+
+async def route_quality(request: web.Request) -> web.Response:
+    route = find_route(request)
+    monitor = request.app[ROUTER].monitor
+    if monitor.store is None:
+        return json_error(404, "the feedback loop is off: add monitoring.feedback to the routing YAML")
+    rc = route.config
+    quality = await monitor.store.run(monitor.store.quality, route.name, rc.primary, rc.candidate)
+    return web.json_response({"route": route.name, **quality})
+
+
+async def alerts(request: web.Request) -> web.Response:
+    detector = request.app[ROUTER].monitor.detector
+    if detector is None:
+        return web.json_response({"enabled": False, "alerts": [], "active": []})
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return json_error(400, "limit must be a whole number")
+    return web.json_response({"enabled": True, "alerts": [a.to_json() for a in detector.recent(max(0, limit))],
+                              "active": [a.to_json() for a in detector.active()]})
+
+
 async def reload(request: web.Request) -> web.Response:
     ok, message = await request.app[ROUTER].reload()
     return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
@@ -231,6 +268,9 @@ def build_admin_app(router: Router) -> web.Application:
                    OperatorAction.RESTART):
         app.router.add_post(f"/-/routes/{{name}}/{action}", rollout_action(action))
     app.router.add_post("/-/reload", reload)
+    app.router.add_post("/-/feedback", feedback)
+    app.router.add_get("/-/routes/{name}/quality", route_quality)
+    app.router.add_get("/-/alerts", alerts)
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(statuspage.routes)
     return app

@@ -18,6 +18,7 @@ from aiohttp import web
 from router.balancer import HealthRegistry
 from router.config import Config, ConfigError, load_config
 from router.healthcheck import HealthChecker
+from router.monitor import AlertNotifier, Monitor
 from router.rollout import RolloutController
 from router.runtime import Runtime, Splits, Stats, build_runtime
 from router.server import DataServer
@@ -41,7 +42,12 @@ class Router:
         self.rollouts = RolloutController(config.state_dir, self.splits)
         self.runtime: Runtime
         self.health = HealthRegistry()
-        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts, self.health)
+        self.monitor = Monitor(config)
+        self.monitor.on_scored = self.rollouts.scored
+        self.alert_notifier = AlertNotifier(lambda: self.runtime)
+        self.monitor.notify = self.alert_notifier
+        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts, self.health,
+                                        self.monitor)
         self._rollout_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self.data = DataServer(lambda: self.runtime)
@@ -72,6 +78,7 @@ class Router:
         loop = asyncio.get_running_loop()
         self._rollout_task = loop.create_task(self.rollouts.run())
         self._health_task = loop.create_task(HealthChecker(lambda: self.runtime).run())
+        self.monitor.start()
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the YAML and swap the table; on any error keep the old one and say why."""
@@ -89,8 +96,10 @@ class Router:
         stale = self.splits.reconcile(config)
         if stale:
             notes.append(f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}")
+        if config.monitoring != old.config.monitoring:
+            notes.append("monitoring settings changed: they take effect at the next restart")
         self.runtime, removed = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts,
-                                              self.health, old)
+                                              self.health, self.monitor, old)
         for pool in removed:
             pool.close()  # idle connections now; busy ones as their responses end
         self.reloads_ok += 1
@@ -135,6 +144,8 @@ class Router:
             if task is not None:
                 task.cancel()
         await self.rollouts.close()
+        await self.monitor.close()
+        await self.alert_notifier.close()
         for pool in [*(p for g in self.runtime.groups.values() for p in g.pools), *self.mirror.pools]:
             pool.close()
         if self.admin_runner is not None:
@@ -167,7 +178,7 @@ async def serve(config: Config, config_path: str, *, ready_message: bool = True)
     gc.collect()
     gc.freeze()
     router = Router(config, config_path)
-    for problem in (router.state_store.problem, router.rollouts.problem):
+    for problem in (router.state_store.problem, router.rollouts.problem, router.monitor.problem):
         if problem:
             log.error("%s", problem)
     await router.start()

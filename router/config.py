@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from router.alerts import AlertConfig
 from router.compare import CompareSpec
 from router.decision import Action, Gates, RolloutPolicy
+from router.predlog import PredictionLogConfig
 from router.units import parse_duration, parse_size
 from router.yamlsrc import ConfigError, ConfigIssue, Reader, join
 
@@ -242,6 +244,24 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackConfig:
+    """The feedback loop's store of predictions awaiting their true outcome."""
+
+    retention: float = 7 * 86400.0
+    max_rows: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringConfig:
+    """Prediction log (off unless configured), feedback loop (off unless configured), alerts (on)."""
+
+    prediction_log: PredictionLogConfig | None = None
+    feedback: FeedbackConfig | None = None
+    alerts: AlertConfig | None = field(default_factory=AlertConfig)
+    capture_bytes: int = 64 * 1024  # response bytes kept to read the prediction (labels, scores)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole routing file."""
 
@@ -253,6 +273,7 @@ class Config:
     proxy: ProxyConfig
     backends: Mapping[str, BackendConfig]
     routes: tuple[RouteConfig, ...]
+    monitoring: MonitoringConfig = MonitoringConfig()
     raw_text: str = field(default="", repr=False, compare=False)
 
     def summary(self) -> str:
@@ -286,7 +307,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return config
 
 
-_TOP = frozenset({"listen", "admin", "state_dir", "limits", "proxy", "backends", "routes"})
+_TOP = frozenset({"listen", "admin", "state_dir", "limits", "proxy", "backends", "routes", "monitoring"})
 
 
 def _build(r: Reader, root: yaml.Node, source: str, text: str) -> Config | None:
@@ -307,11 +328,97 @@ def _build(r: Reader, root: yaml.Node, source: str, text: str) -> Config | None:
     routes = _routes(r, top["routes"], declared) if "routes" in top else ()
     if listen and admin and listen == admin.listen:
         r.error(top.get("admin"), "admin.listen", f"must differ from listen ({listen})")
-    if None in (listen, admin, state_dir, limits, proxy, backends, routes):
+    monitoring = _monitoring(r, top["monitoring"], Path(state_dir or ".")) if "monitoring" in top else \
+        MonitoringConfig()
+    if None in (listen, admin, state_dir, limits, proxy, backends, routes, monitoring):
         return None
     assert listen and admin and state_dir and limits and proxy and backends is not None
-    assert routes is not None
-    return Config(source, listen, admin, Path(state_dir), limits, proxy, backends, routes, text)
+    assert routes is not None and monitoring is not None
+    return Config(source, listen, admin, Path(state_dir), limits, proxy, backends, routes, monitoring, text)
+
+
+_LOG_KEYS = frozenset({"path", "sample_rate", "include_bodies", "max_body_bytes", "redact", "max_file_bytes",
+                       "keep_files", "queue_size"})
+_ALERT_KEYS = frozenset({"enabled", "bucket", "window", "baseline", "min_samples", "min_baseline_samples",
+                         "latency_factor", "error_floor", "min_errors", "psi_threshold", "drift_window", "reference",
+                         "drift_min_samples", "cooldown", "alpha"})
+
+
+def _monitoring(r: Reader, node: yaml.Node, state_dir: Path) -> MonitoringConfig | None:
+    m = r.mapping(node, "monitoring", frozenset({"prediction_log", "feedback", "alerts", "capture_bytes"}))
+    if m is None:
+        return None
+    before = len(r.issues)
+    log = _prediction_log(r, m["prediction_log"], state_dir) if "prediction_log" in m else None
+    feedback = None
+    if "feedback" in m:
+        f = r.mapping(m["feedback"], "monitoring.feedback", frozenset({"retention", "max_rows"}))
+        if f is not None:
+            d = FeedbackConfig()
+            retention = _seconds(r, f, "retention", "monitoring.feedback", d.retention)
+            max_rows = _positive(r, f, "max_rows", "monitoring.feedback", d.max_rows)
+            if retention is not None and max_rows is not None:
+                feedback = FeedbackConfig(retention, max_rows)
+    alerts = _alerts(r, m["alerts"]) if "alerts" in m else AlertConfig()
+    capture = r.get(m, "capture_bytes", "monitoring", lambda n, p: r.converted(n, p, parse_size), 64 * 1024)
+    if len(r.issues) > before or capture is None:
+        return None
+    return MonitoringConfig(log, feedback, alerts, capture)
+
+
+def _prediction_log(r: Reader, node: yaml.Node, state_dir: Path) -> PredictionLogConfig | None:
+    path = "monitoring.prediction_log"
+    m = r.mapping(node, path, _LOG_KEYS)
+    if m is None:
+        return None
+    values: dict[str, object] = {}
+    file = r.get(m, "path", path, r.string, str(state_dir / "predictions.jsonl"))
+    values["path"] = Path(file) if file else None
+    values["sample_rate"] = r.get(m, "sample_rate", path, r.number, 1.0)
+    values["include_bodies"] = r.get(m, "include_bodies", path, r.boolean, False)
+    values["redact"] = r.get(m, "redact", path, r.string_list, [])
+    for key in ("max_body_bytes", "max_file_bytes"):
+        if key in m:
+            values[key] = r.converted(m[key], join(path, key), parse_size)
+    for key in ("keep_files", "queue_size"):
+        if key in m:
+            values[key] = r.integer(m[key], join(path, key))
+    if any(v is None for v in values.values()):
+        return None
+    values["redact"] = tuple(values["redact"])  # type: ignore[arg-type]
+    try:
+        return PredictionLogConfig(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        r.error(node, path, str(exc))
+        return None
+
+
+def _alerts(r: Reader, node: yaml.Node) -> AlertConfig | None:
+    path = "monitoring.alerts"
+    m = r.mapping(node, path, _ALERT_KEYS)
+    if m is None:
+        return None
+    if "enabled" in m and r.boolean(m["enabled"], join(path, "enabled")) is False:
+        return None
+    renames = {"bucket": "bucket_s", "window": "window_s", "baseline": "baseline_s", "drift_window": "drift_window_s",
+               "reference": "reference_s", "cooldown": "cooldown_s"}
+    values: dict[str, float | int | None] = {}
+    for key, value_node in m.items():
+        if key == "enabled":
+            continue
+        if key in renames:
+            values[renames[key]] = r.converted(value_node, join(path, key), parse_duration)
+        elif key in ("min_samples", "min_baseline_samples", "min_errors", "drift_min_samples"):
+            values[key] = r.integer(value_node, join(path, key))
+        else:
+            values[key] = r.number(value_node, join(path, key))
+    if any(v is None for v in values.values()):
+        return None
+    try:
+        return AlertConfig(**values)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        r.error(node, path, str(exc))
+        return None
 
 
 def _declared_names(node: yaml.Node | None) -> frozenset[str]:

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from router.decision import Phase
 from router.histogram import BOUNDS, Histogram
+from router.monitor import Monitor
 from router.rollout import RolloutController
 from router.runtime import LATENCY_BUCKETS
 from router.shadowstats import ShadowStats
@@ -99,6 +100,7 @@ class RouterCollector(Collector):
                                   "over limits.max_connections.", value=router.data.rejected_connections)
         yield from shadow_metrics(router.mirror.stats)
         yield from rollout_metrics(router.rollouts)
+        yield from monitor_metrics(router.monitor)
 
     @staticmethod
     def _requests(requests: dict[tuple[str, str, int], int]) -> Iterator[Metric]:
@@ -172,6 +174,40 @@ def rollout_metrics(rollouts: RolloutController) -> Iterator[Metric]:
     notify.add_metric(["ok"], rollouts.notifications)
     notify.add_metric(["failed"], rollouts.notify_failures)
     yield from (phase, step, comparisons, requests, notify)
+
+
+def monitor_metrics(monitor: Monitor) -> Iterator[Metric]:
+    """Prediction log, feedback loop and anomaly alerts."""
+    if monitor.log is not None:
+        records = CounterMetricFamily("router_prediction_log_records", "Prediction log records by outcome.",
+                                      labels=["result"])
+        for key, n in sorted(monitor.log.counters().items()):
+            records.add_metric([key], n)
+        yield records
+    yield CounterMetricFamily("router_monitor_dropped", "Finished requests the monitor's bounded queue could "
+                              "not take (not logged, not remembered for feedback).", value=monitor.dropped)
+    feedback = CounterMetricFamily("router_feedback", "Feedback items by outcome (malformed: whole bodies).",
+                                   labels=["result"])
+    for key, n in sorted(monitor.feedback_counts.items()):
+        feedback.add_metric([key], n)
+    yield feedback
+    accuracy = GaugeMetricFamily("router_feedback_accuracy", "Share of labelled predictions that were right.",
+                                 labels=["route", "backend"])
+    labelled = GaugeMetricFamily("router_feedback_labelled", "Predictions with feedback.", labels=["route", "backend"])
+    for row in monitor.accuracy:
+        if row.labelled:
+            accuracy.add_metric([row.route, row.backend], row.correct / row.labelled)
+            labelled.add_metric([row.route, row.backend], row.labelled)
+    yield accuracy
+    yield labelled
+    fired = CounterMetricFamily("router_alerts", "Anomaly alerts fired, by kind.", labels=["kind"])
+    active = GaugeMetricFamily("router_alerts_active", "Anomaly alerts open now, by kind.", labels=["kind"])
+    open_now = [a.kind for a in monitor.detector.active()] if monitor.detector else []
+    for kind in ("latency_spike", "error_spike", "drift"):
+        fired.add_metric([kind], monitor.alerts_fired.get(kind, 0))
+        active.add_metric([kind], open_now.count(kind))
+    yield fired
+    yield active
 
 
 def _coarse(hist: Histogram) -> list[tuple[str, float]]:

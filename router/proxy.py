@@ -71,9 +71,9 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
 class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
-    __slots__ = ("attempts_left", "backend", "chunked", "client", "close_after", "deadline", "done", "group",
-                 "head_sent", "out", "pair", "pool", "req", "rollout", "route_name", "rt", "status", "task",
-                 "timeout", "upstream")
+    __slots__ = ("attempts_left", "backend", "captured", "captured_size", "chunked", "client", "close_after",
+                 "deadline", "done", "group", "head_sent", "out", "pair", "pool", "req", "rollout", "route_name", "rt",
+                 "status", "task", "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -96,6 +96,8 @@ class Exchange:
         self.pool: UpstreamPool | None = None
         self.attempts_left = 0
         self.deadline = 0.0
+        self.captured: list[bytes] | None = None  # response bytes kept for monitoring
+        self.captured_size = 0
 
     # -- phase 1: decide where the request goes
     def start(self) -> None:
@@ -139,6 +141,9 @@ class Exchange:
             self.pair = rt.mirror.begin(rt, rc, req, group.name)
         if rc.rollout is not None:
             self.rollout = rt.rollouts.counters(route.name)
+        monitor = rt.monitor
+        if monitor is not None and monitor.wants_body(req.request_id):
+            self.captured = []
         self.timeout = rc.timeout or rt.config.limits.request_timeout
         self.deadline = perf_counter() + self.timeout
         self.attempts_left = rc.retries
@@ -220,6 +225,13 @@ class Exchange:
         self.client.set_deadline(self.timeout, "backend response body")  # the body must keep moving
         if self.pair is not None:
             self.pair.live_body(data)
+        captured = self.captured
+        if captured is not None:
+            self.captured_size += len(data)
+            if self.captured_size <= self.rt.config.monitoring.capture_bytes:
+                captured.append(data)
+            else:
+                self.captured = None  # too large to read a prediction from; not kept
         if self.chunked:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -325,4 +337,9 @@ class Exchange:
             route = self.rt.table.by_name[self.route_name].config
             if self.backend in (route.primary, route.candidate):
                 self.rollout.live(self.backend == route.candidate, status, seconds)
+        monitor = self.rt.monitor
+        if monitor is not None and self.route_name and status != 499:
+            body = b"".join(self.captured) if self.captured else None
+            monitor.finished(self.req.request_id, self.route_name, self.backend, status, seconds, self.req.body, body,
+                             shadowed=self.pair is not None)
         self.client.exchange_done(self, keep_alive=not (self.close_after or broken))

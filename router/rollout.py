@@ -40,6 +40,7 @@ from router.decision import (
     initial_state,
     operator_action,
 )
+from router.feedback import FeedbackResult
 from router.state import StateStore
 
 if TYPE_CHECKING:
@@ -57,12 +58,14 @@ PERSIST_EVERY_S = 5.0
 class Side:
     """One side's counters in the window: requests, server errors, latency buckets."""
 
-    __slots__ = ("errors", "latency", "requests")
+    __slots__ = ("correct", "errors", "labelled", "latency", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
         self.latency = [0] * len(EMPTY_HISTOGRAM)
+        self.labelled = 0  # predictions of this step that got feedback ...
+        self.correct = 0  # ... and were right
 
     def record(self, ok: bool, seconds: float) -> None:
         self.requests += 1
@@ -71,19 +74,20 @@ class Side:
         self.latency[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
 
     def counts(self) -> SideCounts:
-        return SideCounts(self.requests, self.errors, tuple(self.latency))
+        return SideCounts(self.requests, self.errors, tuple(self.latency), self.labelled, self.correct)
 
     def to_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors,
+        return {"requests": self.requests, "errors": self.errors, "labelled": self.labelled, "correct": self.correct,
                 "latency": {str(i): n for i, n in enumerate(self.latency) if n}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Side:
         side = cls()
         side.requests, side.errors = int(data["requests"]), int(data["errors"])
+        side.labelled, side.correct = int(data.get("labelled", 0)), int(data.get("correct", 0))
         for i, n in data["latency"].items():
             side.latency[int(i)] = int(n)
-        SideCounts(side.requests, side.errors, tuple(side.latency))  # validates
+        side.counts()  # validates
         return side
 
 
@@ -178,11 +182,25 @@ class RolloutController:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_persist = 0.0
+        self.feedback = False
+
+    def scored(self, result: FeedbackResult) -> None:
+        """Feedback for predictions made during a route's current step counts for the accuracy gate."""
+        for s in result.scored:
+            rr = self.routes.get(s.route)
+            if rr is None or s.correct is None or s.predicted_at < rr.step_started_at:
+                continue
+            side = rr.counters.candidate if s.backend == rr.key[1] else rr.counters.primary if \
+                s.backend == rr.key[0] else None
+            if side is not None:
+                side.labelled += 1
+                side.correct += s.correct
 
     # -- configuration
     def configure(self, config: Config) -> None:
         """Routes with a rollout block keep their state unless the YAML changed primary or candidate."""
         now = time.time()
+        self.feedback = config.monitoring.feedback is not None
         routes: dict[str, RouteRollout] = {}
         for route in config.routes:
             if route.rollout is None or route.candidate is None:
@@ -253,7 +271,7 @@ class RolloutController:
         now = time.time() if now is None else now
         for rr in list(self.routes.values()):
             snapshot = Snapshot(rr.state, rr.counters.evidence(), now, rr.step_started_at, rr.rollout_started_at,
-                                shadowed=rr.counters.shadowed)
+                                shadowed=rr.counters.shadowed, feedback=self.feedback)
             decision = decide(snapshot, rr.cfg.policy)
             self.apply(rr, decision, "router", now)
         if now - self._last_persist >= PERSIST_EVERY_S:

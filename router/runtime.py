@@ -19,6 +19,7 @@ from router.policy import Choice
 from router.shadow import Mirror
 
 if TYPE_CHECKING:
+    from router.monitor import Monitor
     from router.rollout import RolloutController
 from router.state import StateStore
 from router.table import RoutingTable
@@ -134,13 +135,15 @@ class Runtime:
     mirror: Mirror
     rollouts: RolloutController
     health: HealthRegistry
+    monitor: Monitor | None
 
     @property
     def via(self) -> bytes:
         return self.config.proxy.via_entry
 
 def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror, rollouts: RolloutController,
-                  health: HealthRegistry, old: Runtime | None = None) -> tuple[Runtime, list[UpstreamPool]]:
+                  health: HealthRegistry, monitor: Monitor | None,
+                  old: Runtime | None = None) -> tuple[Runtime, list[UpstreamPool]]:
     """A new runtime for `config`, reusing the pools of unchanged backend endpoints.
 
     Returns the runtime and the old pools it no longer uses (to drain, then close).
@@ -150,7 +153,7 @@ def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror, 
     removed += mirror.configure(config, health)
     rollouts.configure(config)
     health.prune(config)
-    return Runtime(config, RoutingTable(config), groups, splits, stats, mirror, rollouts, health), removed
+    return Runtime(config, RoutingTable(config), groups, splits, stats, mirror, rollouts, health, monitor), removed
 
 
 def describe(rt: Runtime) -> list[dict[str, Any]]:

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 from router.balancer import BackendGroup, HealthRegistry, build_groups
 from router.compare import Comparison, compare
 from router.config import Config, RouteConfig, ShadowConfig
+from router.monitor import Finished
 from router.proxy import upstream_request
 from router.request import Header, Request
 from router.shadowstats import ShadowStats
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
+    from router.monitor import Monitor
     from router.rollout import WindowCounters
     from router.runtime import Runtime
 
@@ -139,6 +141,7 @@ class MirroredRequest:
         self.noise = Side(now) if noise else None
         self.pending = 3 if noise else 2
         self.window: WindowCounters | None = None  # the rollout step window this request counts in
+        self.monitor: Monitor | None = None  # for the prediction log's joined record
 
     # the live side, fed by the Exchange
     def live_head(self, status: int, headers: list[Header]) -> None:
@@ -218,6 +221,7 @@ class Mirror:
         stats.mirrored += 1
         noise = cfg.noise_percent > 0 and _draw() * 100 < cfg.noise_percent
         pair = MirroredRequest(self, route, req, stats, noise)
+        pair.monitor = rt.monitor
         if route.rollout is not None and route.candidate == cfg.backend:
             pair.window = rt.rollouts.counters(route.name)
         timeout = cfg.timeout or route.timeout or rt.config.limits.request_timeout
@@ -277,6 +281,8 @@ class Mirror:
     def _account(self, pair: MirroredRequest) -> None:
         stats = pair.stats
         live, shadow = pair.live, pair.shadow
+        if pair.monitor is not None:
+            pair.monitor.joined(_joined_record(pair))
         if not live.ok:
             stats.live_errors += live.error != "incomplete"
             stats.skipped["live_failed"] += 1
@@ -348,6 +354,15 @@ class _CompareJob:
             p.window.compared(all(ok or name in noise for name, ok in fields.items()))
         if not main.agree:
             stats.recent.append(_diff_entry(p, fields))
+
+
+def _joined_record(p: MirroredRequest) -> Finished:
+    """The prediction log's record of a mirrored request: both outputs side by side."""
+    live, shadow = p.live, p.shadow
+    return Finished(p.req.request_id.decode("latin-1"), time.time(), p.route.name, p.route.primary, live.status,
+                    live.latency, p.req.body, live.text() if not live.truncated else None, True,
+                    shadow={"backend": p.cfg.backend, "status": shadow.status, "latency_s": shadow.latency,
+                            "error": shadow.error, "response_body": shadow.text() if not shadow.truncated else None})
 
 
 def _diff_entry(p: MirroredRequest, fields: Mapping[str, bool]) -> dict[str, Any]:

@@ -1,0 +1,154 @@
+"""Model monitoring end to end: prediction log, feedback loop, anomaly alerts, on a real router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config
+
+ModelFactory = Callable[..., Awaitable[str]]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def fraud_route(**extra: Any) -> list[dict[str, Any]]:
+    return [{"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1", **extra}]
+
+
+async def predict(s: aiohttp.ClientSession, url: str, rng: random.Random, rid: str | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"X-Request-Id": rid} if rid else {}
+    body = {"instances": [[rng.gauss(0, 1) for _ in range(4)]]}
+    async with s.post(url + "/v1/models/fraud:predict", json=body, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def test_prediction_log_with_redaction_and_joined_shadow(
+        make_router: RouterFactory, make_model: ModelFactory, tmp_path: Path) -> None:
+    v1, v2 = await make_model(version="v1"), await make_model(version="v2", seed=4)
+    log_path = tmp_path / "predictions.jsonl"
+    cfg = base_config(tmp_path, {"v1": v1, "v2": v2}, fraud_route(shadow={"backend": "v2"}),
+                      monitoring={"prediction_log": {"path": str(log_path), "include_bodies": True,
+                                                     "redact": ["$.instances"]}})
+    r = await make_router(cfg)
+    rng = random.Random(2)
+    async with aiohttp.ClientSession() as s:
+        for i in range(20):
+            assert (await predict(s, r.url, rng, f"log-{i}"))[0] == 200
+        await asyncio.sleep(0.5)
+    r.stop()  # flushes the log
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert sorted(rec["request_id"] for rec in records) == sorted(f"log-{i}" for i in range(20))  # one each
+    rec = records[0]
+    assert rec["route"] == "fraud" and rec["backend"] == "v1" and rec["status"] == 200 and rec["latency_s"] > 0
+    assert rec["request_body"]["instances"] == "[REDACTED]"
+    assert rec["response_body"]["predictions"][0]["label"]
+    assert rec["shadow"]["backend"] == "v2" and rec["shadow"]["status"] == 200
+    assert rec["shadow"]["response_body"]["predictions"][0]["label"]
+
+
+async def test_feedback_loop_accuracy_survives_restart(
+        make_router: RouterFactory, make_model: ModelFactory, tmp_path: Path) -> None:
+    v1 = await make_model(version="v1")
+    cfg = base_config(tmp_path, {"v1": v1}, fraud_route(), monitoring={"feedback": {"retention": "1h"}})
+    r = await make_router(cfg)
+    rng = random.Random(3)
+    async with aiohttp.ClientSession() as s:
+        predicted = {}
+        for i in range(10):
+            status, body = await predict(s, r.url, rng, f"fb-{i}")
+            assert status == 200
+            predicted[f"fb-{i}"] = body["predictions"][0]["label"]
+        # 7 right, 3 wrong
+        items = [{"request_id": rid, "label": label if i < 7 else label + "-not"}
+                 for i, (rid, label) in enumerate(predicted.items())]
+        async with s.post(r.admin + "/-/feedback", json=items[:6], headers=AUTH) as resp:
+            assert resp.status == 200 and (await resp.json())["accepted"] == 6
+        async with s.post(r.admin + "/-/feedback", json=items[:1], headers=AUTH) as resp:
+            assert resp.status == 409 and (await resp.json())["duplicate"] == 1
+        async with s.post(r.admin + "/-/feedback", json={"request_id": "nope", "label": "x"}, headers=AUTH) as resp:
+            assert resp.status == 404 and (await resp.json())["unknown_request_id"] == 1
+        async with s.post(r.admin + "/-/feedback", data=b"{not json", headers=AUTH) as resp:
+            assert resp.status == 400 and "error" in await resp.json()
+        async with s.post(r.admin + "/-/feedback", json=items[6:]) as resp:
+            assert resp.status == 401
+        r.stop()
+        r = await make_router(cfg)  # pending predictions and aggregates survive
+        async with s.post(r.admin + "/-/feedback", json=items[6:], headers=AUTH) as resp:
+            assert resp.status == 200 and (await resp.json())["accepted"] == 4
+        async with s.get(r.admin + "/-/routes/fraud/quality") as resp:
+            quality = await resp.json()
+        async with s.get(r.admin + "/metrics") as resp:
+            metrics = await resp.text()
+    v1q = quality["backends"]["v1"]
+    assert v1q["labelled"] == 10 and v1q["correct"] == 7
+    assert abs(v1q["accuracy"]["rate"] - 0.7) < 1e-9 and v1q["accuracy"]["low"] < 0.7 < v1q["accuracy"]["high"]
+    assert 'router_feedback_accuracy{backend="v1",route="fraud"} 0.7' in metrics
+    assert 'router_feedback_total{result="malformed"} 0.0' in metrics  # the counts reset with the process
+
+
+async def test_alerts_latency_errors_and_drift_but_not_steady_traffic(
+        make_router: RouterFactory, make_model: ModelFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
+    v1 = await make_model(version="v1", latency_ms=2, jitter_ms=1)
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        received.append(await request.json())
+        return web.json_response({})
+
+    hook_url = (await make_backend("hook", hook)).url + "/hook"
+    alerts = {"bucket": "250ms", "window": "1s", "baseline": "5s", "min_samples": 20, "min_baseline_samples": 100,
+              "drift_window": "2s", "reference": "10s", "drift_min_samples": 60, "cooldown": "30s"}
+    rollout = {"steps": [0, 100], "interval": "1h", "min_samples": 100000, "notify": hook_url}
+    cfg = base_config(tmp_path, {"v1": v1, "v2": v1}, fraud_route(candidate="v2", rollout=rollout),
+                      monitoring={"alerts": alerts})
+    r = await make_router(cfg)
+    rng = random.Random(4)
+    stop = asyncio.Event()
+
+    async def traffic(s: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            await predict(s, r.url, rng)
+
+    async def control(s: aiohttp.ClientSession, **knobs: Any) -> None:
+        async with s.post(v1 + "/-/control", json=knobs) as resp:
+            assert resp.status == 200
+
+    async def wait_for(s: aiohttp.ClientSession, kind: str, limit: float = 20) -> dict[str, Any]:
+        for _ in range(int(limit / 0.2)):
+            async with s.get(r.admin + "/-/alerts") as resp:
+                found = [a for a in (await resp.json())["alerts"] if a["kind"] == kind]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"no {kind} alert")
+
+    async with aiohttp.ClientSession() as s:
+        workers = [asyncio.create_task(traffic(s)) for _ in range(3)]
+        try:
+            await asyncio.sleep(7)  # steady traffic: a baseline, and no alert
+            async with s.get(r.admin + "/-/alerts") as resp:
+                assert (await resp.json())["alerts"] == []
+            await control(s, latency_ms=60)
+            latency = await wait_for(s, "latency_spike")
+            await control(s, latency_ms=2, error_rate=0.5)
+            errors = await wait_for(s, "error_spike")
+            await control(s, error_rate=0.0, shift=6.0)
+            drift = await wait_for(s, "drift")
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        async with s.get(r.admin + "/metrics") as resp:
+            metrics = await resp.text()
+    assert latency["backend"] == "v1" and latency["route"] == "fraud" and "p95" in latency["message"]
+    assert errors["value"] > errors["baseline"]
+    assert drift["kind"] == "drift"
+    for kind in ("latency_spike", "error_spike", "drift"):
+        assert f'router_alerts_total{{kind="{kind}"}} ' in metrics
+    assert {a["alert"]["kind"] for a in received} >= {"latency_spike", "error_spike", "drift"}
