@@ -301,7 +301,11 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         if not r.issues:
             r.issues.append(ConfigIssue(source, 1, "", "the file is empty"))
         raise ConfigError(r.issues)
-    config = _build(r, root, source, text)
+    try:
+        config = _build(r, root, source, text)
+    except RecursionError:
+        r.issues.append(ConfigIssue(source, 1, "", "YAML nested too deeply"))
+        config = None
     if r.issues or config is None:
         raise ConfigError(sorted(r.issues, key=lambda i: i.line))
     return config

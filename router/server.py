@@ -117,6 +117,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._in_body = False
         self._head_bytes = 0
+        self._head_size = 0
         self._started = 0.0
         self._limits = server.runtime().config.limits
 
@@ -163,8 +164,9 @@ class ClientConnection(asyncio.Protocol):
             self._reject(431, f"request head larger than {self._limits.max_header_size} bytes")
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still read the answer to what it sent.
-        return True if (self.exchange is not None or self.queue) else None
+        # A client that closes its side has gone, as nginx and Envoy treat it: closing here leads
+        # to connection_lost, which cancels the backend request instead of letting it run on.
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -193,6 +195,7 @@ class ClientConnection(asyncio.Protocol):
     # -- llhttp callbacks
     def on_message_begin(self) -> None:
         self._url = b""
+        self._head_size = 0
         self._headers = []
         self._index = {}
         self._body = []
@@ -205,6 +208,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if b"_" in name:
@@ -213,6 +217,11 @@ class ClientConnection(asyncio.Protocol):
         headers = self._headers
         if len(headers) >= self._limits.max_headers:
             raise Rejected(431, f"more than {self._limits.max_headers} request headers")
+        # The head's size as parsed (it may all arrive in one read, which the byte count in
+        # data_received cannot see).
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._limits.max_header_size:
+            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
         lname = name.lower()
         index = self._index
         if lname in index:

@@ -20,7 +20,10 @@ def parse_duration(text: str) -> float:
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"bad duration {text!r}: write a number and a unit, e.g. 500ms, 2s, 5m, 2h")
-    return float(m.group(1)) * _DURATION_FACTORS[m.group(2)]
+    seconds = float(m.group(1)) * _DURATION_FACTORS[m.group(2)]
+    if not seconds < 10 * 365 * 86400:
+        raise ValueError(f"duration {text!r} is longer than ten years")
+    return seconds
 
 
 def parse_size(text: str) -> int:
@@ -28,4 +31,7 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text)
     if not m:
         raise ValueError(f"bad size {text!r}: write a number and a unit, e.g. 512KiB, 10MiB, 1GiB")
-    return int(float(m.group(1)) * _SIZE_FACTORS[m.group(2)])
+    size = float(m.group(1)) * _SIZE_FACTORS[m.group(2)]
+    if not size < 2**50:
+        raise ValueError(f"size {text!r} is larger than 1 PiB")
+    return int(size)

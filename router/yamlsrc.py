@@ -44,17 +44,34 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+class Unreadable:
+    """A scalar PyYAML cannot construct (unknown tag, bad base64, a timestamp out of range...)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return f"an unreadable value ({self.problem})"
+
+
 def type_name(node: yaml.Node) -> str:
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     value = scalar(node)
+    if isinstance(value, Unreadable):
+        return repr(value)
     return "null" if value is None else f"{type(value).__name__} {value!r}"
 
 
 def scalar(node: yaml.Node) -> Any:
-    return _constructor.construct_object(node, deep=True)
+    """The scalar's value, or Unreadable: no YAML input may raise past the loader."""
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except Exception as exc:  # PyYAML raises many kinds here: ConstructorError, ValueError, binascii...
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
+        return Unreadable(problem.split("\n")[0][:120])
 
 
 class Reader:
@@ -78,6 +95,8 @@ class Reader:
             self.issues.append(ConfigIssue(self.file, line, "", f"YAML syntax: {problem}"))
         except yaml.YAMLError as exc:
             self.issues.append(ConfigIssue(self.file, 1, "", f"YAML syntax: {exc}"))
+        except RecursionError:
+            self.issues.append(ConfigIssue(self.file, 1, "", "YAML nested too deeply"))
         return None
 
     def mapping(
