@@ -209,6 +209,8 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
+        if self._head_size > self._limits.max_header_size:
+            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if b"_" in name:
