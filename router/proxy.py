@@ -126,11 +126,13 @@ class Exchange:
         group = rt.groups[choice.backend]
         now = monotonic()
         pool = group.pick(now)
+        fell_back = False
         if pool is None and choice.backend == rc.candidate:
             # The candidate has no endpoint in rotation: its share goes to the primary, counted.
             rt.health.fallbacks[route.name] = rt.health.fallbacks.get(route.name, 0) + 1
             group = rt.groups[rc.primary]
             pool = group.pick(now)
+            fell_back = True
         if pool is None:
             pool = group.pick(now, panic=True)  # nothing healthy at all: try anyway rather than refuse
         assert pool is not None
@@ -141,6 +143,9 @@ class Exchange:
             self.pair = rt.mirror.begin(rt, rc, req, group.name)
         if rc.rollout is not None:
             self.rollout = rt.rollouts.counters(route.name)
+            if fell_back and self.rollout is not None:
+                self.rollout.fallback()
+                self.rollout = None  # served by the primary, but not a primary sample either
         monitor = rt.monitor
         if monitor is not None and monitor.wants_body(req.request_id):
             self.captured = []

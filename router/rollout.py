@@ -109,6 +109,13 @@ class WindowCounters:
             return
         (self.candidate if on_candidate else self.primary).record(status < 500, seconds)
 
+    def fallback(self) -> None:
+        """A request drawn for the candidate went to the primary: no candidate endpoint was in
+        rotation. For the rollout that is the candidate failing the request."""
+        if not self.shadowed:
+            self.candidate.requests += 1
+            self.candidate.errors += 1
+
     def pair(self, live_ok: bool, live_s: float, shadow_ok: bool, shadow_s: float) -> None:
         """A mirrored request finished on both sides (shadowed steps)."""
         self.primary.record(live_ok, live_s)

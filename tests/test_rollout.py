@@ -194,3 +194,28 @@ async def test_reload_keeps_the_rollout_unless_primary_or_candidate_change(
             assert resp.status == 200
         info = await rollout(s, r.admin)
         assert info["phase"] == "shadowing" and info["candidate"] == "v3" and info["candidate_percent"] == 0
+
+
+async def test_canary_without_shadow_is_judged_on_live_errors(make_router: RouterFactory, make_model: ModelFactory,
+                                                              tmp_path: Path) -> None:
+    v1, failing = await make_model(version="v1"), await make_model(version="v2", error_rate=0.5, seed=9)
+    routes = [{"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1", "candidate": "v2",
+               "rollout": {"steps": [20, 100], "interval": "300ms", "min_samples": 30, "max_duration": "2m",
+                           "gates": {"min_agreement": None, "max_latency_ratio": None,
+                                     "max_error_rate_increase": 0.05}}}]
+    r = await make_router(base_config(tmp_path, {"v1": v1, "v2": failing}, routes))
+    rng = random.Random(5)
+    async with aiohttp.ClientSession() as s:
+        info = await rollout(s, r.admin)
+        assert info["phase"] == "progressing" and info["candidate_percent"] == 20 and info["shadowed"] is False
+        for _ in range(600):
+            body = {"instances": [[rng.gauss(0, 1) for _ in range(4)]]}
+            async with s.post(r.url + "/v1/models/fraud:predict", json=body) as resp:
+                await resp.read()
+            info = await rollout(s, r.admin) if rng.random() < 0.05 else info
+            if info["phase"] == "rolled_back":
+                break
+        info = await rollout(s, r.admin)
+    assert info["phase"] == "rolled_back", (info["window"], info["last_decision"]["reason"])
+    failed = [e for e in info["log"] if e["action"] == "rollback"][-1]
+    assert "error_rate fail" in failed["reason"] and failed["evidence"]["candidate"]["errors"] > 0
