@@ -64,6 +64,7 @@ test: $(VENV) lint deps
 
 bench: $(VENV) deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/scale.py
 	@if [ -f bench/decisions.py ]; then echo "$(PY) bench/decisions.py"; $(PY) bench/decisions.py; fi
 
 demo: $(VENV)
