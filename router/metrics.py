@@ -171,8 +171,8 @@ def rollout_metrics(rollouts: RolloutController) -> Iterator[Metric]:
             requests.add_metric([name, side, "error"], counts.errors)
     notify = CounterMetricFamily("router_rollout_notifications", "Webhook calls on phase changes.",
                                  labels=["result"])
-    notify.add_metric(["ok"], rollouts.notifications)
-    notify.add_metric(["failed"], rollouts.notify_failures)
+    notify.add_metric(["ok"], rollouts.webhook.sent)
+    notify.add_metric(["failed"], rollouts.webhook.failed)
     yield from (phase, step, comparisons, requests, notify)
 
 

@@ -20,12 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import aiohttp
-
 from router.alerts import Alert, AnomalyDetector
 from router.config import Config, MonitoringConfig
 from router.feedback import FeedbackResult, FeedbackStore, FeedbackStoreError, Kind, Prediction
 from router.predlog import PredictionLog, record
+from router.webhook import Webhook
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -269,36 +268,16 @@ class AlertNotifier:
 
     def __init__(self, runtime: Callable[[], Runtime]) -> None:
         self.runtime = runtime
-        self.sent = 0
-        self.failed = 0
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.webhook = Webhook()
 
     def __call__(self, alert: Alert) -> None:
         route = self.runtime().table.by_name.get(alert.route)
         url = route.config.rollout.notify if route and route.config.rollout else None
-        if url is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._post(url, {"alert": alert.to_json()}))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _post(self, url: str, payload: dict[str, Any]) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        try:
-            async with self._session.post(url, json=payload) as resp:
-                ok = resp.status < 300
-        except (aiohttp.ClientError, TimeoutError):
-            ok = False
-        self.sent += ok
-        self.failed += not ok
+        if url is not None:
+            self.webhook.post(url, {"alert": alert.to_json()})
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
-        if self._session is not None:
-            await self._session.close()
+        await self.webhook.close()
 
 
 def store_path(state_dir: Path) -> Path:

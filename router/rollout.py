@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from router.config import Config, RolloutConfig, RouteConfig
 from router.decision import (
     EMPTY_HISTOGRAM,
@@ -42,6 +40,7 @@ from router.decision import (
 )
 from router.feedback import FeedbackResult
 from router.state import StateStore
+from router.webhook import Webhook
 
 if TYPE_CHECKING:
     from router.runtime import Splits
@@ -181,13 +180,10 @@ class RolloutController:
         self.splits = splits
         self.routes: dict[str, RouteRollout] = {}
         self.problem: str | None = None
-        self.notify_failures = 0
-        self.notifications = 0
         self._saved: dict[str, Any] = self.store.load()
         if self.store.problem:
             self.problem = self.store.problem
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.webhook = Webhook()
         self._last_persist = 0.0
         self.feedback = False
 
@@ -393,25 +389,8 @@ class RolloutController:
         payload = {"route": rr.name, "from_phase": str(before.phase), "phase": str(decision.state.phase),
                    "step": decision.state.step_index, "candidate_percent": rr.percent(),
                    "reason": decision.reason, "actor": actor, "time": time.time()}
-        task = asyncio.get_running_loop().create_task(self._post(url, payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _post(self, url: str, payload: dict[str, Any]) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        try:
-            async with self._session.post(url, json=payload) as resp:
-                if resp.status >= 300:
-                    raise aiohttp.ClientError(f"status {resp.status}")
-            self.notifications += 1
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.notify_failures += 1
-            log.warning("rollout webhook %s failed: %s", url, exc)
+        self.webhook.post(url, payload)
 
     async def close(self) -> None:
         self.persist()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
-        if self._session is not None:
-            await self._session.close()
+        await self.webhook.close()
