@@ -121,6 +121,8 @@ class CaptureSink:
         side.error = error
         side.latency = perf_counter() - side.started
         side.done = True
+        if side is self.pair.shadow:
+            self.pair.shadow_latency(side.latency)
         self.pair.side_done()
 
 
@@ -159,6 +161,10 @@ class MirroredRequest:
         live.latency = perf_counter() - live.started
         live.done = True
         self.side_done()
+
+    def shadow_latency(self, seconds: float) -> None:
+        s = self.stats
+        s.latency_ewma = seconds if s.latency_ewma == 0 else 0.9 * s.latency_ewma + 0.1 * seconds
 
     def side_done(self) -> None:
         self.pending -= 1
@@ -214,9 +220,13 @@ class Mirror:
             stats.dropped["body_too_large"] += 1
             return None
         in_flight = self.in_flight.get(route.name, 0)
-        if in_flight >= cfg.max_concurrency:
+        now = perf_counter()
+        if in_flight >= cfg.max_concurrency or now < stats.next_send:
             stats.dropped["concurrency"] += 1
             return None
+        # Pace the copies at what the shadow can take (max_concurrency per its typical latency), so
+        # they, and their answers, spread evenly instead of leaving and returning in bursts.
+        stats.next_send = now + stats.latency_ewma / cfg.max_concurrency
         self.in_flight[route.name] = in_flight + 1
         stats.mirrored += 1
         noise = cfg.noise_percent > 0 and _draw() * 100 < cfg.noise_percent

@@ -48,6 +48,8 @@ class ShadowStats:
         self.shadow_latency = Histogram()
         self.paired_diff = SignedHistogram()  # shadow minus live, same request
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.latency_ewma = 0.0  # the shadow's typical latency, for pacing the copies
+        self.next_send = 0.0
         self._noise: frozenset[str] = frozenset()
         self._noise_at = -1e9
 
