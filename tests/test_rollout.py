@@ -219,3 +219,40 @@ async def test_canary_without_shadow_is_judged_on_live_errors(make_router: Route
     assert info["phase"] == "rolled_back", (info["window"], info["last_decision"]["reason"])
     failed = [e for e in info["log"] if e["action"] == "rollback"][-1]
     assert "error_rate fail" in failed["reason"] and failed["evidence"]["candidate"]["errors"] > 0
+
+
+async def test_feedback_accuracy_gate_rolls_back_a_less_accurate_candidate(
+        make_router: RouterFactory, make_model: ModelFactory, tmp_path: Path) -> None:
+    v1, worse = await make_model(version="v1"), await make_model(version="v2", perturb=3.0, seed=8)
+    routes = [{"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1", "candidate": "v2",
+               "rollout": {"steps": [50, 100], "interval": "300ms", "min_samples": 30, "max_duration": "2m",
+                           "gates": {"min_agreement": None, "max_latency_ratio": None,
+                                     "max_error_rate_increase": None, "min_accuracy_delta": -0.05}}}]
+    r = await make_router(base_config(tmp_path, {"v1": v1, "v2": worse}, routes,
+                                      monitoring={"feedback": {"retention": "1h"}}))
+    rng = random.Random(6)
+    async with aiohttp.ClientSession() as s:
+        truth = []
+        for i in range(400):
+            body = {"instances": [[rng.gauss(0, 1) for _ in range(4)]]}
+            async with s.post(r.url + "/v1/models/fraud:predict", json=body, headers={"X-Request-Id": f"q{i}"}) as resp:
+                label = (await resp.json())["predictions"][0]["label"]
+                backend = resp.headers["X-Model-Backend"]
+            async with s.post(v1 + "/v1/models/fraud:predict", json=body) as resp:
+                right = (await resp.json())["predictions"][0]["label"]  # the truth: what v1 says
+            truth.append({"request_id": f"q{i}", "label": right})
+            assert backend in ("v1", "v2") and label
+        async with s.post(r.admin + "/-/feedback", json=truth, headers=AUTH) as resp:
+            assert resp.status == 200 and (await resp.json())["accepted"] == 400
+        for _ in range(50):
+            info = await rollout(s, r.admin)
+            if info["phase"] != "progressing":
+                break
+            await asyncio.sleep(0.1)
+        async with s.get(r.admin + "/-/routes/fraud/quality") as resp:
+            quality = await resp.json()
+    assert info["phase"] == "rolled_back", info["last_decision"]["reason"]
+    assert "accuracy fail" in info["last_decision"]["reason"]
+    assert quality["backends"]["v1"]["accuracy"]["rate"] == 1.0
+    assert quality["backends"]["v2"]["accuracy"]["rate"] < 0.9
+    assert quality["accuracy_delta"] is not None
