@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import h11
 
-from tests.helpers import RouterProcess
+from tests.helpers import RouterProcess, base_config
 
 T = TypeVar("T")
 Address = tuple[str, int]
@@ -304,3 +304,17 @@ def router_in_thread(tl: ThreadLoop, tmp: Path, config: dict[str, Any],
         yield rp
     finally:
         rp.stop()
+
+
+@contextlib.contextmanager
+def router_before_h11_backend(tmp: Path) -> Iterator[tuple[Address, H11Backend]]:
+    """A router (in a thread) with one catch-all route to an h11-parsing backend, for module fixtures."""
+    tl = ThreadLoop()
+    backend = H11Backend(tl).start()
+    routes = [{"name": "all", "match": {"path_prefix": "/"}, "primary": "b"}]
+    try:
+        with router_in_thread(tl, tmp, base_config(tmp, {"b": backend.url}, routes)) as rp:
+            yield rp.host_port, backend
+    finally:
+        backend.stop()
+        tl.close()

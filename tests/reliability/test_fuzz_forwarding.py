@@ -11,21 +11,18 @@ import itertools
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import base_config
 from tests.reliability.netkit import (
     Address,
     H11Backend,
     Seen,
-    ThreadLoop,
     connect,
     read_response,
-    router_in_thread,
+    router_before_h11_backend,
 )
 
 TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^`|~"  # RFC 9110 tchar, less "_"
@@ -85,16 +82,8 @@ requests = st.builds(
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Address, H11Backend]]:
-    tmp: Path = tmp_path_factory.mktemp("fuzz-forwarding")
-    tl = ThreadLoop()
-    backend = H11Backend(tl).start()
-    routes = [{"name": "all", "match": {"path_prefix": "/"}, "primary": "b"}]
-    try:
-        with router_in_thread(tl, tmp, base_config(tmp, {"b": backend.url}, routes)) as rp:
-            yield rp.host_port, backend
-    finally:
-        backend.stop()
-        tl.close()
+    with router_before_h11_backend(tmp_path_factory.mktemp("fuzz-forwarding")) as served:
+        yield served
 
 
 _markers = itertools.count()

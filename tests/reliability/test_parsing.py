@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import base_config
 from tests.reliability.netkit import (
     Address,
     H11Backend,
-    ThreadLoop,
     get,
     parse_response,
     request_once,
-    router_in_thread,
+    router_before_h11_backend,
     send_and_read,
 )
 
@@ -92,16 +89,8 @@ CASES: dict[str, bytes] = {
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Address, H11Backend]]:
-    tmp: Path = tmp_path_factory.mktemp("parsing")
-    tl = ThreadLoop()
-    backend = H11Backend(tl).start()
-    routes = [{"name": "all", "match": {"path_prefix": "/"}, "primary": "b"}]
-    try:
-        with router_in_thread(tl, tmp, base_config(tmp, {"b": backend.url}, routes)) as rp:
-            yield rp.host_port, backend
-    finally:
-        backend.stop()
-        tl.close()
+    with router_before_h11_backend(tmp_path_factory.mktemp("parsing")) as served:
+        yield served
 
 
 _sentinels = itertools.count()
