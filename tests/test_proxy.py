@@ -309,3 +309,22 @@ async def test_client_that_stops_reading_is_cut_off(make_router: RouterFactory, 
             received += len(data)
     writer.close()
     assert 0 < received < total  # cut off: the connection closed before the body was complete
+
+
+async def test_head_and_no_content_responses_have_no_body(make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/empty":
+            return web.Response(status=204)
+        return web.Response(body=b"x" * 1234, content_type="application/octet-stream")
+
+    b = await make_backend("b1", handler)
+    r = await make_router(base_config(tmp_path, {"b1": b.url}, [route("m", "b1")]))
+    host, port = r.host_port
+    raw = await raw_request(host, port, b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /empty HTTP/1.1\r\nHost: x\r\n\r\n"
+                            b"GET /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    first, rest = raw.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 200") and b"Content-Length: 1234" in first
+    assert rest.startswith(b"HTTP/1.1 204")  # the HEAD answer carried no body: the next response follows at once
+    second, third = rest.split(b"\r\n\r\n", 1)
+    assert b"Content-Length" not in second and b"Transfer-Encoding" not in second
+    assert third.startswith(b"HTTP/1.1 200") and third.endswith(b"x" * 1234)
