@@ -24,7 +24,6 @@ from router.runtime import Runtime, Splits, Stats, build_runtime
 from router.server import DataServer
 from router.shadow import Mirror
 from router.state import StateStore
-from router.upstream import UpstreamPool
 
 log = logging.getLogger("router")
 
@@ -59,7 +58,6 @@ class Router:
         self.operator_lock = asyncio.Lock()
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.stopped = asyncio.Event()
-        self._retired: set[UpstreamPool] = set()
 
     @property
     def config(self) -> Config:

@@ -235,13 +235,6 @@ class RouteConfig:
     shadow: ShadowConfig | None = None
     rollout: RolloutConfig | None = None
 
-    def backend_names(self) -> tuple[str, ...]:
-        names = [self.primary]
-        if self.candidate:
-            names.append(self.candidate)
-        names.extend(o.backend for o in self.overrides)
-        return tuple(dict.fromkeys(names))
-
 
 @dataclass(frozen=True, slots=True)
 class FeedbackConfig:
@@ -274,7 +267,6 @@ class Config:
     backends: Mapping[str, BackendConfig]
     routes: tuple[RouteConfig, ...]
     monitoring: MonitoringConfig = MonitoringConfig()
-    raw_text: str = field(default="", repr=False, compare=False)
 
     def summary(self) -> str:
         return (f"{self.source}: OK, {len(self.routes)} routes, {len(self.backends)} backends, "
@@ -302,7 +294,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             r.issues.append(ConfigIssue(source, 1, "", "the file is empty"))
         raise ConfigError(r.issues)
     try:
-        config = _build(r, root, source, text)
+        config = _build(r, root, source)
     except RecursionError:
         r.issues.append(ConfigIssue(source, 1, "", "YAML nested too deeply"))
         config = None
@@ -314,7 +306,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 _TOP = frozenset({"listen", "admin", "state_dir", "limits", "proxy", "backends", "routes", "monitoring"})
 
 
-def _build(r: Reader, root: yaml.Node, source: str, text: str) -> Config | None:
+def _build(r: Reader, root: yaml.Node, source: str) -> Config | None:
     top = r.mapping(root, "", _TOP)
     if top is None:
         return None
@@ -338,7 +330,7 @@ def _build(r: Reader, root: yaml.Node, source: str, text: str) -> Config | None:
         return None
     assert listen and admin and state_dir and limits and proxy and backends is not None
     assert routes is not None and monitoring is not None
-    return Config(source, listen, admin, Path(state_dir), limits, proxy, backends, routes, monitoring, text)
+    return Config(source, listen, admin, Path(state_dir), limits, proxy, backends, routes, monitoring)
 
 
 _LOG_KEYS = frozenset({"path", "sample_rate", "include_bodies", "max_body_bytes", "redact", "max_file_bytes",

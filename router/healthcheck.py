@@ -26,8 +26,6 @@ class HealthChecker:
 
     def __init__(self, runtime: Callable[[], Runtime]) -> None:
         self.runtime = runtime
-        self.checks = 0
-        self.failures = 0
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:
@@ -60,8 +58,6 @@ class HealthChecker:
             async with session.get(endpoint.url.rstrip("/") + hc.path, timeout=timeout,
                                    headers={"User-Agent": "model-router-health"}) as resp:
                 ok = 200 <= resp.status < 300
-        self.checks += 1
-        self.failures += not ok
         was = state.healthy
         state.check_result(ok, backend)
         if state.healthy != was:

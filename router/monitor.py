@@ -17,7 +17,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from router.alerts import Alert, AnomalyDetector
@@ -86,11 +85,6 @@ class Monitor:
             self.problem = f"feedback store {path}: {exc.reason}; moved aside to {aside}, starting empty"
             log.error("%s", self.problem)
             self.store = FeedbackStore(path, retention, max_rows)
-
-    @property
-    def capture_bodies(self) -> bool:
-        return self.store is not None or self.detector is not None or bool(
-            self.log and self.log.config.include_bodies)
 
     # -- the request path
     def wants_body(self, request_id: bytes) -> bool:
@@ -278,7 +272,3 @@ class AlertNotifier:
 
     async def close(self) -> None:
         await self.webhook.close()
-
-
-def store_path(state_dir: Path) -> Path:
-    return state_dir / "feedback.sqlite3"

@@ -104,7 +104,6 @@ class ClientConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.queue: deque[Request] = deque()
         self.closed = False
-        self.paused_writing = False
         self.pending_reject: bytes | None = None
         self.deadline = _NEVER  # loop time when on_deadline fires
         self.deadline_reason = ""
@@ -178,14 +177,12 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client reads slower than the backend sends: stop reading the backend (so nothing
         # piles up here) and give the client a deadline to catch up.
-        self.paused_writing = True
         ex = self.exchange
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
         self.set_deadline(self._limits.idle_timeout, CLIENT_READING)
 
     def resume_writing(self) -> None:
-        self.paused_writing = False
         ex = self.exchange
         if ex is not None:
             if ex.upstream is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -177,19 +179,27 @@ async def test_streamed_response_is_relayed_as_it_arrives(make_router: RouterFac
     assert rest == b"data: second\n\ndata: [DONE]\n\n"
 
 
-async def test_response_without_length_is_relayed_until_close(make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
-    async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+@contextlib.asynccontextmanager
+async def raw_backend(*pieces: bytes) -> AsyncIterator[str]:
+    """A backend that answers each request with `pieces` (written apart), then closes."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\npart1,")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"part2")
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(0.05)
+            writer.write(piece)
+            await writer.drain()
         writer.close()
 
     port = free_port()
-    server = await asyncio.start_server(serve_raw, "127.0.0.1", port)
-    async with server:
-        r = await make_router(base_config(tmp_path, {"raw": f"http://127.0.0.1:{port}"}, [route("m", "raw")]))
+    async with await asyncio.start_server(serve, "127.0.0.1", port):
+        yield f"http://127.0.0.1:{port}"
+
+
+async def test_response_without_length_is_relayed_until_close(make_router: RouterFactory, tmp_path: Path) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\npart1,"
+    async with raw_backend(head, b"part2") as url:
+        r = await make_router(base_config(tmp_path, {"raw": url}, [route("m", "raw")]))
         async with aiohttp.ClientSession() as s, s.get(r.url + "/x") as resp:
             assert resp.status == 200 and await resp.read() == b"part1,part2"
         host, rport = r.host_port
@@ -198,33 +208,17 @@ async def test_response_without_length_is_relayed_until_close(make_router: Route
         assert b"Transfer-Encoding" not in raw10 and b"Connection: close" in raw10
 
 
-async def test_malformed_backend_response_is_502(make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
-    async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
-        await writer.drain()
-        writer.close()
-
-    port = free_port()
-    server = await asyncio.start_server(serve_raw, "127.0.0.1", port)
-    async with server:
-        r = await make_router(base_config(tmp_path, {"raw": f"http://127.0.0.1:{port}"}, [route("m", "raw")]))
+async def test_malformed_backend_response_is_502(make_router: RouterFactory, tmp_path: Path) -> None:
+    async with raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!") as url:
+        r = await make_router(base_config(tmp_path, {"raw": url}, [route("m", "raw")]))
         async with aiohttp.ClientSession() as s, s.get(r.url + "/x") as resp:
             assert resp.status == 502
             assert "malformed response" in (await resp.json())["error"]["message"]
 
 
-async def test_backend_closing_mid_body_closes_client(make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
-    async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part")
-        await writer.drain()
-        writer.close()
-
-    port = free_port()
-    server = await asyncio.start_server(serve_raw, "127.0.0.1", port)
-    async with server:
-        r = await make_router(base_config(tmp_path, {"raw": f"http://127.0.0.1:{port}"}, [route("m", "raw")]))
+async def test_backend_closing_mid_body_closes_client(make_router: RouterFactory, tmp_path: Path) -> None:
+    async with raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part") as url:
+        r = await make_router(base_config(tmp_path, {"raw": url}, [route("m", "raw")]))
         host, rport = r.host_port
         raw = await raw_request(host, rport, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
         head, _, body = raw.partition(b"\r\n\r\n")
