@@ -80,7 +80,7 @@ async def status(request: web.Request) -> web.Response:
     rt = router.runtime
     return web.json_response({
         "config": router.config_path,
-        "routes": describe(rt),
+        "routes": describe(rt, router.rollouts),
         "backends": {name: [{"url": p.endpoint.url, "idle": len(p.idle), "busy": p.busy,
                              "available": st.available(time.monotonic()), "healthy": st.healthy,
                              "consecutive_failures": st.consecutive_failures}
@@ -106,8 +106,8 @@ def find_route(request: web.Request) -> Any:
 
 async def route_info(request: web.Request) -> web.Response:
     route = find_route(request)
-    rt = request.app[ROUTER].runtime
-    return web.json_response(next(r for r in describe(rt) if r["name"] == route.name))
+    router = request.app[ROUTER]
+    return web.json_response(next(r for r in describe(router.runtime, router.rollouts) if r["name"] == route.name))
 
 
 async def route_assign(request: web.Request) -> web.Response:
@@ -116,7 +116,7 @@ async def route_assign(request: web.Request) -> web.Response:
     if not key:
         return json_error(400, "give the sticky key as ?key=...")
     rc = route.config
-    percent = request.app[ROUTER].runtime.splits.percent(rc)
+    percent = request.app[ROUTER].ledger.percent(rc)
     return web.json_response({"route": rc.name, "key": key, "backend": assign(rc, percent, key),
                               "candidate_percent": percent,
                               "sticky": str(rc.split.sticky) if rc.split.sticky else None})
@@ -140,7 +140,7 @@ async def route_split(request: web.Request) -> web.Response:
                           "or resume instead of setting the split")
     router = request.app[ROUTER]
     try:
-        router.splits.set(route.config, float(value))
+        router.ledger.set_split(route.config, float(value))
     except OSError as exc:
         return json_error(500, f"could not persist the split in {router.state_store.path}: {exc}")
     return web.json_response({"route": route.name, "candidate_percent": float(value), "persisted": True})
@@ -148,7 +148,7 @@ async def route_split(request: web.Request) -> web.Response:
 
 def shadow_stats(request: web.Request) -> tuple[Any, Any]:
     route = find_route(request)
-    stats = request.app[ROUTER].mirror.stats.get(route.name)
+    stats = request.app[ROUTER].ledger.shadow_stats(route.name)
     if route.config.shadow is None or stats is None:
         raise web.HTTPNotFound(text=json.dumps({"error": {"status": 404, "message":
                                                           f"route {route.name!r} has no shadow"}}),
@@ -161,7 +161,7 @@ async def route_shadow(request: web.Request) -> web.Response:
     cfg = route.config.shadow
     mirror = request.app[ROUTER].mirror
     body = {"route": route.name, "primary": route.config.primary, "shadow_backend": cfg.backend,
-            "percent": cfg.percent, "format": cfg.compare.format, "in_flight": mirror.in_flight.get(route.name, 0),
+            "percent": cfg.percent, "format": cfg.compare.format, "in_flight": mirror.in_flight(route.name),
             **stats.report()}
     return web.json_response(body)
 

@@ -8,49 +8,54 @@ file in a worker thread, build the new runtime, then swap it in one assignment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gc
 import logging
 import signal
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from router.balancer import HealthRegistry
 from router.config import Config, ConfigError, load_config
 from router.healthcheck import HealthChecker
+from router.ledger import Ledger
 from router.monitor import AlertNotifier, Monitor
 from router.rollout import RolloutController
-from router.runtime import Runtime, Splits, Stats, build_runtime
+from router.runtime import compile_runtime
 from router.server import DataServer
 from router.shadow import Mirror
+from router.splits import Splits
 from router.state import StateStore
 
 log = logging.getLogger("router")
 
 
 class Router:
-    """One router process: the data listener, the admin listener and the runtime state."""
+    """One router process: the data listener, the admin listener and the owners of state.
+
+    The ledger owns per-route counters and splits; the rollout controller owns phases; the
+    runtime (table and pools) is compiled from the YAML and swapped whole on reload.
+    """
 
     def __init__(self, config: Config, config_path: str | Path) -> None:
         self.config_path = str(config_path)
         self.state_store = StateStore(config.state_dir)
-        self.splits = Splits(self.state_store)
-        self.splits.reconcile(config)
-        self.stats = Stats()
+        self.ledger = Ledger(Splits(self.state_store))
+        self.ledger.reconcile(config)
         self.mirror = Mirror()
-        self.rollouts = RolloutController(config.state_dir, self.splits)
-        self.runtime: Runtime
+        self.rollouts = RolloutController(config.state_dir, self.ledger)
+        self.rollouts.configure(config)
         self.health = HealthRegistry()
         self.monitor = Monitor(config)
-        self.monitor.on_scored = self.rollouts.scored
+        self.monitor.on_scored = self.ledger.scored
         self.alert_notifier = AlertNotifier(lambda: self.runtime)
         self.monitor.notify = self.alert_notifier
-        self.runtime, _ = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts, self.health,
-                                        self.monitor)
-        self._rollout_task: asyncio.Task[None] | None = None
-        self._health_task: asyncio.Task[None] | None = None
+        self.runtime, _ = compile_runtime(config, self.ledger, self.mirror, self.health, self.monitor)
         self.data = DataServer(lambda: self.runtime)
-        self.admin_runner: web.AppRunner | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.last_reload_ok = True
@@ -58,46 +63,81 @@ class Router:
         self.operator_lock = asyncio.Lock()
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.stopped = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
 
     @property
     def config(self) -> Config:
         return self.runtime.config
 
     async def start(self) -> None:
+        """Enter every resource in order; `shutdown` leaves them in reverse (data drains first)."""
+        stack = self._stack
+        await stack.enter_async_context(self._admin_listener())
+        stack.push_async_callback(self._close_pools)
+        await stack.enter_async_context(self._monitoring())
+        await stack.enter_async_context(background(HealthChecker(lambda: self.runtime).run(), "health checks"))
+        await stack.enter_async_context(self._rollout_loop())
+        await stack.enter_async_context(self._data_listener())
+
+    @contextlib.asynccontextmanager
+    async def _admin_listener(self) -> AsyncIterator[None]:
         from router.admin import build_admin_app  # admin imports this module
 
         cfg = self.config
+        runner = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_address=True).start()
+            yield
+        finally:
+            await runner.cleanup()
+
+    @contextlib.asynccontextmanager
+    async def _data_listener(self) -> AsyncIterator[None]:
+        cfg = self.config
         await self.data.start(cfg.listen.host, cfg.listen.port)
-        self.admin_runner = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
-        await self.admin_runner.setup()
-        site = web.TCPSite(self.admin_runner, cfg.admin.listen.host, cfg.admin.listen.port,
-                           reuse_address=True)
-        await site.start()
-        loop = asyncio.get_running_loop()
-        self._rollout_task = loop.create_task(self.rollouts.run())
-        self._health_task = loop.create_task(HealthChecker(lambda: self.runtime).run())
+        try:
+            yield
+        finally:
+            if not await self.data.drain(self.config.limits.drain_timeout):
+                log.warning("drain_timeout reached: closed connections with requests still in flight")
+
+    @contextlib.asynccontextmanager
+    async def _monitoring(self) -> AsyncIterator[None]:
         self.monitor.start()
+        try:
+            yield
+        finally:
+            await self.monitor.close()
+            await self.alert_notifier.close()
+
+    @contextlib.asynccontextmanager
+    async def _rollout_loop(self) -> AsyncIterator[None]:
+        async with background(self.rollouts.run(), "rollout loop"):
+            yield
+        await self.rollouts.close()
+
+    async def _close_pools(self) -> None:
+        for pool in self.runtime.pools:
+            pool.close()
 
     async def reload(self) -> tuple[bool, str]:
-        """Re-read the YAML and swap the table; on any error keep the old one and say why."""
+        """Re-read the YAML and swap the runtime; on any error nothing at all has changed."""
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
+            new, removed = compile_runtime(config, self.ledger, self.mirror, self.health, self.monitor, self.runtime)
         except ConfigError as exc:
             return self._reload_failed(str(exc))
+        except Exception as exc:  # a reload must never take the router down
+            log.exception("reload: compiling %s failed", self.config_path)
+            return self._reload_failed(f"{self.config_path}: {type(exc).__name__}: {exc}")
         old = self.runtime
-        notes = []
-        for what, new, before in (("listen", config.listen, old.config.listen),
-                                  ("admin.listen", config.admin.listen, old.config.admin.listen),
-                                  ("state_dir", config.state_dir, old.config.state_dir)):
-            if new != before:
-                notes.append(f"{what} changed ({before} -> {new}): takes effect at the next restart")
-        stale = self.splits.reconcile(config)
-        if stale:
-            notes.append(f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}")
-        if config.monitoring != old.config.monitoring:
-            notes.append("monitoring settings changed: they take effect at the next restart")
-        self.runtime, removed = build_runtime(config, self.splits, self.stats, self.mirror, self.rollouts,
-                                              self.health, self.monitor, old)
+        notes = restart_notes(old.config, config)
+        # Commit: reconcile the state owners with the new config, then swap in one assignment.
+        notes += self.ledger.reconcile(config)
+        self.rollouts.configure(config)
+        self.health.prune(config)
+        self.runtime = new
         for pool in removed:
             pool.close()  # idle connections now; busy ones as their responses end
         self.reloads_ok += 1
@@ -134,21 +174,36 @@ class Router:
         await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Stop accepting, let requests in flight finish (up to drain_timeout), close everything."""
-        clean = await self.data.drain(self.config.limits.drain_timeout)
-        if not clean:
-            log.warning("drain_timeout reached: closed connections with requests still in flight")
-        for task in (self._rollout_task, self._health_task):
-            if task is not None:
-                task.cancel()
-        await self.rollouts.close()
-        await self.monitor.close()
-        await self.alert_notifier.close()
-        for pool in [*(p for g in self.runtime.groups.values() for p in g.pools), *self.mirror.pools]:
-            pool.close()
-        if self.admin_runner is not None:
-            await self.admin_runner.cleanup()
+        """Stop accepting, let requests in flight finish (up to drain_timeout), then stop the rest."""
+        await self._stack.aclose()
         self.stopped.set()
+
+
+def restart_notes(old: Config, new: Config) -> list[str]:
+    """Settings a reload cannot apply to a running process: each named, with its old and new value."""
+    notes = [f"{what} changed ({before} -> {after}): takes effect at the next restart"
+             for what, before, after in (("listen", old.listen, new.listen),
+                                         ("admin.listen", old.admin.listen, new.admin.listen),
+                                         ("state_dir", old.state_dir, new.state_dir)) if before != after]
+    changed = [f"monitoring.{f.name}" for f in dataclasses.fields(new.monitoring)
+               if getattr(old.monitoring, f.name) != getattr(new.monitoring, f.name)]
+    if changed:
+        notes.append(f"monitoring settings changed ({', '.join(changed)}): they take effect at the next restart")
+    return notes
+
+
+@contextlib.asynccontextmanager
+async def background(job: Coroutine[Any, Any, None], what: str) -> AsyncIterator[asyncio.Task[None]]:
+    """Run `job` as a task for the duration of the block; on exit cancel it and wait for it to end."""
+    task = asyncio.get_running_loop().create_task(job, name=what)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s ended with an error: %r", what, task.exception())
 
 
 MIN_AIOHTTP = (3, 14, 5)

@@ -93,3 +93,7 @@ class SignedHistogram:
             if seen >= rank and n:
                 return BOUNDS[i] if i < len(BOUNDS) else BOUNDS[-1]
         return BOUNDS[-1]
+
+# The bounds the request-latency histograms are exported with (Prometheus' usual layout, seconds).
+EXPORT_BOUNDS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                                    30.0, 60.0)

@@ -1,6 +1,6 @@
 """The one metrics recorder: exports the router's counters in Prometheus format at scrape time.
 
-The data path bumps plain ints (`runtime.Stats`); this collector turns them into metric families
+The ledger keeps plain ints, fed by the data path's outcome records; this collector turns them into metric families
 only when Prometheus scrapes, so the hot path never takes a metrics lock. Labels are bounded:
 route and backend names come from the YAML, status is reduced to its class (2xx, 4xx...).
 """
@@ -16,10 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from router.decision import Phase
-from router.histogram import BOUNDS, Histogram
+from router.histogram import BOUNDS, EXPORT_BOUNDS, Histogram
 from router.monitor import Monitor
 from router.rollout import RolloutController
-from router.runtime import LATENCY_BUCKETS
 from router.shadowstats import ShadowStats
 
 if TYPE_CHECKING:
@@ -35,17 +34,18 @@ class RouterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         router = self.router()
         rt = router.runtime
-        stats = rt.stats
+        ledger = rt.ledger
+        stats = ledger.stats
         yield from self._requests(stats.requests)
         hist = HistogramMetricFamily("router_request_duration_seconds",
                                      "Time from request received to response complete.",
                                      labels=["route", "backend"])
         for (route, backend), h in sorted(stats.latency.items()):
             cumulative, buckets = 0.0, []
-            for bound, count in zip(LATENCY_BUCKETS, h, strict=False):
+            for bound, count in zip(EXPORT_BOUNDS, h, strict=False):
                 cumulative += count
                 buckets.append((repr(bound), cumulative))
-            buckets.append(("+Inf", cumulative + h[len(LATENCY_BUCKETS)]))
+            buckets.append(("+Inf", cumulative + h[len(EXPORT_BOUNDS)]))
             hist.add_metric([route or "none", backend or "none"], buckets, sum_value=h[-1])
         yield hist
         errors = CounterMetricFamily("router_upstream_errors", "Failed backend exchanges, by kind.",
@@ -63,11 +63,11 @@ class RouterCollector(Collector):
         for route, n in sorted(stats.sticky_key_missing.items()):
             missing.add_metric([route], n)
         yield missing
-        yield GaugeMetricFamily("router_requests_in_flight", "Requests being proxied now.", value=stats.in_flight)
+        yield GaugeMetricFamily("router_requests_in_flight", "Requests being proxied now.", value=router.data.in_flight)
         percent = GaugeMetricFamily("router_candidate_percent", "Current candidate share of the route, percent.",
                                     labels=["route"])
         for compiled in rt.table.routes:
-            percent.add_metric([compiled.name], rt.splits.percent(compiled.config))
+            percent.add_metric([compiled.name], ledger.percent(compiled.config))
         yield percent
         pools = GaugeMetricFamily("router_upstream_connections", "Open backend connections.",
                                   labels=["backend", "state"])
@@ -80,11 +80,17 @@ class RouterCollector(Collector):
             available.add_metric([name], sum(s.available(now) for s in group.states))
         yield pools
         yield available
+        shadow_pools = GaugeMetricFamily("router_shadow_upstream_connections", "Open connections of the shadow's "
+                                         "own pools (mirrored copies).", labels=["backend", "state"])
+        for name, group in sorted(rt.shadow_groups.items()):
+            shadow_pools.add_metric([name, "idle"], sum(len(p.idle) for p in group.pools))
+            shadow_pools.add_metric([name, "busy"], sum(p.busy for p in group.pools))
+        yield shadow_pools
         yield CounterMetricFamily("router_endpoint_ejections", "Endpoints taken out of rotation after "
                                   "consecutive failures.", value=router.health.ejections)
         fallback = CounterMetricFamily("router_candidate_fallbacks", "Requests for a candidate with no available "
                                        "endpoint, sent to the primary instead.", labels=["route"])
-        for route, n in sorted(router.health.fallbacks.items()):
+        for route, n in sorted(ledger.fallbacks.items()):
             fallback.add_metric([route], n)
         yield fallback
         reloads = CounterMetricFamily("router_config_reloads", "Config reloads by result.", labels=["result"])
@@ -98,7 +104,7 @@ class RouterCollector(Collector):
                                 value=len(router.data.connections))
         yield CounterMetricFamily("router_client_connections_rejected", "Client connections refused "
                                   "over limits.max_connections.", value=router.data.rejected_connections)
-        yield from shadow_metrics(router.mirror.stats)
+        yield from shadow_metrics(ledger.shadow)
         yield from rollout_metrics(router.rollouts)
         yield from monitor_metrics(router.monitor)
 
@@ -163,7 +169,7 @@ def rollout_metrics(rollouts: RolloutController) -> Iterator[Metric]:
         for p in Phase:
             phase.add_metric([name, str(p)], 1 if rr.state.phase is p else 0)
         step.add_metric([name], rr.state.step_index)
-        ev = rr.counters.evidence()
+        ev = rollouts.evidence(rr)
         comparisons.add_metric([name, "agree"], ev.agreements)
         comparisons.add_metric([name, "disagree"], ev.comparisons - ev.agreements)
         for side, counts in (("primary", ev.primary), ("candidate", ev.candidate)):
@@ -215,7 +221,7 @@ def _coarse(hist: Histogram) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     i = 0
     cumulative = 0
-    for bound in LATENCY_BUCKETS:
+    for bound in EXPORT_BOUNDS:
         while i < len(BOUNDS) and BOUNDS[i] <= bound * 1.000001:
             cumulative += hist.counts[i]
             i += 1

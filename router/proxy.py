@@ -22,13 +22,13 @@ from router.http11 import (
     status_line,
     valid_request_id,
 )
+from router.ledger import LiveOutcome
 from router.policy import RequestView, choose
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from router.balancer import BackendGroup
     from router.request import Header, Request
-    from router.rollout import WindowCounters
     from router.runtime import Runtime
     from router.server import ClientConnection
     from router.shadow import MirroredRequest
@@ -72,8 +72,8 @@ class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
     __slots__ = ("attempts_left", "backend", "captured", "captured_size", "chunked", "client", "close_after",
-                 "deadline", "done", "group", "head_sent", "out", "pair", "pool", "req", "rollout", "route_name", "rt",
-                 "status", "task", "timeout", "upstream")
+                 "deadline", "done", "fell_back", "group", "head_sent", "out", "pair", "pool", "req", "route_name",
+                 "rt", "status", "task", "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -91,7 +91,7 @@ class Exchange:
         self.status = 0
         self.done = False
         self.pair: MirroredRequest | None = None
-        self.rollout: WindowCounters | None = None
+        self.fell_back = False
         self.group: BackendGroup | None = None
         self.pool: UpstreamPool | None = None
         self.attempts_left = 0
@@ -115,24 +115,25 @@ class Exchange:
             self._respond_error(404, f"no route matches {req.method.decode('latin-1')} {req.path}")
             return
         self.route_name = route.name
-        percent = rt.splits.percent(route.config)
+        ledger = rt.ledger
+        percent = ledger.percent(route.config)
         if route.simple and percent <= 0:
             choice = route.primary_choice
         else:
             hops = rt.config.proxy.trusted_hops
             choice = choose(route.config, percent, RequestView(req.header, req.query, lambda: req.client(hops)), _draw)
         rc = route.config
-        rt.stats.chosen(route.name, choice)
+        ledger.chosen(route.name, choice)
         group = rt.groups[choice.backend]
         now = monotonic()
         pool = group.pick(now)
-        fell_back = False
         if pool is None and choice.backend == rc.candidate:
-            # The candidate has no endpoint in rotation: its share goes to the primary, counted.
-            rt.health.fallbacks[route.name] = rt.health.fallbacks.get(route.name, 0) + 1
+            # The candidate has no endpoint in rotation: its share goes to the primary, counted
+            # (for a rollout, as the candidate failing the request).
+            ledger.fallback(route.name)
             group = rt.groups[rc.primary]
             pool = group.pick(now)
-            fell_back = True
+            self.fell_back = True
         if pool is None:
             pool = group.pick(now, panic=True)  # nothing healthy at all: try anyway rather than refuse
         assert pool is not None
@@ -141,11 +142,6 @@ class Exchange:
         group.earn()
         if rc.shadow is not None:
             self.pair = rt.mirror.begin(rt, rc, req, group.name)
-        if rc.rollout is not None:
-            self.rollout = rt.rollouts.counters(route.name)
-            if fell_back and self.rollout is not None:
-                self.rollout.fallback()
-                self.rollout = None  # served by the primary, but not a primary sample either
         monitor = rt.monitor
         if monitor is not None and monitor.wants_body(req.request_id):
             self.captured = []
@@ -254,13 +250,13 @@ class Exchange:
     def on_error(self, error: UpstreamError) -> None:
         if self.done:
             return
-        self.rt.stats.upstream_error(self.backend, error.kind)
+        self.rt.ledger.upstream_error(self.backend, error.kind)
         group, pool = self.group, self.pool
         if group is not None and pool is not None and error.kind not in _LOCAL_LIMITS:
             group.report(pool, False)
         if group is not None and self._may_retry(error, group):
             self.attempts_left -= 1
-            self.rt.stats.upstream_error(self.backend, "retried")
+            self.rt.ledger.upstream_error(self.backend, "retried")
             self.upstream = None
             now = monotonic()
             retry_pool = group.pick(now, avoid=pool) or group.pick(now, panic=True)
@@ -298,7 +294,7 @@ class Exchange:
         if self.done:
             return
         self._drop_upstream()
-        self.rt.stats.upstream_error(self.backend, "timeout")
+        self.rt.ledger.upstream_error(self.backend, "timeout")
         if self.group is not None and self.pool is not None:
             self.group.report(self.pool, False)
         if self.head_sent:
@@ -337,11 +333,7 @@ class Exchange:
         if write:
             self.flush()
         seconds = perf_counter() - self.req.started
-        self.rt.stats.finished(self.route_name, self.backend, status, seconds)
-        if self.rollout is not None:
-            route = self.rt.table.by_name[self.route_name].config
-            if self.backend in (route.primary, route.candidate):
-                self.rollout.live(self.backend == route.candidate, status, seconds)
+        self.rt.ledger.live(LiveOutcome(self.route_name, self.backend, status, seconds, self.fell_back))
         monitor = self.rt.monitor
         if monitor is not None and self.route_name and status != 499:
             body = b"".join(self.captured) if self.captured else None

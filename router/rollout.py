@@ -1,8 +1,9 @@
 """The rollout loop: applies `decision.decide` to each route's step window, and persists it all.
 
 The statistics and transitions are pure (`router.decision`); this module owns what is not:
-the per-step counters the data path feeds, the clock, the state file, the decision log, the
-webhook, and turning a phase into the route's candidate percentage (through `Splits.driven`).
+the clock, the state file, the decision log, the webhook, and turning a phase into the route's
+candidate percentage. The step window's counters belong to the ledger: each tick reads a snapshot
+of them, `decide`s, and applies the decision through the ledger (a new window, a driven split).
 
 Evidence per step: with a shadow on the candidate, both sides come from mirrored requests (the
 same requests went to both, so latency and errors are paired and agreement applies); without one,
@@ -12,132 +13,40 @@ from live traffic split between primary and candidate over the same window.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from router.config import Config, RolloutConfig, RouteConfig
 from router.decision import (
-    EMPTY_HISTOGRAM,
-    LATENCY_BUCKETS_S,
     Action,
     Decision,
     InvalidTransition,
     OperatorAction,
     Phase,
     RolloutState,
-    SideCounts,
     Snapshot,
     StepEvidence,
     decide,
     initial_state,
     operator_action,
 )
-from router.feedback import FeedbackResult
+from router.ledger import Ledger
 from router.state import StateStore
 from router.webhook import Webhook
-
-if TYPE_CHECKING:
-    from router.runtime import Splits
+from router.window import WindowCounters
 
 log = logging.getLogger("router.rollout")
 
-__all__ = ["InvalidTransition", "RolloutController", "WindowCounters"]
+__all__ = ["InvalidTransition", "RolloutController"]
 
 LOG_NAME = "decisions.jsonl"
 STATE_NAME = "rollouts.json"
 PERSIST_EVERY_S = 5.0
-
-
-class Side:
-    """One side's counters in the window: requests, server errors, latency buckets."""
-
-    __slots__ = ("correct", "errors", "labelled", "latency", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.latency = [0] * len(EMPTY_HISTOGRAM)
-        self.labelled = 0  # predictions of this step that got feedback ...
-        self.correct = 0  # ... and were right
-
-    def record(self, ok: bool, seconds: float) -> None:
-        self.requests += 1
-        if not ok:
-            self.errors += 1
-        self.latency[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-
-    def counts(self) -> SideCounts:
-        return SideCounts(self.requests, self.errors, tuple(self.latency), self.labelled, self.correct)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "labelled": self.labelled, "correct": self.correct,
-                "latency": {str(i): n for i, n in enumerate(self.latency) if n}}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Side:
-        side = cls()
-        side.requests, side.errors = int(data["requests"]), int(data["errors"])
-        side.labelled, side.correct = int(data.get("labelled", 0)), int(data.get("correct", 0))
-        for i, n in data["latency"].items():
-            side.latency[int(i)] = int(n)
-        side.counts()  # validates
-        return side
-
-
-class WindowCounters:
-    """The evidence of one route's current step window; summable across processes."""
-
-    __slots__ = ("agreements", "candidate", "comparisons", "primary", "shadowed")
-
-    def __init__(self, shadowed: bool) -> None:
-        self.shadowed = shadowed
-        self.comparisons = 0
-        self.agreements = 0
-        self.primary = Side()
-        self.candidate = Side()
-
-    def live(self, on_candidate: bool, status: int, seconds: float) -> None:
-        """A live request finished (used when the step is not shadowed)."""
-        if self.shadowed or status == 499:  # 499: the client left; says nothing about the model
-            return
-        (self.candidate if on_candidate else self.primary).record(status < 500, seconds)
-
-    def fallback(self) -> None:
-        """A request drawn for the candidate went to the primary: no candidate endpoint was in
-        rotation. For the rollout that is the candidate failing the request."""
-        if not self.shadowed:
-            self.candidate.requests += 1
-            self.candidate.errors += 1
-
-    def pair(self, live_ok: bool, live_s: float, shadow_ok: bool, shadow_s: float) -> None:
-        """A mirrored request finished on both sides (shadowed steps)."""
-        self.primary.record(live_ok, live_s)
-        self.candidate.record(shadow_ok, shadow_s)
-
-    def compared(self, agree: bool) -> None:
-        self.comparisons += 1
-        self.agreements += agree
-
-    def evidence(self) -> StepEvidence:
-        return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
-                "primary": self.primary.to_json(), "candidate": self.candidate.to_json()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> WindowCounters:
-        c = cls(bool(data["shadowed"]))
-        c.comparisons, c.agreements = int(data["comparisons"]), int(data["agreements"])
-        c.primary, c.candidate = Side.from_json(data["primary"]), Side.from_json(data["candidate"])
-        StepEvidence(c.comparisons, c.agreements)  # validates
-        return c
 
 
 @dataclass
@@ -148,7 +57,7 @@ class RouteRollout:
     cfg: RolloutConfig
     key: tuple[str, str]  # (primary, candidate): a YAML change of either starts a new rollout
     state: RolloutState
-    counters: WindowCounters
+    shadowed: bool  # evidence from mirrored pairs (shadow = candidate), else from the live split
     step_started_at: float
     rollout_started_at: float
     last: dict[str, Any] = field(default_factory=dict)  # the last decision, as logged
@@ -163,8 +72,7 @@ class RouteRollout:
     def to_json(self) -> dict[str, Any]:
         return {"key": list(self.key), "phase": str(self.state.phase), "step_index": self.state.step_index,
                 "approved": self.state.approved, "step_started_at": self.step_started_at,
-                "rollout_started_at": self.rollout_started_at, "counters": self.counters.to_json(),
-                "last": self.last, "primary_only": self.primary_only}
+                "rollout_started_at": self.rollout_started_at, "last": self.last, "primary_only": self.primary_only}
 
 
 def shadowed(route: RouteConfig) -> bool:
@@ -174,10 +82,10 @@ def shadowed(route: RouteConfig) -> bool:
 class RolloutController:
     """Runs every route's rollout: evaluates, applies, persists, logs and notifies."""
 
-    def __init__(self, state_dir: Path, splits: Splits) -> None:
+    def __init__(self, state_dir: Path, ledger: Ledger) -> None:
         self.store = StateStore(state_dir, STATE_NAME)
         self.log_path = state_dir / LOG_NAME
-        self.splits = splits
+        self.ledger = ledger
         self.routes: dict[str, RouteRollout] = {}
         self.problem: str | None = None
         self._saved: dict[str, Any] = self.store.load()
@@ -186,18 +94,6 @@ class RolloutController:
         self.webhook = Webhook()
         self._last_persist = 0.0
         self.feedback = False
-
-    def scored(self, result: FeedbackResult) -> None:
-        """Feedback for predictions made during a route's current step counts for the accuracy gate."""
-        for s in result.scored:
-            rr = self.routes.get(s.route)
-            if rr is None or s.correct is None or s.predicted_at < rr.step_started_at:
-                continue
-            side = rr.counters.candidate if s.backend == rr.key[1] else rr.counters.primary if \
-                s.backend == rr.key[0] else None
-            if side is not None:
-                side.labelled += 1
-                side.correct += s.correct
 
     # -- configuration
     def configure(self, config: Config) -> None:
@@ -216,7 +112,8 @@ class RolloutController:
                 continue
             routes[route.name] = self._restore(route, route.rollout, key, now)
         self.routes = routes
-        self.splits.driven = {name: rr.percent() for name, rr in routes.items()}
+        self.ledger.close_windows(routes)
+        self.ledger.set_driven({name: rr.percent() for name, rr in routes.items()})
 
     def _restore(self, route: RouteConfig, cfg: RolloutConfig, key: tuple[str, str], now: float) -> RouteRollout:
         saved = self._saved.pop(route.name, None)
@@ -225,9 +122,12 @@ class RolloutController:
                 if tuple(saved["key"]) != key:
                     raise LookupError("the YAML changed its primary or candidate")
                 state = RolloutState(Phase(saved["phase"]), int(saved["step_index"]), bool(saved["approved"]))
-                rr = RouteRollout(route.name, cfg, key, state, WindowCounters.from_json(saved["counters"]),
-                                  float(saved["step_started_at"]), float(saved["rollout_started_at"]),
-                                  dict(saved.get("last", {})), primary_only=bool(saved.get("primary_only", False)))
+                started = float(saved["step_started_at"])
+                window = WindowCounters.from_json(key, started, saved["counters"])
+                rr = RouteRollout(route.name, cfg, key, state, window.shadowed, started,
+                                  float(saved["rollout_started_at"]), dict(saved.get("last", {})),
+                                  primary_only=bool(saved.get("primary_only", False)))
+                self.ledger.open_window(route.name, window)
                 return self._fit(rr, route, now)
             except LookupError as exc:
                 log.info("route %s: starting a new rollout: %s", route.name, exc)
@@ -242,8 +142,8 @@ class RolloutController:
 
     def _fresh(self, route: RouteConfig, cfg: RolloutConfig, key: tuple[str, str], now: float,
                state: RolloutState, *, primary_only: bool = False) -> RouteRollout:
-        rr = RouteRollout(route.name, cfg, key, state, WindowCounters(shadowed(route)), now, now,
-                          primary_only=primary_only)
+        rr = RouteRollout(route.name, cfg, key, state, shadowed(route), now, now, primary_only=primary_only)
+        self.ledger.open_window(route.name, WindowCounters(key, rr.shadowed, now))
         why = "; saved state unreadable: primary only until an operator acts" if primary_only else ""
         self._record(rr, Decision(Action.NONE, state, f"rollout of {key[1]} against {key[0]} starts at "
                                   f"{state.phase} step {state.step_index}{why}"), "router", now, StepEvidence())
@@ -255,13 +155,15 @@ class RolloutController:
         on_last = rr.state.step_index == policy.last_step
         if not 0 <= rr.state.step_index <= policy.last_step or (rr.state.phase is Phase.PROMOTED) != on_last:
             return self._fresh(route, rr.cfg, rr.key, now, initial_state(policy))
-        rr.counters.shadowed = shadowed(route)
+        if rr.shadowed != shadowed(route):
+            # Where the evidence comes from changed: the window so far measured something else.
+            rr.shadowed = shadowed(route)
+            rr.step_started_at = now
+            self.ledger.open_window(rr.name, WindowCounters(rr.key, rr.shadowed, now))
         return rr
 
-    # -- the data path's hooks
-    def counters(self, route: str) -> WindowCounters | None:
-        rr = self.routes.get(route)
-        return rr.counters if rr is not None else None
+    def evidence(self, rr: RouteRollout) -> StepEvidence:
+        return self.ledger.evidence(rr.name) or StepEvidence()
 
     # -- the loop
     async def run(self) -> None:
@@ -273,8 +175,8 @@ class RolloutController:
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for rr in list(self.routes.values()):
-            snapshot = Snapshot(rr.state, rr.counters.evidence(), now, rr.step_started_at, rr.rollout_started_at,
-                                shadowed=rr.counters.shadowed, feedback=self.feedback)
+            snapshot = Snapshot(rr.state, self.evidence(rr), now, rr.step_started_at, rr.rollout_started_at,
+                                shadowed=rr.shadowed, feedback=self.feedback)
             decision = decide(snapshot, rr.cfg.policy)
             self.apply(rr, decision, "router", now)
         if now - self._last_persist >= PERSIST_EVERY_S:
@@ -286,21 +188,21 @@ class RolloutController:
         decision = operator_action(rr.state, action, rr.cfg.policy)
         rr.primary_only = False  # an operator has acted
         self.apply(rr, decision, "operator", time.time())
-        self.splits.driven[rr.name] = rr.percent()
+        self.ledger.drive(rr.name, rr.percent())
         return decision
 
     def apply(self, rr: RouteRollout, decision: Decision, actor: str, now: float) -> None:
         changed = decision.state != rr.state
         before = rr.state
-        evidence = rr.counters.evidence()  # what the decision was made on, before a new window
+        evidence = self.evidence(rr)  # what the decision was made on, before a new window
         if decision.new_window:
-            rr.counters = WindowCounters(rr.counters.shadowed)
+            self.ledger.open_window(rr.name, WindowCounters(rr.key, rr.shadowed, now))
             rr.step_started_at = now
         if decision.restart_deadline:
             rr.rollout_started_at = now
         rr.state = decision.state
         if changed:
-            self.splits.driven[rr.name] = rr.percent()
+            self.ledger.drive(rr.name, rr.percent())
             log.warning("route %s: %s -> %s: %s", rr.name, before.phase, rr.state.phase, decision.reason)
         if decision.action is Action.NONE and actor == "router":
             return  # a finished rollout: nothing new to say
@@ -340,7 +242,8 @@ class RolloutController:
     # -- persistence
     def persist(self) -> None:
         self._last_persist = time.time()
-        data = {name: rr.to_json() for name, rr in self.routes.items()}
+        data = {name: {**rr.to_json(), "counters": self.ledger.window_json(name, rr.key, rr.shadowed)}
+                for name, rr in self.routes.items()}
         try:
             self.store.save(data)
         except OSError as exc:
@@ -367,14 +270,14 @@ class RolloutController:
         if rr is None:
             return None
         policy = rr.cfg.policy
-        ev = rr.counters.evidence()
+        ev = self.evidence(rr)
         return {
             "route": route, "primary": rr.key[0], "candidate": rr.key[1],
             "phase": str(rr.state.phase), "step_index": rr.state.step_index, "steps": list(policy.steps),
             "candidate_percent": rr.percent(), "approved": rr.state.approved, "approval_required": policy.approval,
             "primary_only": rr.primary_only,
             "step_started_at": rr.step_started_at, "rollout_started_at": rr.rollout_started_at,
-            "shadowed": rr.counters.shadowed,
+            "shadowed": rr.shadowed,
             "window": {"comparisons": ev.comparisons, "agreements": ev.agreements,
                        "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
                        "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors}},

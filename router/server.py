@@ -55,6 +55,7 @@ class DataServer:
         self.server: asyncio.Server | None = None
         self.draining = False
         self.rejected_connections = 0
+        self.in_flight = 0  # requests being proxied now
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -281,7 +282,7 @@ class ClientConnection(asyncio.Protocol):
         rt = self.server.runtime()
         ex = Exchange(self, req, rt)
         self.exchange = ex
-        rt.stats.in_flight += 1
+        self.server.in_flight += 1
         ex.start()
 
     def write(self, data: bytes) -> None:
@@ -291,7 +292,7 @@ class ClientConnection(asyncio.Protocol):
     def exchange_done(self, ex: Exchange, *, keep_alive: bool) -> None:
         if self.exchange is ex:
             self.exchange = None
-            ex.rt.stats.in_flight -= 1
+            self.server.in_flight -= 1
         self.deadline = _NEVER
         if self.closed:
             return

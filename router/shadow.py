@@ -18,18 +18,16 @@ from collections.abc import Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from router.balancer import BackendGroup, HealthRegistry, build_groups
+from router.balancer import BackendGroup
 from router.compare import Comparison, compare
-from router.config import Config, RouteConfig, ShadowConfig
+from router.config import RouteConfig, ShadowConfig
+from router.ledger import ComparedOutcome, PairOutcome
 from router.monitor import Finished
 from router.proxy import upstream_request
 from router.request import Header, Request
-from router.shadowstats import ShadowStats
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
-    from router.monitor import Monitor
-    from router.rollout import WindowCounters
     from router.runtime import Runtime
 
 log = logging.getLogger("router.shadow")
@@ -41,7 +39,7 @@ MAX_BACKLOG = 4096  # finished mirrored requests waiting for their turn; beyond,
 PREVIEW_BYTES = 2048
 
 
-class Side:
+class Capture:
     """One response of a mirrored request: the live one, the shadow's, or the primary's repeat."""
 
     __slots__ = ("body", "content_type", "done", "error", "latency", "size", "started", "status", "truncated")
@@ -82,9 +80,9 @@ class Side:
 
 
 class CaptureSink:
-    """Receives a shadow (or noise) response into a Side; enforces the shadow's timeout."""
+    """Receives a shadow (or noise) response into a Capture; enforces the shadow's timeout."""
 
-    def __init__(self, pair: MirroredRequest, side: Side, timeout: float) -> None:
+    def __init__(self, pair: MirroredRequest, side: Capture, timeout: float) -> None:
         self.pair = pair
         self.side = side
         self.upstream: UpstreamConnection | None = None
@@ -122,28 +120,43 @@ class CaptureSink:
         side.latency = perf_counter() - side.started
         side.done = True
         if side is self.pair.shadow:
-            self.pair.shadow_latency(side.latency)
+            self.pair.pacer.observe(side.latency)
         self.pair.side_done()
+
+
+class Pacer:
+    """Spaces one route's copies at what the shadow can take: max_concurrency per its typical latency.
+
+    Data-plane state, local to the process: copies and their answers spread evenly instead of
+    leaving and returning in bursts that would stall live requests."""
+
+    __slots__ = ("in_flight", "latency_ewma", "next_send")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.latency_ewma = 0.0
+        self.next_send = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.latency_ewma = seconds if self.latency_ewma == 0 else 0.9 * self.latency_ewma + 0.1 * seconds
 
 
 class MirroredRequest:
     """A live request and its copies, compared once every side has finished."""
 
-    def __init__(self, mirror: Mirror, route: RouteConfig, req: Request, stats: ShadowStats, noise: bool) -> None:
-        self.mirror = mirror
+    def __init__(self, rt: Runtime, route: RouteConfig, req: Request, pacer: Pacer, noise: bool) -> None:
+        self.rt = rt
         self.route = route
         assert route.shadow is not None
         self.cfg: ShadowConfig = route.shadow
         self.req = req
-        self.stats = stats
+        self.pacer = pacer
         self.loop = asyncio.get_running_loop()
         now = perf_counter()
-        self.live = Side(req.started)
-        self.shadow = Side(now)
-        self.noise = Side(now) if noise else None
+        self.live = Capture(req.started)
+        self.shadow = Capture(now)
+        self.noise = Capture(now) if noise else None
         self.pending = 3 if noise else 2
-        self.window: WindowCounters | None = None  # the rollout step window this request counts in
-        self.monitor: Monitor | None = None  # for the prediction log's joined record
 
     # the live side, fed by the Exchange
     def live_head(self, status: int, headers: list[Header]) -> None:
@@ -162,82 +175,57 @@ class MirroredRequest:
         live.done = True
         self.side_done()
 
-    def shadow_latency(self, seconds: float) -> None:
-        s = self.stats
-        s.latency_ewma = seconds if s.latency_ewma == 0 else 0.9 * s.latency_ewma + 0.1 * seconds
-
     def side_done(self) -> None:
         self.pending -= 1
         if self.pending == 0:
-            self.mirror.finished(self)
+            self.rt.mirror.finished(self)
 
 
 class Mirror:
-    """Owns the shadow pools, the per-route in-flight counts and the per-route stats."""
+    """Sends the copies and schedules their comparison; counts nothing itself (the ledger does).
+
+    Owns only data-plane state: per-route pacing and in-flight counts, and the comparison backlog.
+    The shadow's pools belong to the runtime (`Runtime.shadow_groups`), so a reload swaps them with
+    the table."""
 
     def __init__(self) -> None:
-        self.groups: dict[str, BackendGroup] = {}
         self._backlog: deque[MirroredRequest] = deque()
-        self.stats: dict[str, ShadowStats] = {}
-        self.in_flight: dict[str, int] = {}
+        self.pacers: dict[str, Pacer] = {}
 
-    # -- configuration (at start and on each reload)
-    def configure(self, config: Config, health: HealthRegistry) -> list[UpstreamPool]:
-        """Groups for every backend a shadow (or its noise copy) may reach, on pools of their own;
-        stats kept for routes whose primary and shadow backend are unchanged. Returns pools no
-        longer used."""
-        caps: dict[str, int] = {}
-        for route in config.routes:
-            if route.shadow is not None:
-                for name in (route.shadow.backend, route.primary):
-                    caps[name] = caps.get(name, 0) + 2 * route.shadow.max_concurrency
-        old = [p for g in self.groups.values() for p in g.pools]
-        self.groups, removed = build_groups(config, health, old, caps)
-        stats: dict[str, ShadowStats] = {}
-        for route in config.routes:
-            if route.shadow is not None:
-                key = (route.primary, route.shadow.backend)
-                prev_stats = self.stats.get(route.name)
-                stats[route.name] = prev_stats if prev_stats and prev_stats.key == key else ShadowStats(*key)
-        self.stats = stats
-        return removed
-
-    @property
-    def pools(self) -> list[UpstreamPool]:
-        return [p for g in self.groups.values() for p in g.pools]
+    def in_flight(self, route: str) -> int:
+        pacer = self.pacers.get(route)
+        return pacer.in_flight if pacer is not None else 0
 
     # -- the live path's only call
     def begin(self, rt: Runtime, route: RouteConfig, req: Request, live_backend: str) -> MirroredRequest | None:
         cfg = route.shadow
         if cfg is None or live_backend != route.primary or req.method not in cfg.methods:
             return None
-        stats = self.stats.get(route.name)
-        if stats is None:
-            return None
         if cfg.percent < 100 and _draw() * 100 >= cfg.percent:
             return None
+        ledger = rt.ledger
         if len(req.body) > cfg.max_body:
-            stats.dropped["body_too_large"] += 1
+            ledger.mirror_skipped(route.name, "body_too_large")
             return None
-        in_flight = self.in_flight.get(route.name, 0)
+        pacer = self.pacers.get(route.name)
+        if pacer is None:
+            pacer = self.pacers[route.name] = Pacer()
+        if pacer.in_flight >= cfg.max_concurrency:
+            ledger.mirror_skipped(route.name, "concurrency")
+            return None
         now = perf_counter()
-        if in_flight >= cfg.max_concurrency or now < stats.next_send:
-            stats.dropped["concurrency"] += 1
+        if now < pacer.next_send:
+            ledger.mirror_skipped(route.name, "paced")
             return None
-        # Pace the copies at what the shadow can take (max_concurrency per its typical latency), so
-        # they, and their answers, spread evenly instead of leaving and returning in bursts.
-        stats.next_send = now + stats.latency_ewma / cfg.max_concurrency
-        self.in_flight[route.name] = in_flight + 1
-        stats.mirrored += 1
+        pacer.next_send = now + pacer.latency_ewma / cfg.max_concurrency
+        pacer.in_flight += 1
+        ledger.mirrored(route.name)
         noise = cfg.noise_percent > 0 and _draw() * 100 < cfg.noise_percent
-        pair = MirroredRequest(self, route, req, stats, noise)
-        pair.monitor = rt.monitor
-        if route.rollout is not None and route.candidate == cfg.backend:
-            pair.window = rt.rollouts.counters(route.name)
+        pair = MirroredRequest(rt, route, req, pacer, noise)
         timeout = cfg.timeout or route.timeout or rt.config.limits.request_timeout
-        self._send(self.groups[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
+        self._send(rt.shadow_groups[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
         if pair.noise is not None:
-            self._send(self.groups[route.primary], req, rt.via, CaptureSink(pair, pair.noise, timeout))
+            self._send(rt.shadow_groups[route.primary], req, rt.via, CaptureSink(pair, pair.noise, timeout))
         return pair
 
     def _send(self, group: BackendGroup, req: Request, via: bytes, sink: CaptureSink) -> None:
@@ -274,10 +262,9 @@ class Mirror:
         work is queued and done one request per event-loop turn, between live requests, instead
         of stalling them for the whole burst.
         """
-        name = pair.route.name
-        self.in_flight[name] = max(0, self.in_flight.get(name, 0) - 1)
+        pair.pacer.in_flight = max(0, pair.pacer.in_flight - 1)
         if len(self._backlog) >= MAX_BACKLOG:
-            pair.stats.skipped["compare_backlog"] += 1
+            pair.rt.ledger.compare_skipped(pair.route.name, "compare_backlog")
             return
         self._backlog.append(pair)
         if len(self._backlog) == 1:
@@ -288,27 +275,16 @@ class Mirror:
         if self._backlog:
             asyncio.get_running_loop().call_soon(self._next)
 
-    def _account(self, pair: MirroredRequest) -> None:
-        stats = pair.stats
+    @staticmethod
+    def _account(pair: MirroredRequest) -> None:
         live, shadow = pair.live, pair.shadow
-        if pair.monitor is not None:
-            pair.monitor.joined(_joined_record(pair))
-        if not live.ok:
-            stats.live_errors += live.error != "incomplete"
-            stats.skipped["live_failed"] += 1
-        if not shadow.ok:
-            stats.shadow_errors += 1
-            stats.shadow_error_kinds[shadow.error or f"status_{shadow.status // 100}xx"] += 1
-        window = pair.window
-        if window is not None and live.error != "incomplete":
-            window.pair(live.ok, live.latency, shadow.ok, shadow.latency)
-        if not (live.ok and shadow.ok):
-            return
-        stats.live_latency.observe(live.latency)
-        stats.shadow_latency.observe(shadow.latency)
-        stats.paired_diff.observe(shadow.latency - live.latency)
-        if live.truncated or shadow.truncated:
-            stats.skipped["response_too_large"] += 1
+        rt = pair.rt
+        if rt.monitor is not None:
+            rt.monitor.joined(_joined_record(pair))
+        truncated = live.truncated or shadow.truncated
+        rt.ledger.pair(PairOutcome(pair.route.name, pair.cfg.backend, live.ok, live.error == "incomplete",
+                                   live.latency, shadow.ok, shadow.error, shadow.status, shadow.latency, truncated))
+        if not (live.ok and shadow.ok) or truncated:
             return
         noise = pair.noise if pair.noise is not None and pair.noise.ok and not pair.noise.truncated else None
         job = _CompareJob(pair, noise)
@@ -322,7 +298,7 @@ class Mirror:
 class _CompareJob:
     """The comparison of one mirrored request: pure `run`, then `record` on the event loop."""
 
-    def __init__(self, pair: MirroredRequest, noise: Side | None) -> None:
+    def __init__(self, pair: MirroredRequest, noise: Capture | None) -> None:
         self.pair = pair
         self.noise = noise
 
@@ -340,30 +316,8 @@ class _CompareJob:
     def record(self, result: tuple[Comparison, Comparison | None]) -> None:
         main, repeat = result
         p = self.pair
-        stats = p.stats
-        if main.error is not None:
-            stats.extraction_errors += 1
-            return
-        stats.compared += 1
-        stats.agreements += main.agree
-        fields = dict(main.fields)
-        stats.field_counts(stats.fields, fields)
-        stats.mismatch_set(fields)
-        if main.label_agree is not None:
-            stats.label_n += 1
-            stats.label_agree += main.label_agree
-        if main.text_similarity is not None:
-            stats.text_n += 1
-            stats.text_similarity_sum += main.text_similarity
-        if repeat is not None and repeat.error is None:
-            stats.noise_samples += 1
-            stats.field_counts(stats.noise_fields, dict(repeat.fields))
-        if p.window is not None:
-            # Agreement for the rollout gate leaves out fields already known to be noise.
-            noise = stats.noise_set()
-            p.window.compared(all(ok or name in noise for name, ok in fields.items()))
-        if not main.agree:
-            stats.recent.append(_diff_entry(p, fields))
+        diff = _diff_entry(p, main.fields) if main.error is None and not main.agree else None
+        p.rt.ledger.compared(ComparedOutcome(p.route.name, p.cfg.backend, main, repeat, diff))
 
 
 def _joined_record(p: MirroredRequest) -> Finished:

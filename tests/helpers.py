@@ -118,6 +118,29 @@ class RouterProcess:
 RouterFactory = Callable[..., Awaitable[RouterProcess]]
 
 
+async def eventually(check: Callable[[], Awaitable[Any] | Any], what: str, timeout: float = 10.0,
+                     step: float = 0.05) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy; fail with `what` at the deadline.
+
+    Returns the truthy value, so a test can wait for a report and then assert on its details.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        result = check()
+        last = await result if asyncio.iscoroutine(result) else result
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(step)
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as resp:
+        return await resp.json()
+
+
 @contextlib.asynccontextmanager
 async def router_factory(tmp_path: Path) -> AsyncIterator[RouterFactory]:
     started: list[RouterProcess] = []

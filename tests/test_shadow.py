@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import BackendFactory, RouterFactory, base_config, free_port
+from tests.helpers import BackendFactory, RouterFactory, base_config, eventually, free_port, get_json
 
 ModelFactory = Callable[..., Awaitable[str]]
 
@@ -133,24 +133,32 @@ async def test_failing_shadows_never_touch_the_live_path(make_router: RouterFact
                "shadow": {"backend": name, "timeout": "300ms", "max_concurrency": 4,
                           "compare": {"format": "kserve-v1"}}}
               for name in ("hang", "reset", "garbage", "s500")]
-    r = await make_router(base_config(tmp_path, urls, routes))
-    rng = random.Random(5)
-    async with aiohttp.ClientSession() as s:
-        async with s.post(v1 + "/v1/models/fraud:predict", json=instances(random.Random(9))) as resp:
-            direct = await resp.read()
-        for name in ("hang", "reset", "garbage", "s500"):
-            for i in range(12):
-                body = instances(random.Random(9)) if i == 0 else instances(rng)
-                async with s.post(f"{r.url}/v1/models/fraud:predict", json=body, headers={"X-Case": name}) as resp:
-                    assert resp.status == 200, name
-                    data = await resp.read()
-                if i == 0:
-                    assert data == direct  # byte for byte what the live model says
-        await asyncio.sleep(0.6)  # let the hung shadows time out
-        reports = {}
-        for name in ("hang", "reset", "garbage", "s500"):
-            async with s.get(f"{r.admin}/-/routes/{name}/shadow") as resp:
-                reports[name] = await resp.json()
+    try:
+        r = await make_router(base_config(tmp_path, urls, routes))
+        rng = random.Random(5)
+        async with aiohttp.ClientSession() as s:
+            async with s.post(v1 + "/v1/models/fraud:predict", json=instances(random.Random(9))) as resp:
+                direct = await resp.read()
+            for name in ("hang", "reset", "garbage", "s500"):
+                for i in range(12):
+                    body = instances(random.Random(9)) if i == 0 else instances(rng)
+                    async with s.post(f"{r.url}/v1/models/fraud:predict", json=body,
+                                      headers={"X-Case": name}) as resp:
+                        assert resp.status == 200, name
+                        data = await resp.read()
+                    if i == 0:
+                        assert data == direct  # byte for byte what the live model says
+                    if name != "hang":
+                        # Wait for this copy to end, so pacing never drops the next one: every
+                        # copy of a failing (but answering) shadow is then mirrored and counted.
+                        await eventually(lambda n=name: _settled(s, r.admin, n), f"{name} shadow copy to end")
+            # The hung copies end at their 300 ms timeout.
+            await eventually(lambda: _settled(s, r.admin, "hang"), "hung shadow copies to time out")
+            reports = {name: await get_json(s, f"{r.admin}/-/routes/{name}/shadow")
+                       for name in ("hang", "reset", "garbage", "s500")}
+    finally:
+        for server, _ in servers.values():
+            server.close()
     assert reports["hang"]["dropped"].get("concurrency", 0) > 0  # 4 hung at once, the rest dropped
     assert reports["hang"]["errors"]["shadow_kinds"].get("timeout", 0) >= 1
     assert reports["reset"]["errors"]["shadow"]["k"] == reports["reset"]["mirrored"] == 12
@@ -158,8 +166,14 @@ async def test_failing_shadows_never_touch_the_live_path(make_router: RouterFact
     assert reports["s500"]["errors"]["shadow_kinds"] == {"status_5xx": 12}
     for report in reports.values():
         assert report["errors"]["live"]["k"] == 0
-    for server, _ in servers.values():
-        server.close()
+        assert "paced" not in report["dropped"] or report is reports["hang"]
+
+
+async def _settled(s: aiohttp.ClientSession, admin: str, route: str) -> bool:
+    """No copy of the route in flight and every mirrored copy accounted for (errored, compared or skipped)."""
+    rep = await get_json(s, f"{admin}/-/routes/{route}/shadow")
+    done = rep["errors"]["shadow"]["k"] + rep["compared"] + rep["extraction_errors"]
+    return rep["in_flight"] == 0 and rep["mirrored"] > 0 and done >= rep["mirrored"]
 
 
 async def test_stalled_shadow_drops_are_bounded(make_router: RouterFactory, make_model: ModelFactory,
