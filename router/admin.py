@@ -13,20 +13,22 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router import statuspage
-from router.app import Router
 from router.decision import InvalidTransition, OperatorAction
 from router.feedback import FeedbackError, parse_feedback_body
 from router.metrics import make_registry
 from router.policy import assign
 from router.runtime import describe
 
-ROUTER = web.AppKey("router", Router)
+if TYPE_CHECKING:
+    from router.app import Router
+
+ROUTER: web.AppKey[Router] = web.AppKey("router")  # the app module builds this one
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

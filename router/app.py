@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from router.admin import build_admin_app
 from router.balancer import HealthRegistry
 from router.config import Config, ConfigError, load_config
 from router.healthcheck import HealthChecker
@@ -81,8 +82,6 @@ class Router:
 
     @contextlib.asynccontextmanager
     async def _admin_listener(self) -> AsyncIterator[None]:
-        from router.admin import build_admin_app  # admin imports this module
-
         cfg = self.config
         runner = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
         await runner.setup()

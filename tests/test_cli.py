@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import ROOT, TOKEN, RouterFactory, base_config, free_port
+from tests.helpers import ROOT, TOKEN, RouterFactory, base_config, eventually, free_port, get_json
 
 ModelFactory = Callable[..., Awaitable[str]]
 SCRIPT = Path(sys.executable).parent / "model-router"  # installed by `pip install -e .`
@@ -41,7 +41,7 @@ async def test_cli_against_a_running_router(make_router: RouterFactory, make_mod
             body = {"instances": [[rng.gauss(0, 1) for _ in range(4)]]}
             async with s.post(r.url + "/v1/models/fraud:predict", json=body) as resp:
                 assert resp.status == 200
-        await asyncio.sleep(0.3)
+        await eventually(lambda: _compared(s, r.admin, 30), "30 shadow comparisons")
 
     status = await cli("status", "--admin", admin)
     assert status.returncode == 0, status.stderr
@@ -80,3 +80,7 @@ async def test_cli_against_a_running_router(make_router: RouterFactory, make_mod
     assert no_token.returncode == 1 and "no admin token" in no_token.stderr
     down = await cli("status", "--admin", f"127.0.0.1:{free_port()}")
     assert down.returncode == 1 and "cannot reach the router's admin API" in down.stderr
+
+
+async def _compared(s: aiohttp.ClientSession, admin: str, n: int) -> bool:
+    return bool((await get_json(s, f"{admin}/-/routes/fraud/shadow"))["compared"] >= n)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config
+from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config, eventually
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -122,8 +122,11 @@ async def test_unchanged_backend_keeps_its_connections(
 
 async def test_sigterm_drains_requests_in_flight(
         make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
+    arrived = asyncio.Event()
+
     async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(1.0)
+        arrived.set()
+        await asyncio.sleep(1.0)  # the request is in flight for this long
         return web.json_response({"slow": True})
 
     b = await make_backend("slow", slow)
@@ -131,14 +134,22 @@ async def test_sigterm_drains_requests_in_flight(
     host, port = r.host_port
     async with aiohttp.ClientSession() as s:
         in_flight = asyncio.create_task(s.post(r.url + "/v1/models/m:predict"))
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):
+            await arrived.wait()
         r.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        with pytest.raises(OSError):  # refused, not reset mid-request
-            await asyncio.open_connection(host, port)
+        await eventually(lambda: _refused(host, port), "the listener to close")  # refused, not reset mid-request
         resp = await in_flight
         assert resp.status == 200 and (await resp.json()) == {"slow": True}
         assert resp.headers.get("Connection", "").lower() == "close"
         resp.release()
     assert r.proc is not None
     assert await asyncio.to_thread(r.proc.wait, 10) == 0
+
+
+async def _refused(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return True
+    writer.close()
+    return False

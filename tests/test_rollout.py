@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config
+from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config, eventually
 
 ModelFactory = Callable[..., Awaitable[str]]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -116,10 +116,7 @@ async def test_bad_candidate_is_rolled_back_and_stays_there(make_router: RouterF
             assert resp.headers["X-Model-Backend"] == "v1"
         async with s.post(r.admin + "/-/routes/fraud/restart", headers=AUTH) as resp:
             assert resp.status == 200 and (await resp.json())["phase"] == "shadowing"  # only an operator
-    for _ in range(50):  # the webhook is posted in the background
-        if len(received) >= 2:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: len(received) >= 2, "two webhook posts")  # posted in the background
     assert [e["phase"] for e in received] == ["rolled_back", "shadowing"]
     assert received[1]["actor"] == "operator"
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.helpers import BackendFactory, RouterFactory, base_config, free_port
+from tests.helpers import BackendFactory, RouterFactory, base_config, eventually, free_port
 
 
 def route(backend: str, **extra: Any) -> dict[str, Any]:
@@ -60,7 +60,7 @@ async def test_dead_endpoint_is_ejected_retried_around_and_restored(
         assert [e["available"] for e in endpoints] == [False, True]
         # the endpoint comes back: after its ejection it gets traffic again
         revived = await make_backend("revived", port=dead_port)
-        await asyncio.sleep(1.2)
+        await eventually(lambda: _all_available(s, r.admin), "the ejection to end", timeout=10)
         for _ in range(6):
             async with s.get(r.url + "/x") as resp:
                 assert resp.status == 200
@@ -195,7 +195,8 @@ async def test_saturated_backend_fails_fast_and_others_are_unaffected(
     r = await make_router(cfg)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         stuck = [asyncio.create_task(s.post(r.url + "/slow", data=b"{}")) for _ in range(10)]
-        await asyncio.sleep(0.5)
+        # 2 reach the backend, 2 wait for a connection, the other 6 are refused at once
+        await eventually(lambda: len(slow.seen) == 2 and sum(t.done() for t in stuck) >= 6, "6 refusals")
         done = [t for t in stuck if t.done()]
         assert len(done) == 6  # 2 connected + 2 waiting; the rest refused at once
         for t in done:
@@ -210,3 +211,7 @@ async def test_saturated_backend_fails_fast_and_others_are_unaffected(
             resp = await t
             assert resp.status in (200, 503)
             resp.release()
+
+
+async def _all_available(s: aiohttp.ClientSession, admin: str) -> bool:
+    return all(e["available"] for e in (await status(s, admin))["backends"]["m"])
