@@ -219,7 +219,7 @@ def test_rollout_loop_rolls_back_on_disagreeing_records(tmp_path: Path) -> None:
 
 
 def test_records_for_another_backend_are_not_rollout_evidence(tmp_path: Path) -> None:
-    rollouts, ledger, _ = controller(tmp_path)
+    _, ledger, _ = controller(tmp_path)
     ledger.pair(PairOutcome("fraud", "v3", True, False, 0.01, False, None, 500, 0.01, False))
     ledger.live(LiveOutcome("fraud", "v1", 200, 0.01))  # a shadowed step: live requests are not its evidence
     ev = ledger.evidence("fraud")
