@@ -52,11 +52,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from router.histogram import ALERT_BOUNDS
+
 log = logging.getLogger("router.alerts")
 
 Kind = Literal["latency_spike", "error_spike", "drift"]
 KINDS: tuple[Kind, ...] = ("latency_spike", "error_spike", "drift")
-LATENCY_BOUNDS: tuple[float, ...] = tuple(1e-4 * 1.2**i for i in range(78))  # 100 us .. ~2 min, 20% steps
+LATENCY_BOUNDS = ALERT_BOUNDS  # ~19% steps of the router's one latency scheme
 OTHER = "(other)"
 
 

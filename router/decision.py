@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache, reduce
 from itertools import accumulate, pairwise
 
+from router.histogram import FINE
+
 __all__ = [
     "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "Action", "Decision", "Gate", "GateResult", "Gates",
     "InvalidTransition", "OperatorAction", "Phase", "RolloutPolicy", "RolloutState", "SideCounts",
@@ -47,7 +49,7 @@ __all__ = [
 # about the bucket factor squared: the ~1.46 factor of 30 bounds could never show a ratio below 1.25,
 # and 8 per octave needs ~2.5x the samples to pass at 1.25. Every 2nd, 4th, ... bound is the same
 # float as in the 8, 4, ... per octave series, so an exporter can publish a coarser set by summing.
-LATENCY_BUCKETS_S: tuple[float, ...] = tuple(float(f"{0.001 * 2 ** (i / 16):.5g}") for i in range(255))
+LATENCY_BUCKETS_S = FINE
 BUCKET_FACTOR = 2 ** (1 / 16)
 EMPTY_HISTOGRAM: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS_S) + 1)  # the last bucket is +Inf
 

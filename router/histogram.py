@@ -1,17 +1,31 @@
-"""Fixed-bucket histograms that sum across processes and answer quantiles.
+"""The router's one latency bucket scheme, and fixed-bucket histograms over it.
 
-The bounds are log-spaced by 10% from 100 microseconds to about two minutes, fine enough that a
-p99 ratio is known to within 10%, and fixed, so histograms from several router processes (or
-several scrapes) add bucket by bucket.
+Every latency histogram in the router (rollout windows, shadow statistics, alerts, Prometheus
+export) uses `FINE` or a coarser layout derived from it: 16 bounds per octave from 1 ms to 60 s
+(about 4.4% apart). `coarse(8)` is every 2nd bound of `FINE`, `coarse(4)` every 4th, and so on:
+the same floats, so a finer histogram folds exactly into a coarser one, and histograms of several
+router processes (or several scrapes) add bucket by bucket. Below 1 ms everything is one bucket.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 
-GROWTH = 1.1
-BOUNDS: tuple[float, ...] = tuple(1e-4 * GROWTH**i for i in range(int(math.log(120 / 1e-4, GROWTH)) + 1))
+PER_OCTAVE = 16
+FINE: tuple[float, ...] = tuple(float(f"{0.001 * 2 ** (i / PER_OCTAVE):.5g}") for i in range(255))
+
+
+def coarse(per_octave: int) -> tuple[float, ...]:
+    """Every (16 / per_octave)-th bound of FINE: 8, 4, 2 or 1 bounds per octave."""
+    if per_octave <= 0 or PER_OCTAVE % per_octave:
+        raise ValueError(f"per_octave must divide {PER_OCTAVE}")
+    return FINE[:: PER_OCTAVE // per_octave]
+
+
+BOUNDS = coarse(8)  # shadow statistics: ~9% apart, so a p99 ratio is known to within ~9%
+ALERT_BOUNDS = coarse(4)  # anomaly alerts' moving baselines: ~19% apart, small enough to keep per bucket
+# Prometheus export: powers of two from 1 ms to ~33 s (16 buckets), so dashboards stay cheap.
+EXPORT_BOUNDS = coarse(1)
 
 
 class Histogram:
@@ -93,7 +107,3 @@ class SignedHistogram:
             if seen >= rank and n:
                 return BOUNDS[i] if i < len(BOUNDS) else BOUNDS[-1]
         return BOUNDS[-1]
-
-# The bounds the request-latency histograms are exported with (Prometheus' usual layout, seconds).
-EXPORT_BOUNDS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                                    30.0, 60.0)
