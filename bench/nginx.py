@@ -1,4 +1,4 @@
-"""nginx as the reference proxy: one worker, upstream keepalive, optionally a mirror.
+"""nginx as the reference proxy: one worker (or `workers`), upstream keepalive, optionally a mirror.
 
 Only the config text lives here; bench/run.py starts and stops the process.
 """
@@ -16,7 +16,7 @@ HOST = "127.0.0.1"
 _KEEPALIVE_REQUESTS = 1_000_000
 
 
-def config(prefix: Path, listen: int, upstream: int, mirror: int | None = None) -> str:
+def config(prefix: Path, listen: int, upstream: int, mirror: int | None = None, workers: int = 1) -> str:
     """nginx.conf for a plain reverse proxy on `listen` to `upstream`.
 
     With `mirror`, every request is also copied to that port with nginx's `mirror`
@@ -27,7 +27,7 @@ def config(prefix: Path, listen: int, upstream: int, mirror: int | None = None) 
     return f"""\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 {"user root;" if os.geteuid() == 0 else ""}
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;

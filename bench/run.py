@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,9 @@ def url(port: int) -> str:
     return f"http://{HOST}:{port}{REQUEST_PATH}"
 
 
+LLM_BODY = '{"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}'
+
+
 @contextlib.contextmanager
 def fast_backend(env: Env, name: str, latency_ms: int = 0, role: str = "backend") -> Iterator[int]:
     port = free_port()
@@ -196,38 +200,46 @@ def fast_backend(env: Env, name: str, latency_ms: int = 0, role: str = "backend"
 
 
 @contextlib.contextmanager
-def nginx_proxy(env: Env, name: str, mirror: int | None = None) -> Iterator[int]:
+def nginx_proxy(env: Env, name: str, mirror: int | None = None, workers: int = 1) -> Iterator[int]:
     prefix = env.tmp / name
-    prefix.mkdir()
+    prefix.mkdir(exist_ok=True)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx.config(prefix, port, env.backend_port, mirror))
+    conf.write_text(nginx.config(prefix, port, env.backend_port, mirror, workers))
     argv = [env.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     with process(env, name, argv, "proxy", port_open(port)):
         yield port
 
 
 def router_config(env: Env, name: str, port: int, admin: int,
-                  shadow: int | None = None, extra_routes: int = 0) -> dict[str, Any]:
-    """Router config with one live route; `extra_routes` non-matching routes come first."""
-    backends = {"m": {"url": f"http://{HOST}:{env.backend_port}"}}
+                  shadow: int | None = None, extra_routes: int = 0, **extra: Any) -> dict[str, Any]:
+    """Router config with one live route; `extra_routes` non-matching routes come first; `extra`
+    top-level keys (cluster, workers) and `model_match` (a model-matched route in front, as LLM
+    gateways have) switch features on."""
+    backends: dict[str, Any] = {"m": {"url": f"http://{HOST}:{env.backend_port}"}}
     route: dict[str, Any] = {"name": "m", "match": {"path_prefix": "/v1/models/m"}, "primary": "m"}
     if shadow:
         backends["shadow"] = {"url": f"http://{HOST}:{shadow}"}
         route["shadow"] = {"backend": "shadow", "percent": 100}
     fillers = [{"name": f"filler-{i}", "match": {"path_prefix": f"/v1/models/filler-{i}"}, "primary": "m"}
                for i in range(extra_routes)]
+    if extra.pop("model_match", False):
+        # The measured request names its model in the body: the route matches on it, and the
+        # backend's served name is written into the body (both parse the JSON body).
+        backends["m"]["model"] = "served-llama"
+        route["match"] = {"path_prefix": "/v1/models/m", "model": ["llama-3-8b", "llama-3-*"]}
     return {"listen": f"{HOST}:{port}", "admin": {"listen": f"{HOST}:{admin}"},
-            "state_dir": str(env.tmp / name / "state"), "backends": backends, "routes": [*fillers, route]}
+            "state_dir": str(env.tmp / name / "state"), "backends": backends, "routes": [*fillers, route], **extra}
 
 
 @contextlib.contextmanager
-def router_proxy(env: Env, name: str, shadow: int | None = None, extra_routes: int = 0) -> Iterator[int]:
+def router_proxy(env: Env, name: str, shadow: int | None = None, extra_routes: int = 0,
+                 **extra: Any) -> Iterator[int]:
     """One router process. A router that will not start makes the case n/a, with its reason."""
-    (env.tmp / name).mkdir()
+    (env.tmp / name).mkdir(exist_ok=True)
     port, admin = free_port(), free_port()
     conf = env.tmp / name / "router.yaml"
-    conf.write_text(yaml.safe_dump(router_config(env, name, port, admin, shadow, extra_routes),
+    conf.write_text(yaml.safe_dump(router_config(env, name, port, admin, shadow, extra_routes, **extra),
                                    sort_keys=False))
     argv = [env.python, "-m", "router", "serve", "--config", str(conf)]
     try:
@@ -241,11 +253,15 @@ def router_proxy(env: Env, name: str, shadow: int | None = None, extra_routes: i
 
 @dataclass(frozen=True)
 class Case:
-    """A named setup: `start` is a context manager yielding the Target, stopping all on exit."""
+    """A named setup: `start` is a context manager yielding the Target, stopping all on exit.
+
+    `connections` overrides the load's (1 for the low-load cases); `body` the request body."""
 
     name: str
     about: str
     start: Callable[[Env], contextlib.AbstractContextManager[Target]]
+    connections: int | None = None
+    body: str = BODY
 
 
 @contextlib.contextmanager
@@ -285,6 +301,47 @@ def case_router_1k(env: Env) -> Iterator[Target]:
         yield Target(url(port))
 
 
+@contextlib.contextmanager
+def case_router_model(env: Env) -> Iterator[Target]:
+    with router_proxy(env, "router-model-match", model_match=True) as port:
+        yield Target(url(port))
+
+
+@contextlib.contextmanager
+def redis_server(env: Env) -> Iterator[int]:
+    try:
+        binary = find_tool("redis-server")
+    except BenchError as e:
+        raise Unavailable(str(e)) from e
+    port = free_port()
+    (env.tmp / "redis").mkdir(exist_ok=True)
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--dir", str(env.tmp / "redis")]
+    with process(env, "redis", argv, "backend", port_open(port)):
+        yield port
+
+
+@contextlib.contextmanager
+def case_router_cluster(env: Env) -> Iterator[Target]:
+    with redis_server(env) as redis, router_proxy(
+            env, "router-cluster", cluster={"name": "bench", "redis_url": f"redis://{HOST}:{redis}/0"}) as port:
+        yield Target(url(port))
+
+
+@contextlib.contextmanager
+def case_nginx_2w(env: Env) -> Iterator[Target]:
+    with nginx_proxy(env, "nginx-2w", workers=2) as port:
+        yield Target(url(port))
+
+
+@contextlib.contextmanager
+def case_router_2w(env: Env) -> Iterator[Target]:
+    with redis_server(env) as redis, router_proxy(
+            env, "router-2w", workers=2,
+            cluster={"name": "bench-2w", "redis_url": f"redis://{HOST}:{redis}/0"}) as port:
+        yield Target(url(port))
+
+
 CASES = [
     Case("direct", "wrk -> backend", case_direct),
     Case("nginx", "wrk -> nginx (1 worker, upstream keepalive) -> backend", case_nginx),
@@ -293,6 +350,14 @@ CASES = [
          case_nginx_mirror),
     Case("router-shadow", f"router + 100% shadow to a {SHADOW_LATENCY_MS} ms backend", case_router_shadow),
     Case("router-1k-routes", "router with 1,000 routes, the live one last", case_router_1k),
+    Case("router-model-match", "router matching the body's model and rewriting it for the backend",
+         case_router_model, body=LLM_BODY),
+    Case("router-cluster", "router with cluster counters in a local redis-server", case_router_cluster),
+    Case("direct-c1", "one connection: wrk -> backend", case_direct, connections=1),
+    Case("nginx-c1", "one connection: wrk -> nginx -> backend", case_nginx, connections=1),
+    Case("router-c1", "one connection: wrk -> router -> backend", case_router, connections=1),
+    Case("nginx-2w", "nginx with worker_processes 2", case_nginx_2w),
+    Case("router-2w", "router with workers: 2 (cluster on a local redis-server)", case_router_2w),
 ]
 
 # (label, numerator case, denominator case): req/s and p99 of one over the other.
@@ -303,6 +368,21 @@ RATIOS = [
     ("router-shadow / router", "router-shadow", "router"),
     ("nginx-mirror / nginx", "nginx-mirror", "nginx"),
     ("router-1k-routes / router", "router-1k-routes", "router"),
+    ("router-model-match / router", "router-model-match", "router"),
+    ("router-cluster / router", "router-cluster", "router"),
+    ("router-2w / nginx-2w", "router-2w", "nginx-2w"),
+    ("router-2w / router", "router-2w", "router"),
+]
+
+# (what, ratio label, column, bound, "min" or "max"): the issue's targets, read from the unpinned view.
+TARGETS = [
+    ("one process throughput", "router / nginx", "rps", 0.6, "min"),
+    ("one process p99", "router / nginx", "p99", 1.5, "max"),
+    ("200 ms shadow throughput", "router-shadow / router", "rps", 0.9, "min"),
+    ("200 ms shadow p99", "router-shadow / router", "p99", 1.15, "max"),
+    ("cluster throughput", "router-cluster / router", "rps", 0.95, "min"),
+    ("cluster p99", "router-cluster / router", "p99", 1.1, "max"),
+    ("workers: 2 vs nginx 2 workers", "router-2w / nginx-2w", "rps", 0.6, "min"),
 ]
 
 
@@ -356,9 +436,13 @@ def parse_wrk(out: str) -> Measurement:
         socket_errors={k: int(sock[i + 1]) if sock else 0 for i, k in enumerate(kinds)})
 
 
-def wrk(env: Env, target: str, seconds: int, load: Load, watch: ConnWatch | None = None) -> Measurement:
+def wrk(env: Env, target: str, seconds: int, load: Load, watch: ConnWatch | None = None,
+        body: str = BODY) -> Measurement:
+    script = env.tmp / f"post-{abs(hash(body))}.lua"
+    if not script.exists():
+        script.write_text(WRK_SCRIPT.replace(BODY, body))
     argv = [env.wrk, "-t1", f"-c{load.connections}", f"-d{seconds}s", "--latency",
-            f"--timeout={load.timeout_s}s", "-s", str(env.tmp / "post.lua"), target]
+            f"--timeout={load.timeout_s}s", "-s", str(script), target]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=_child_setup(env.pins["client"]))
     try:
@@ -422,6 +506,8 @@ class Row:
 def run_case(env: Env, case: Case, load: Load) -> Row:
     print(f"== {case.name}: {case.about}", file=sys.stderr, flush=True)
     row = Row(case.name, case.about)
+    if case.connections:
+        load = Load(case.connections, load.duration_s, load.warmup_s, load.timeout_s)
     try:
         with case.start(env) as target:
             watch = ConnWatch(target.mirror_port) if target.mirror_port else None
@@ -429,8 +515,8 @@ def run_case(env: Env, case: Case, load: Load) -> Row:
             # the proxy's own socket calls: it proves mirroring during the warm-up, and stays out
             # of the measured run.
             if load.warmup_s:
-                wrk(env, target.url, load.warmup_s, load, watch)
-            row.result = wrk(env, target.url, load.duration_s, load, None if load.warmup_s else watch)
+                wrk(env, target.url, load.warmup_s, load, watch, case.body)
+            row.result = wrk(env, target.url, load.duration_s, load, None if load.warmup_s else watch, case.body)
             row.warnings += env.exited()
             if watch:
                 row.notes.append(f"mirror backend peak connections: {watch.peak}")
@@ -444,14 +530,14 @@ def run_case(env: Env, case: Case, load: Load) -> Row:
 
 
 def fmt_table(rows: list[Row]) -> str:
-    lines = [f"{'case':<18} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>8}"]
+    lines = [f"{'case':<20} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>8}"]
     for r in rows:
         if r.result is None:
-            lines.append(f"{r.case:<18} n/a (not implemented or did not start; reason below)")
+            lines.append(f"{r.case:<20} n/a (not implemented or did not start; reason below)")
             continue
         m = r.result
         flag = "  <-- ERRORS" if m.errors else "  <-- SUSPECT, see below" if r.warnings else ""
-        lines.append(f"{r.case:<18} {m.rps:>10.0f} {m.p50_ms:>9.2f} {m.p99_ms:>9.2f} {m.errors:>8}{flag}")
+        lines.append(f"{r.case:<20} {m.rps:>10.0f} {m.p50_ms:>9.2f} {m.p99_ms:>9.2f} {m.errors:>8}{flag}")
     return "\n".join(lines)
 
 
@@ -468,8 +554,8 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
 
 
 def fmt_ratios(rows: list[Row]) -> str:
-    lines = [f"{'ratio':<28} {'req/s':>8} {'p99':>8}"]
-    lines += [f"{r['label']:<28} {r['rps']:>8.3g} {r['p99']:>8.3g}"
+    lines = [f"{'ratio':<30} {'req/s':>8} {'p99':>8}"]
+    lines += [f"{r['label']:<30} {r['rps']:>8.3g} {r['p99']:>8.3g}"
               + ("  <-- a side is suspect" if r["suspect"] else "") for r in ratios(rows)]
     return "\n".join(lines)
 
@@ -536,12 +622,15 @@ def version(argv: list[str]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=int, default=8, help="measured seconds per case (default 8)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds per case, not measured")
+    p.add_argument("--duration", type=int, default=5, help="measured seconds per case and run (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per case, not measured")
+    p.add_argument("--repeat", type=int, default=3, help="runs per case; the table shows medians (default 3)")
+    p.add_argument("--views", default="unpinned,pinned",
+                   help="unpinned (as users run it), pinned (steadier: wrk, proxy and backend on their own "
+                        "cores), or both (default)")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--cases", default=",".join(c.name for c in CASES),
                    help="comma-separated subset of: " + ", ".join(c.name for c in CASES))
-    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs")
     p.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
     return p.parse_args(argv)
 
@@ -566,31 +655,108 @@ def _on_signal(signum: int, _frame: object) -> NoReturn:
 def run(args: argparse.Namespace) -> int:
     cases = select(args.cases)
     load = Load(args.connections, args.duration, args.warmup, timeout_s=5)
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    if not views or any(v not in ("unpinned", "pinned") for v in views):
+        raise BenchError(f"--views takes unpinned and/or pinned, got {args.views!r}")
+    results: dict[str, list[Row]] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for view in views:
+        results[view], metas[view] = run_view(args, cases, load, pin=view == "pinned")
+    for view in views:
+        rows = results[view]
+        print(f"\n## {view} ({metas[view]['setup']}; median of {args.repeat} runs per case)\n")
+        print(fmt_table(rows) + "\n\n" + fmt_ratios(rows))
+        added = added_latency(rows)
+        if added:
+            print("\n" + added)
+        details = fmt_details(rows)
+        if details:
+            print("\n" + details)
+    print("\n" + fmt_targets(results.get("unpinned") or next(iter(results.values()))))
+    out: dict[str, Any] = {}
+    for view in views:
+        path = args.out.with_name(f"{args.out.stem}-{view}{args.out.suffix}")
+        write_json(path, results[view], metas[view])
+        out[view] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    print(f"\nwrote {', '.join(out.values())}")
+    return 0
+
+
+def run_view(args: argparse.Namespace, cases: list[Case], load: Load, *, pin: bool) -> tuple[list[Row], dict[str, Any]]:
+    """Every case `repeat` times, interleaved (so drift on the machine hits all cases alike); the
+    median of each figure per case."""
     venv = ROOT / ".venv" / "bin" / "python"
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
         env = Env(Path(tmp), str(venv) if venv.exists() else sys.executable,
-                  find_tool("nginx"), find_tool("wrk"), plan_pins(args.pin))
+                  find_tool("nginx"), find_tool("wrk"), plan_pins(pin))
         client_cpus = env.pins["client"]
         if client_cpus:
             # The harness itself (and the thread that samples /proc/net/tcp during mirror cases,
             # a kernel walk over every socket) stays off the proxy's core.
             os.sched_setaffinity(0, client_cpus)
-        (env.tmp / "post.lua").write_text(WRK_SCRIPT)
+        else:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
         stack.callback(_keep_logs, env.tmp, args.out.parent / "logs")
         env.backend_port = stack.enter_context(fast_backend(env, "backend"))
         meta = _meta(env, load)
-        print(f"bench: {meta['setup']}", file=sys.stderr, flush=True)
+        print(f"bench ({'pinned' if pin else 'unpinned'}): {meta['setup']}", file=sys.stderr, flush=True)
         if meta["loadavg_1m_before"] > 0.5:
             print(f"bench: load average {meta['loadavg_1m_before']:.2f} before starting: other work on "
                   "this machine will skew the numbers", file=sys.stderr, flush=True)
-        rows = [run_case(env, case, load) for case in cases]
-    print("\n" + fmt_table(rows) + "\n\n" + fmt_ratios(rows))
-    details = fmt_details(rows)
-    if details:
-        print("\n" + details)
-    write_json(args.out, rows, meta)
-    print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
-    return 0
+        runs = [[run_case(env, case, load) for case in cases] for _ in range(args.repeat)]
+    return [median_row([r[i] for r in runs]) for i in range(len(cases))], meta
+
+
+def median_row(rows: list[Row]) -> Row:
+    """One row per case: the median of each figure over the runs that produced one."""
+    first = rows[0]
+    done = [r for r in rows if r.result]
+    out = Row(first.case, first.about, unavailable=next((r.unavailable for r in rows if r.unavailable), ""))
+    for r in rows:
+        out.warnings += [w for w in r.warnings if w not in out.warnings]
+        out.notes += [n for n in r.notes if n not in out.notes]
+    if done:
+        ms = [r.result for r in done if r.result]
+        out.result = Measurement(
+            rps=statistics.median(m.rps for m in ms), p50_ms=statistics.median(m.p50_ms for m in ms),
+            p99_ms=statistics.median(m.p99_ms for m in ms), requests=sum(m.requests for m in ms),
+            non_2xx=sum(m.non_2xx for m in ms),
+            socket_errors={k: sum(m.socket_errors[k] for m in ms) for k in ms[0].socket_errors})
+        if len(done) < len(rows):
+            out.warnings.append(f"only {len(done)} of {len(rows)} runs produced figures")
+    return out
+
+
+def added_latency(rows: list[Row]) -> str:
+    """Latency a hop adds at low load (one connection): the router's and nginx's p50 over direct."""
+    by = {r.case: r.result for r in rows if r.result}
+    d, n, r = by.get("direct-c1"), by.get("nginx-c1"), by.get("router-c1")
+    if not (d and n and r):
+        return ""
+    router_added, nginx_added = r.p50_ms - d.p50_ms, n.p50_ms - d.p50_ms
+    ratio = router_added / nginx_added if nginx_added > 0 else float("inf")
+    return (f"added p50 at one connection: router {router_added * 1000:.0f} us, nginx {nginx_added * 1000:.0f} us "
+            f"over direct; router / nginx {ratio:.2f}")
+
+
+def fmt_targets(rows: list[Row]) -> str:
+    """One line: each target met or not (from the view users run: unpinned)."""
+    got = {r["label"]: r for r in ratios(rows)}
+    parts = []
+    for what, label, column, bound, kind in TARGETS:
+        pair = got.get(label)
+        if pair is None:
+            parts.append(f"{what}: n/a")
+            continue
+        value = pair[column]
+        ok = value >= bound if kind == "min" else value <= bound
+        parts.append(f"{what} {value:.2f} {'>=' if kind == 'min' else '<='} {bound:g} {'ok' if ok else 'MISSED'}")
+    by = {r.case: r.result for r in rows if r.result}
+    d, n, r = by.get("direct-c1"), by.get("nginx-c1"), by.get("router-c1")
+    if d and n and r and n.p50_ms > d.p50_ms:
+        ratio = (r.p50_ms - d.p50_ms) / (n.p50_ms - d.p50_ms)
+        parts.append(f"added latency {ratio:.2f} <= 1.5 {'ok' if ratio <= 1.5 else 'MISSED'}")
+    return "targets (unpinned, medians): " + "; ".join(parts)
 
 
 def _meta(env: Env, load: Load) -> dict[str, Any]:
