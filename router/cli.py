@@ -137,7 +137,7 @@ def _route_action(args: argparse.Namespace) -> int:
     body = {"actor": args.actor or getpass.getuser(), "reason": args.reason}
     result = _admin(args).post(f"/-/routes/{args.route}/{args.command}", body)
     where = result.get("step_label") or f"step index {result['step_index']}"
-    print(f"{result['route']}: {result['action']} -> {result['phase']} ({where}): {result['reason']}")
+    print(f"{result['route']}: {result['action']} -> {result['phase']}, {where}: {result['reason']}")
     return 0
 
 

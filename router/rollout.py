@@ -257,7 +257,7 @@ class RolloutController:
         if why:
             decision = replace(decision, reason=f"{decision.reason}: {why}")
         rr.primary_only = False  # an operator has acted
-        self.apply(rr, decision, "operator", time.time(), {"name": who, "reason": why})
+        self.apply(rr, decision, "operator", time.time(), {"actor": who, "reason": why})
         self.ledger.drive(rr.name, rr.percent())
         return decision
 
