@@ -137,7 +137,7 @@ class RolloutController:
                 self._complete(current, now)
         self._route_cfg = {route.name: route for route in config.routes}
         self.routes = routes
-        self.ledger.close_windows(routes)
+        self.ledger.close_windows(name for name, rr in routes.items() if not rr.completed)
         self.ledger.set_driven({name: rr.percent() for name, rr in routes.items()})
         self._sync_mirroring()
 

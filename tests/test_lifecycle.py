@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from aiohttp import web
 
+from router.config import Config, parse_config
+from router.decision import OperatorAction
+from router.ledger import Ledger
+from router.rollout import RolloutController
+from router.splits import Splits
+from router.state import StateStore
 from tests.helpers import ROOT, BackendFactory, RouterFactory, base_config, eventually, get_json
 from tests.test_rollout import AUTH, ModelFactory, drive, hook, rollout, rollout_route
 
@@ -167,3 +174,40 @@ async def test_a_compare_change_starts_a_new_shadow_report(make_router: RouterFa
             return report if report["compared"] == 3 else None
 
         assert [f["field"] for f in (await eventually(three, "3 comparisons"))["fields"]] == ["$.score"]
+
+
+def controller_config(tmp_path: Path, primary: str, candidate: str, **shadow: Any) -> Config:
+    routes = rollout_route()
+    routes[0].update(primary=primary, candidate=candidate)
+    routes[0]["shadow"].update(backend=candidate, **shadow)
+    cfg = base_config(tmp_path, {n: f"http://127.0.0.1:{9000 + i}" for i, n in enumerate(("v1", "v2", "v3"))}, routes)
+    return parse_config(yaml.safe_dump(cfg), "r.yaml")
+
+
+@pytest.mark.parametrize(("after_rollout", "swap_to", "phase", "mirroring"), [
+    ("stop", ("v2", "v1"), "completed", False),  # the finished rollout: no reverse rollout, no copies
+    ("continue", ("v2", "v1"), "completed", True),
+    ("stop", ("v2", "v3"), "shadowing", True),  # a new candidate: the YAML asks for a new rollout
+    ("stop", ("v1", "v3"), "shadowing", True),
+])
+def test_reload_after_promotion(tmp_path: Path, after_rollout: str, swap_to: tuple[str, str], phase: str,
+                                mirroring: bool) -> None:
+    """In process: the controller's reconcile on reload, fed configs only."""
+    ledger = Ledger(Splits(StateStore(tmp_path / "state")))
+    rollouts = RolloutController(tmp_path / "state", ledger)
+    config = controller_config(tmp_path, "v1", "v2", after_rollout=after_rollout)
+    ledger.reconcile(config)
+    rollouts.configure(config)
+    rollouts.operator("fraud", OperatorAction.PROMOTE)
+    rollouts.operator("fraud", OperatorAction.PROMOTE)
+    assert rollouts.describe("fraud")["phase"] == "promoted"  # type: ignore[index]
+    assert ("fraud" in ledger.mirror_stopped) is (after_rollout == "stop")
+    config = controller_config(tmp_path, *swap_to, after_rollout=after_rollout)
+    ledger.reconcile(config)
+    rollouts.configure(config)
+    info = rollouts.describe("fraud")
+    assert info is not None and (info["phase"], info["candidate_percent"]) == (phase, 0)
+    assert ledger.splits.driven["fraud"] == 0
+    assert ("fraud" not in ledger.mirror_stopped) is mirroring
+    completed = [e for e in rollouts.tail("fraud", 10) if e["action"] == "complete"]
+    assert len(completed) == (swap_to[0] == "v2")
