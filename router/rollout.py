@@ -115,31 +115,29 @@ class RolloutController:
         self.feedback = config.monitoring.feedback is not None
         routes: dict[str, RouteRollout] = {}
         for route in config.routes:
-            if route.rollout is None or route.candidate is None:
-                continue
-            key = (route.primary, route.candidate)
             current = self.routes.get(route.name)
-            if current is not None and current.key == key:
-                current.cfg = route.rollout
-                routes[route.name] = current if current.completed else self._fit(current, route, now)
-                continue
-            if current is not None and not current.completed and completes(current.key, current.state.phase,
-                                                                             route.primary):
+            finished = current is not None and not current.completed and \
+                completes(current.key, current.state.phase, route.primary)
+            if finished:
+                assert current is not None
                 self._complete(current, now)
-                if reverse_of(current.key, key):
-                    routes[route.name] = self._completed(route, route.rollout, key, now, current.last)
-                    continue
-            routes[route.name] = self._restore(route, route.rollout, key, now)
-        for route in config.routes:  # a promotion finished by a YAML without a rollout block or candidate
-            current = self.routes.get(route.name)
-            if route.name not in routes and current is not None and not current.completed \
-                    and completes(current.key, current.state.phase, route.primary):
-                self._complete(current, now)
+            if route.rollout is not None and route.candidate is not None:
+                routes[route.name] = self._configured(route, route.rollout, current, finished, now)
         self._route_cfg = {route.name: route for route in config.routes}
         self.routes = routes
         self.ledger.close_windows(name for name, rr in routes.items() if not rr.completed)
         self.ledger.set_driven({name: rr.percent() for name, rr in routes.items()})
         self._sync_mirroring()
+
+    def _configured(self, route: RouteConfig, cfg: RolloutConfig, current: RouteRollout | None, finished: bool,
+                    now: float) -> RouteRollout:
+        key = (route.primary, route.candidate or "")
+        if current is not None and current.key == key:
+            current.cfg = cfg
+            return current if current.completed else self._fit(current, route, now)
+        if finished and current is not None and reverse_of(current.key, key):
+            return self._completed(route, cfg, key, now, current.last)
+        return self._restore(route, cfg, key, now)
 
     def _complete(self, rr: RouteRollout, now: float) -> None:
         """Record that the YAML made the promoted candidate the primary: the rollout is over.
