@@ -138,8 +138,7 @@ async def route_split(request: web.Request) -> web.Response:
     if route.config.candidate is None and value > 0:
         return json_error(409, f"route {route.name!r} has no candidate backend")
     if route.config.rollout is not None:
-        return json_error(409, f"route {route.name!r} is under automatic rollout; use promote, rollback, pause "
-                          "or resume instead of setting the split")
+        return json_error(409, split_refusal(route.name, request.app[ROUTER].rollouts.describe(route.name)))
     router = request.app[ROUTER]
     try:
         router.ledger.set_split(route.config, float(value))
@@ -158,13 +157,36 @@ def shadow_stats(request: web.Request) -> tuple[Any, Any]:
     return route, stats
 
 
+def split_refusal(name: str, rollout: dict[str, Any] | None) -> str:
+    """Why a route under rollout takes no split, and the one command that does what was meant."""
+    phase = (rollout or {}).get("phase")
+    if phase == "rolled_back":
+        return (f"route {name!r} is under automatic rollout and was rolled back: all traffic is on the primary; "
+                f"to try the candidate again, run `model-router restart {name}`")
+    if phase == "promoted":
+        return (f"route {name!r} is under automatic rollout and its candidate is promoted; to send all traffic "
+                f"back to the primary run `model-router rollback {name}`, to make the candidate the primary run "
+                f"`model-router finalize {name}`")
+    if phase == "completed":
+        return (f"route {name!r} finished its rollout; its split is the YAML's rollout block: remove `rollout:` "
+                "from the route to set the split by hand")
+    return (f"route {name!r} is under automatic rollout ({phase}); the rollout sets its split: use "
+            f"`model-router promote|pause|rollback {name}` instead")
+
+
 async def route_shadow(request: web.Request) -> web.Response:
     route, stats = shadow_stats(request)
     cfg = route.config.shadow
-    mirror = request.app[ROUTER].mirror
+    router = request.app[ROUTER]
+    stopped = router.ledger.mirror_stopped.get(route.name)
+    previous = router.ledger.previous_shadow_stats(route.name)
     body = {"route": route.name, "primary": route.config.primary, "shadow_backend": cfg.backend,
-            "percent": cfg.percent, "format": cfg.compare.format, "in_flight": mirror.in_flight(route.name),
-            **stats.report()}
+            "percent": cfg.percent, "format": cfg.compare.format, "in_flight": router.mirror.in_flight(route.name),
+            "mirroring": stopped is None, "mirroring_stopped": stopped,
+            **stats.report(),
+            # the report a change of compare rules (or backends) replaced, kept for an hour
+            "previous": {"ended": previous[0], "primary": previous[1].key[0], "shadow_backend": previous[1].key[1],
+                         **previous[1].report()} if previous is not None else None}
     return web.json_response(body)
 
 
@@ -191,19 +213,44 @@ async def route_rollout(request: web.Request) -> web.Response:
     return web.json_response({**info, "log": rollouts.tail(route.name, max(0, tail))})
 
 
+MAX_NOTE = 500  # characters of an operator's reason or name kept in the decision log
+
+
+async def operator_note(request: web.Request) -> tuple[str | None, str | None] | web.Response:
+    """The optional `{"reason": ..., "actor": ...}` body of an operator action (an empty body is fine)."""
+    raw = await request.read()
+    if not raw.strip():
+        return None, None
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or set(body) - {"reason", "actor"}:
+        return json_error(400, 'the body is optional; when given it must be JSON {"reason": TEXT, "actor": NAME}')
+    values = [body.get("actor"), body.get("reason")]
+    if any(v is not None and (not isinstance(v, str) or len(v) > MAX_NOTE) for v in values):
+        return json_error(400, f"reason and actor must be strings of at most {MAX_NOTE} characters")
+    return values[0] or None, values[1] or None
+
+
 def rollout_action(action: OperatorAction) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         route = find_route(request)
         rollouts = request.app[ROUTER].rollouts
         if rollouts.describe(route.name) is None:
             return json_error(404, f"route {route.name!r} has no rollout")
+        note = await operator_note(request)
+        if isinstance(note, web.Response):
+            return note
         try:
-            decision = rollouts.operator(route.name, action)
+            decision = rollouts.operator(route.name, action, *note)
         except InvalidTransition as exc:
-            return json_error(409, str(exc))
+            hint = " or ".join(f"`model-router {cmd} {route.name}`" for cmd in exc.suggest)
+            return json_error(409, f"{exc}" + (f"; try {hint}" if hint else ""))
+        info = rollouts.describe(route.name) or {}
         return web.json_response({"route": route.name, "action": str(decision.action),
                                   "phase": str(decision.phase), "step_index": decision.step_index,
-                                  "reason": decision.reason})
+                                  "step_label": info.get("step_label"), "reason": decision.reason})
     return handler
 
 
@@ -244,7 +291,11 @@ async def alerts(request: web.Request) -> web.Response:
 
 async def reload(request: web.Request) -> web.Response:
     ok, message = await request.app[ROUTER].reload()
-    return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
+    if ok:
+        return web.json_response({"ok": True, "message": message})
+    # The documented error shape, with the old top-level fields kept for existing clients.
+    return web.json_response({"ok": False, "message": message, "error": {"status": 400, "message": message}},
+                             status=400)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -51,7 +51,12 @@ class AdminClient:
     @staticmethod
     def _explain(exc: urllib.error.HTTPError) -> str:
         try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
+            body = json.loads(exc.read())
+        except ValueError:
+            body = None
+        message = exc.reason
+        if isinstance(body, dict):
+            error = body.get("error")
+            found = error.get("message") if isinstance(error, dict) else body.get("message")
+            message = found if isinstance(found, str) else message
         return f"{exc.code}: {message}"

@@ -210,6 +210,7 @@ class ShadowConfig:
     max_response: int = 1024 * 1024  # larger responses (either side) are not compared
     noise_percent: float = 0.0
     timeout: float | None = None  # default: the route's timeout
+    after_rollout: str = "stop"  # "stop": no more copies once a rollout of this backend ends; "continue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -784,7 +785,7 @@ def _choice(r: Reader, allowed: tuple[str, ...]) -> Callable[[yaml.Node, str], s
 
 
 _SHADOW_KEYS = frozenset({"backend", "percent", "methods", "max_concurrency", "max_body", "max_response",
-                          "timeout", "compare"})
+                          "timeout", "compare", "after_rollout"})
 _COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent"})
 
 
@@ -805,11 +806,14 @@ def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> 
     max_response = r.get(m, "max_response", path, lambda n, p: r.converted(n, p, parse_size), 1024 * 1024)
     timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
     spec, noise = _compare(r, m.get("compare"), join(path, "compare"))
-    if len(r.issues) > before or None in (backend, percent, methods, max_conc, max_body, max_response, spec, noise):
+    after = r.get(m, "after_rollout", path, _choice(r, ("stop", "continue")), "stop")
+    if len(r.issues) > before or None in (backend, percent, methods, max_conc, max_body, max_response, spec, noise,
+                                          after):
         return None
     assert backend and spec and methods is not None
     return ShadowConfig(backend, spec, float(percent or 0), frozenset(x.encode() for x in methods),
-                        int(max_conc or 1), int(max_body or 0), int(max_response or 0), float(noise or 0), timeout)
+                        int(max_conc or 1), int(max_body or 0), int(max_response or 0), float(noise or 0), timeout,
+                        str(after))
 
 
 def _compare(r: Reader, node: yaml.Node | None, path: str) -> tuple[CompareSpec | None, float | None]:

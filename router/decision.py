@@ -35,12 +35,13 @@ from functools import lru_cache, reduce
 from itertools import accumulate, pairwise
 
 from router.histogram import FINE
+from router.steps import step_label
 
 __all__ = [
     "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "Action", "Decision", "Gate", "GateResult", "Gates",
     "InvalidTransition", "OperatorAction", "Phase", "RolloutPolicy", "RolloutState", "SideCounts",
     "Snapshot", "StepEvidence", "Verdict", "accuracy_gate", "agreement_gate", "decide",
-    "error_budget", "error_rate_gate", "evaluate_gates", "initial_state", "is_timed_out",
+    "error_budget", "error_rate_gate", "evaluate_gates", "fits", "initial_state", "is_timed_out",
     "latency_gate", "latency_histogram", "next_step", "operator_action", "should_advance",
 ]
 
@@ -103,7 +104,14 @@ class Gate(enum.StrEnum):
 
 
 class InvalidTransition(ValueError):
-    """An operator action that the current phase does not allow (HTTP 409)."""
+    """An operator action that the current phase does not allow (HTTP 409).
+
+    `suggest` names the commands that do work from this phase (operator actions, or "finalize"),
+    so every refusal can point the operator at one that will be accepted."""
+
+    def __init__(self, message: str, suggest: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.suggest = suggest
 
 
 # -- policy -------------------------------------------------------------------------------------
@@ -534,16 +542,24 @@ def _phase_at(step: int, policy: RolloutPolicy) -> Phase:
     return Phase.SHADOWING if policy.steps[step] == 0 else Phase.PROGRESSING
 
 
+def fits(state: RolloutState, policy: RolloutPolicy) -> bool:
+    """Only a promoted rollout, or one rolled back after its promotion (it keeps the step it was
+    rolled back from), sits on the last step; a promoted one always does."""
+    if not 0 <= state.step_index <= policy.last_step:
+        return False
+    if state.step_index == policy.last_step:
+        return state.phase in TERMINAL
+    return state.phase is not Phase.PROMOTED
+
+
 def _checked(state: RolloutState, policy: RolloutPolicy) -> RolloutState:
-    """A state that fits the policy: a promoted rollout sits on the last step, no other one does."""
-    on_last = state.step_index == policy.last_step
-    if (state.phase is Phase.PROMOTED) != on_last or not 0 <= state.step_index <= policy.last_step:
+    if not fits(state, policy):
         raise ValueError(f"{state.phase} at step {state.step_index} does not fit the steps {policy.steps}")
     return state
 
 
 def _where(state: RolloutState, policy: RolloutPolicy) -> str:
-    return f"step {state.step_index} ({policy.steps[state.step_index]:g}%)"
+    return step_label(state.step_index, policy.steps)
 
 
 def _stay(state: RolloutState, action: Action, reason: str, gates: tuple[GateResult, ...] = ()) -> Decision:
@@ -572,12 +588,12 @@ def next_step(state: RolloutState, policy: RolloutPolicy, gates: tuple[GateResul
     target = state.step_index + 1
     if target == policy.last_step and policy.approval and not (approved or state.approved):
         return Decision(Action.AWAIT_APPROVAL, RolloutState(Phase.AWAITING_APPROVAL, state.step_index),
-                        f"{why}; waiting for an operator to approve step {target}", gates)
+                        f"{why}; waiting for an operator to approve {step_label(target, policy.steps)}", gates)
     if target == policy.last_step:
         return Decision(Action.PROMOTE, RolloutState(Phase.PROMOTED, target, state.approved or approved),
                         f"{why}; promoted", gates)
     return Decision(Action.ADVANCE, RolloutState(_phase_at(target, policy), target, state.approved),
-                    f"{why}; advance to step {target} ({policy.steps[target]:g}%)", gates, new_window=True)
+                    f"{why}; advance to {step_label(target, policy.steps)}", gates, new_window=True)
 
 
 def _hold_reason(snapshot: Snapshot, policy: RolloutPolicy, gates: tuple[GateResult, ...]) -> str:
@@ -620,24 +636,48 @@ def decide(snapshot: Snapshot, policy: RolloutPolicy) -> Decision:
     return _stay(state, Action.HOLD, _hold_reason(snapshot, policy, gates), gates)
 
 
-def operator_action(state: RolloutState, action: OperatorAction, policy: RolloutPolicy) -> Decision:
-    """Apply an operator command; InvalidTransition when the phase does not allow it."""
+def operator_action(state: RolloutState, action: OperatorAction, policy: RolloutPolicy, *,
+                    by: str = "an operator") -> Decision:
+    """Apply an operator command; InvalidTransition (naming what would work) when the phase does not allow it.
+
+    Rollback is the emergency lever: it works in every phase, promoted included, and sends all
+    traffic to the primary at once. Everything else after a promotion is refused: the rollout is
+    over, and what is left is to finalize it in the YAML or to roll it back.
+    """
     phase, live = _checked(state, policy).phase, state.phase in {Phase.SHADOWING, Phase.PROGRESSING}
     if action in (OperatorAction.PROMOTE, OperatorAction.APPROVE) and phase is Phase.AWAITING_APPROVAL:
-        return next_step(state, policy, (), "approved by an operator", approved=True)
+        return next_step(state, policy, (), f"approved by {by}", approved=True)
     if action is OperatorAction.PROMOTE and live:
-        return next_step(state, policy, (), f"operator skipped the analysis at {_where(state, policy)}", approved=True)
+        return next_step(state, policy, (), f"{by} skipped the analysis at {_where(state, policy)}", approved=True)
     if action is OperatorAction.APPROVE and (live or phase is Phase.PAUSED):
         return Decision(Action.NONE, RolloutState(phase, state.step_index, True), "last step approved in advance")
-    if action is OperatorAction.ROLLBACK and phase not in TERMINAL:
-        return _halt(Action.ROLLBACK, state, (), "rolled back by an operator")
+    if action is OperatorAction.ROLLBACK and phase is not Phase.ROLLED_BACK:
+        return _halt(Action.ROLLBACK, state, (), f"rolled back by {by} from {phase} at {_where(state, policy)}")
     if action is OperatorAction.PAUSE and (live or phase is Phase.AWAITING_APPROVAL):
-        return _halt(Action.PAUSE, state, (), "paused by an operator")
+        return _halt(Action.PAUSE, state, (), f"paused by {by}")
     if action is OperatorAction.RESUME and phase is Phase.PAUSED:
         resumed = RolloutState(_phase_at(state.step_index, policy), state.step_index, state.approved)
         return Decision(Action.RESUME, resumed, f"resumed at {_where(state, policy)} with fresh evidence",
                         new_window=True, restart_deadline=True)
     if action is OperatorAction.RESTART and phase in (Phase.PAUSED, Phase.ROLLED_BACK):
-        return Decision(Action.RESTART, initial_state(policy), "restarted from the first step",
+        return Decision(Action.RESTART, initial_state(policy), f"restarted from the first step by {by}",
                         new_window=True, restart_deadline=True)
-    raise InvalidTransition(f"cannot {action} a rollout that is {phase}")
+    why, suggest = _refusal(phase, action)
+    raise InvalidTransition(f"cannot {action} a rollout that is {phase}: {why}", suggest)
+
+
+def _refusal(phase: Phase, action: OperatorAction) -> tuple[str, tuple[str, ...]]:
+    """Why an action is refused in a phase, and the commands that do work there."""
+    if phase is Phase.ROLLED_BACK:
+        if action is OperatorAction.ROLLBACK:
+            return "all traffic is already on the primary", ("restart",)
+        return "start it again from the first step with restart", ("restart",)
+    if phase is Phase.PROMOTED:
+        return ("the candidate is promoted; make it the primary in the YAML (finalize), or roll back to send "
+                "all traffic to the primary", ("finalize", "rollback"))
+    if phase is Phase.PAUSED:
+        return "it is paused; resume it, restart it from the first step, or roll it back", ("resume", "restart",
+                                                                                              "rollback")
+    if action is OperatorAction.RESTART:
+        return "it is still running; pause or roll it back first", ("pause", "rollback")
+    return "it is not paused; pause, promote or roll back", ("pause", "promote", "rollback")

@@ -14,6 +14,7 @@ same methods, so neither the data plane nor its readers change.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from router.policy import Choice
 from router.shadowstats import ShadowStats
 from router.splits import Splits
 from router.window import WindowCounters
+
+PREVIOUS_KEEP_S = 3600.0  # how long a replaced shadow report stays visible as `previous`
 
 
 class LiveOutcome(NamedTuple):
@@ -111,6 +114,11 @@ class Ledger:
         self.windows: dict[str, WindowCounters] = {}
         self.shadow: dict[str, ShadowStats] = {}
         self.fallbacks: defaultdict[str, int] = defaultdict(int)
+        # Routes whose mirroring the rollout loop stopped (candidate rolled back or promoted), and why:
+        # `Mirror.begin` reads it once per request, a dict lookup.
+        self.mirror_stopped: dict[str, str] = {}
+        self._compare: dict[str, object] = {}  # route -> the compare spec its shadow stats were counted with
+        self.previous_shadow: dict[str, tuple[float, ShadowStats]] = {}  # route -> (ended at, stats)
 
     # -- outcome records from the data plane (hot path: O(1), no I/O)
     def chosen(self, route: str, choice: Choice) -> None:
@@ -247,17 +255,37 @@ class Ledger:
 
     # -- reload: carry what is still valid, start afresh what the YAML changed
     def reconcile(self, config: Config) -> list[str]:
-        """Keep shadow stats of routes whose primary and shadow backend (and compare rules) are
-        unchanged; drop runtime splits of routes the YAML changed. Returns notes for the reload answer."""
+        """Keep shadow stats of routes whose primary, shadow backend and compare rules are unchanged;
+        a route whose stats start afresh keeps the old ones as its `previous` report for a while.
+        Drop runtime splits of routes the YAML changed. Returns notes for the reload answer."""
         shadow: dict[str, ShadowStats] = {}
+        now = time.time()
         for route in config.routes:
             if route.shadow is not None:
-                key = (route.primary, route.shadow.backend)
+                key, spec = (route.primary, route.shadow.backend), route.shadow.compare
                 prev = self.shadow.get(route.name)
-                shadow[route.name] = prev if prev is not None and prev.key == key else ShadowStats(*key)
+                if prev is not None and prev.key == key and self._compare.get(route.name) == spec:
+                    shadow[route.name] = prev
+                    continue
+                if prev is not None:
+                    self.previous_shadow[route.name] = (now, prev)
+                shadow[route.name] = ShadowStats(*key)
+                self._compare[route.name] = spec
         self.shadow = shadow
         stale = self.splits.reconcile(config)
         return [f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}"] if stale else []
+
+    def set_mirror_stops(self, stopped: Mapping[str, str]) -> None:
+        """The routes whose candidate no longer gets mirrored traffic, each with why (set by the rollout loop)."""
+        self.mirror_stopped = dict(stopped)
+
+    def previous_shadow_stats(self, route: str) -> tuple[float, ShadowStats] | None:
+        """The report a change of compare rules (or backends) replaced, for PREVIOUS_KEEP_S after it ended."""
+        prev = self.previous_shadow.get(route)
+        if prev is not None and time.time() - prev[0] > PREVIOUS_KEEP_S:
+            del self.previous_shadow[route]
+            return None
+        return prev
 
     # -- reads for the admin API, status page and metrics
     def snapshot(self, route: RouteConfig) -> RouteSnapshot:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,16 @@ from router.decision import (
     RolloutState,
     Snapshot,
     StepEvidence,
+    Verdict,
     decide,
+    fits,
     initial_state,
     operator_action,
 )
 from router.ledger import Ledger
+from router.lifecycle import completes, fields_text, mirror_stop, reverse_of, top_fields
 from router.state import StateStore
+from router.steps import step_label
 from router.webhook import Webhook
 from router.window import WindowCounters
 
@@ -63,16 +67,24 @@ class RouteRollout:
     last: dict[str, Any] = field(default_factory=dict)  # the last decision, as logged
     last_logged_hold: float = 0.0
     primary_only: bool = False  # state was unreadable: primary only, paused, until an operator acts
+    # The YAML made the promoted candidate the primary: the rollout is over, and the candidate now
+    # named (the former primary, kept at hand) gets nothing until the YAML asks for a new rollout.
+    completed: bool = False
+
+    @property
+    def phase(self) -> str:
+        return "completed" if self.completed else str(self.state.phase)
 
     def percent(self) -> float:
-        if self.state.phase is Phase.ROLLED_BACK or self.primary_only:
+        if self.state.phase is Phase.ROLLED_BACK or self.primary_only or self.completed:
             return 0.0
         return float(self.cfg.policy.steps[self.state.step_index])
 
     def to_json(self) -> dict[str, Any]:
         return {"key": list(self.key), "phase": str(self.state.phase), "step_index": self.state.step_index,
                 "approved": self.state.approved, "step_started_at": self.step_started_at,
-                "rollout_started_at": self.rollout_started_at, "last": self.last, "primary_only": self.primary_only}
+                "rollout_started_at": self.rollout_started_at, "last": self.last, "primary_only": self.primary_only,
+                "completed": self.completed}
 
 
 def shadowed(route: RouteConfig) -> bool:
@@ -94,6 +106,7 @@ class RolloutController:
         self.webhook = Webhook()
         self._last_persist = 0.0
         self.feedback = False
+        self._route_cfg: dict[str, RouteConfig] = {}
 
     # -- configuration
     def configure(self, config: Config) -> None:
@@ -102,26 +115,71 @@ class RolloutController:
         self.feedback = config.monitoring.feedback is not None
         routes: dict[str, RouteRollout] = {}
         for route in config.routes:
-            if route.rollout is None or route.candidate is None:
-                continue
-            key = (route.primary, route.candidate)
             current = self.routes.get(route.name)
-            if current is not None and current.key == key:
-                current.cfg = route.rollout
-                routes[route.name] = self._fit(current, route, now)
-                continue
-            routes[route.name] = self._restore(route, route.rollout, key, now)
+            finished = current is not None and not current.completed and \
+                completes(current.key, current.state.phase, route.primary)
+            if finished:
+                assert current is not None
+                self._complete(current, now)
+            if route.rollout is not None and route.candidate is not None:
+                routes[route.name] = self._configured(route, route.rollout, current, finished, now)
+        self._route_cfg = {route.name: route for route in config.routes}
         self.routes = routes
-        self.ledger.close_windows(routes)
+        self.ledger.close_windows(name for name, rr in routes.items() if not rr.completed)
         self.ledger.set_driven({name: rr.percent() for name, rr in routes.items()})
+        self._sync_mirroring()
+
+    def _configured(self, route: RouteConfig, cfg: RolloutConfig, current: RouteRollout | None, finished: bool,
+                    now: float) -> RouteRollout:
+        key = (route.primary, route.candidate or "")
+        if current is not None and current.key == key:
+            current.cfg = cfg
+            return current if current.completed else self._fit(current, route, now)
+        if finished and current is not None and reverse_of(current.key, key):
+            return self._completed(route, cfg, key, now, current.last)
+        return self._restore(route, cfg, key, now)
+
+    def _complete(self, rr: RouteRollout, now: float) -> None:
+        """Record that the YAML made the promoted candidate the primary: the rollout is over.
+        Never a new rollout: the candidate the YAML names now (the old primary) gets no traffic."""
+        primary, candidate = rr.key
+        self._append(rr, {"time": now, "route": rr.name, "actor": "router", "action": "complete",
+                          "from": {"phase": str(rr.state.phase), "step": rr.state.step_index},
+                          "phase": "completed", "step": rr.state.step_index, "candidate_percent": 0.0,
+                          "reason": f"{candidate} is the primary now (was {primary}): the rollout is complete"})
+        log.info("route %s: rollout complete: %s is the primary now", rr.name, candidate)
+
+    def _completed(self, route: RouteConfig, cfg: RolloutConfig, key: tuple[str, str], now: float,
+                   last: dict[str, Any] | None = None) -> RouteRollout:
+        """The finished rollout, kept so that the swapped-in candidate (the old primary) gets no traffic."""
+        state = RolloutState(Phase.PROMOTED, cfg.policy.last_step, True)
+        return RouteRollout(route.name, cfg, key, state, shadowed(route), now, now, dict(last or {}), completed=True)
+
+    def _sync_mirroring(self) -> None:
+        """Tell the ledger which routes' shadows stop getting copies (their rollout ended)."""
+        stops: dict[str, str] = {}
+        for name, rr in self.routes.items():
+            route = self._route_cfg.get(name)
+            why = mirror_stop(route, rr.phase) if route is not None else None
+            if why is not None:
+                stops[name] = why
+        self.ledger.set_mirror_stops(stops)
 
     def _restore(self, route: RouteConfig, cfg: RolloutConfig, key: tuple[str, str], now: float) -> RouteRollout:
         saved = self._saved.pop(route.name, None)
         if saved is not None:
             try:
-                if tuple(saved["key"]) != key:
-                    raise LookupError("the YAML changed its primary or candidate")
                 state = RolloutState(Phase(saved["phase"]), int(saved["step_index"]), bool(saved["approved"]))
+                old_key = (str(saved["key"][0]), str(saved["key"][1]))
+                if old_key != key and completes(old_key, state.phase, key[0]) and reverse_of(old_key, key):
+                    # Finished in the YAML while the router was down.
+                    old = RouteRollout(route.name, cfg, old_key, state, False, now, now)
+                    self._complete(old, now)
+                    return self._completed(route, cfg, key, now, old.last)
+                if old_key != key:
+                    raise LookupError("the YAML changed its primary or candidate")
+                if saved.get("completed"):
+                    return self._completed(route, cfg, key, now, dict(saved.get("last", {})))
                 started = float(saved["step_started_at"])
                 window = WindowCounters.from_json(key, started, saved["counters"])
                 rr = RouteRollout(route.name, cfg, key, state, window.shadowed, started,
@@ -145,15 +203,15 @@ class RolloutController:
         rr = RouteRollout(route.name, cfg, key, state, shadowed(route), now, now, primary_only=primary_only)
         self.ledger.open_window(route.name, WindowCounters(key, rr.shadowed, now))
         why = "; saved state unreadable: primary only until an operator acts" if primary_only else ""
+        where = step_label(state.step_index, cfg.policy.steps)
         self._record(rr, Decision(Action.NONE, state, f"rollout of {key[1]} against {key[0]} starts at "
-                                  f"{state.phase} step {state.step_index}{why}"), "router", now, StepEvidence())
+                                  f"{state.phase} {where}{why}"), "router", now, StepEvidence())
         return rr
 
     def _fit(self, rr: RouteRollout, route: RouteConfig, now: float) -> RouteRollout:
         """A reload may change the steps: a state that no longer fits starts the rollout afresh."""
         policy = rr.cfg.policy
-        on_last = rr.state.step_index == policy.last_step
-        if not 0 <= rr.state.step_index <= policy.last_step or (rr.state.phase is Phase.PROMOTED) != on_last:
+        if not fits(rr.state, policy):
             return self._fresh(route, rr.cfg, rr.key, now, initial_state(policy))
         if rr.shadowed != shadowed(route):
             # Where the evidence comes from changed: the window so far measured something else.
@@ -175,6 +233,8 @@ class RolloutController:
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for rr in list(self.routes.values()):
+            if rr.completed:
+                continue
             snapshot = Snapshot(rr.state, self.evidence(rr), now, rr.step_started_at, rr.rollout_started_at,
                                 shadowed=rr.shadowed, feedback=self.feedback)
             decision = decide(snapshot, rr.cfg.policy)
@@ -182,19 +242,31 @@ class RolloutController:
         if now - self._last_persist >= PERSIST_EVERY_S:
             self.persist()
 
-    def operator(self, route: str, action: OperatorAction) -> Decision:
-        """An operator's command; InvalidTransition (HTTP 409) when the phase does not allow it."""
+    def operator(self, route: str, action: OperatorAction, who: str | None = None,
+                 why: str | None = None) -> Decision:
+        """An operator's command; InvalidTransition (HTTP 409) when the phase does not allow it.
+        `who` and `why` go into the reason, the decision log and the webhook."""
         rr = self.routes[route]
-        decision = operator_action(rr.state, action, rr.cfg.policy)
+        if rr.completed:
+            raise InvalidTransition(
+                f"cannot {action} a rollout that is completed: {rr.key[0]} is the primary now; to roll out "
+                "another model, name it as the candidate in the YAML and reload")
+        decision = operator_action(rr.state, action, rr.cfg.policy, by=who or "an operator")
+        if why:
+            decision = replace(decision, reason=f"{decision.reason}: {why}")
         rr.primary_only = False  # an operator has acted
-        self.apply(rr, decision, "operator", time.time())
+        self.apply(rr, decision, "operator", time.time(), {"actor": who, "reason": why})
         self.ledger.drive(rr.name, rr.percent())
         return decision
 
-    def apply(self, rr: RouteRollout, decision: Decision, actor: str, now: float) -> None:
+    def apply(self, rr: RouteRollout, decision: Decision, actor: str, now: float,
+              operator: dict[str, str | None] | None = None) -> None:
         changed = decision.state != rr.state
         before = rr.state
         evidence = self.evidence(rr)  # what the decision was made on, before a new window
+        top = self._top_fields(rr, decision)
+        if top:
+            decision = replace(decision, reason=f"{decision.reason}; most disagreeing fields: {fields_text(top)}")
         if decision.new_window:
             self.ledger.open_window(rr.name, WindowCounters(rr.key, rr.shadowed, now))
             rr.step_started_at = now
@@ -203,7 +275,10 @@ class RolloutController:
         rr.state = decision.state
         if changed:
             self.ledger.drive(rr.name, rr.percent())
-            log.warning("route %s: %s -> %s: %s", rr.name, before.phase, rr.state.phase, decision.reason)
+            self._sync_mirroring()
+            # Promotions and steps forward are news; rollbacks and pauses (failures, timeouts) need a look.
+            level = logging.WARNING if rr.state.phase in (Phase.ROLLED_BACK, Phase.PAUSED) else logging.INFO
+            log.log(level, "route %s: %s -> %s: %s", rr.name, before.phase, rr.state.phase, decision.reason)
         if decision.action is Action.NONE and actor == "router":
             return  # a finished rollout: nothing new to say
         # Holds are logged once per interval, with their evidence; everything else always.
@@ -212,25 +287,39 @@ class RolloutController:
             return
         if hold:
             rr.last_logged_hold = now
-        self._record(rr, decision, actor, now, evidence, before=before)
+        self._record(rr, decision, actor, now, evidence, before=before, operator=operator, top=top)
         if changed or actor == "operator":
             self.persist()
-            self._notify(rr, before, decision, actor)
+            self._notify(rr, before, decision, actor, operator)
+
+    def _top_fields(self, rr: RouteRollout, decision: Decision) -> list[dict[str, Any]]:
+        """The most disagreeing fields, for a decision that stops or fails the rollout of a shadowed candidate."""
+        failing = decision.action is Action.ROLLBACK or any(g.verdict is Verdict.FAIL for g in decision.gates)
+        return top_fields(self.ledger.shadow_stats(rr.name)) if failing and rr.shadowed else []
 
     def _record(self, rr: RouteRollout, decision: Decision, actor: str, now: float, ev: StepEvidence,
-                before: RolloutState | None = None) -> None:
+                before: RolloutState | None = None, operator: dict[str, str | None] | None = None,
+                top: list[dict[str, Any]] | None = None) -> None:
+        steps = rr.cfg.policy.steps
         entry = {
             "time": now, "route": rr.name, "actor": actor, "action": str(decision.action),
             "from": {"phase": str(before.phase), "step": before.step_index} if before else None,
             "phase": str(decision.state.phase), "step": decision.state.step_index,
+            "step_label": step_label(decision.state.step_index, steps),
             "candidate_percent": rr.percent(),
             "reason": decision.reason,
             "evidence": {"comparisons": ev.comparisons, "agreements": ev.agreements,
                          "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
-                         "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors}},
+                         "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors},
+                         "top_disagreeing_fields": top or []},
             "gates": [{"gate": str(g.name), "verdict": str(g.verdict), "estimate": g.estimate, "low": g.low,
                        "high": g.high, "threshold": g.threshold, "n": g.n} for g in decision.gates],
         }
+        if operator is not None:
+            entry["operator"] = operator
+        self._append(rr, entry)
+
+    def _append(self, rr: RouteRollout, entry: dict[str, Any]) -> None:
         rr.last = entry
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +362,9 @@ class RolloutController:
         ev = self.evidence(rr)
         return {
             "route": route, "primary": rr.key[0], "candidate": rr.key[1],
-            "phase": str(rr.state.phase), "step_index": rr.state.step_index, "steps": list(policy.steps),
+            "phase": rr.phase, "step_index": rr.state.step_index, "steps": list(policy.steps),
+            "step_label": step_label(rr.state.step_index, policy.steps),
+            "mirroring_stopped": self.ledger.mirror_stopped.get(route),
             "candidate_percent": rr.percent(), "approved": rr.state.approved, "approval_required": policy.approval,
             "primary_only": rr.primary_only,
             "step_started_at": rr.step_started_at, "rollout_started_at": rr.rollout_started_at,
@@ -285,13 +376,16 @@ class RolloutController:
         }
 
     # -- webhook
-    def _notify(self, rr: RouteRollout, before: RolloutState, decision: Decision, actor: str) -> None:
+    def _notify(self, rr: RouteRollout, before: RolloutState, decision: Decision, actor: str,
+                operator: dict[str, str | None] | None = None) -> None:
         url = rr.cfg.notify
         if url is None or (before == decision.state and actor != "operator"):
             return
         payload = {"route": rr.name, "from_phase": str(before.phase), "phase": str(decision.state.phase),
-                   "step": decision.state.step_index, "candidate_percent": rr.percent(),
-                   "reason": decision.reason, "actor": actor, "time": time.time()}
+                   "step": decision.state.step_index,
+                   "step_label": step_label(decision.state.step_index, rr.cfg.policy.steps),
+                   "candidate_percent": rr.percent(), "reason": decision.reason, "actor": actor,
+                   "operator": operator, "time": time.time()}
         self.webhook.post(url, payload)
 
     async def close(self) -> None:

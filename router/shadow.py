@@ -201,6 +201,8 @@ class Mirror:
         cfg = route.shadow
         if cfg is None or live_backend != route.primary or req.method not in cfg.methods:
             return None
+        if route.name in rt.ledger.mirror_stopped:  # the rollout ended: the candidate gets no more copies
+            return None
         if cfg.percent < 100 and _draw() * 100 >= cfg.percent:
             return None
         ledger = rt.ledger

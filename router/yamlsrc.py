@@ -46,6 +46,34 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def syntax_hint(text: str, line: int, column: int) -> str | None:
+    """A plainer message for the two syntax errors people make most: a tab, and a line indented
+    to no enclosing block. None: PyYAML's own message is the best we have."""
+    lines = text.splitlines()
+    if not 0 <= line < len(lines):
+        return None
+    here = lines[line]
+    tab = here.find("\t")
+    if tab != -1 and tab <= max(column, _indent(here)):
+        return (f"a tab character at column {tab + 1}: YAML indents with spaces only; "
+                "replace the tab with spaces")
+    if not here.strip() or here.lstrip().startswith("#"):
+        return None
+    above = sorted({_indent(x) for x in lines[:line] if x.strip() and not x.lstrip().startswith("#")})
+    mine = _indent(here)
+    if not above or mine in above:
+        return None
+    lower = max((i for i in above if i < mine), default=0)
+    upper = min((i for i in above if i > mine), default=None)
+    options = f"{lower}" + (f" or {upper}" if upper is not None else "")
+    return (f"line {line + 1} is indented by {mine} spaces, which lines up with no block above it: "
+            f"did you mean {options} spaces, like the keys it belongs with?")
+
+
 class Unreadable:
     """A scalar PyYAML cannot construct (unknown tag, bad base64, a timestamp out of range...)."""
 
@@ -94,7 +122,8 @@ class Reader:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
             problem = exc.problem or exc.context or "invalid YAML"
-            self.issues.append(ConfigIssue(self.file, line, "", f"YAML syntax: {problem}"))
+            hint = syntax_hint(text, mark.line, mark.column) if mark else None
+            self.issues.append(ConfigIssue(self.file, line, "", f"YAML syntax: {hint or problem}"))
         except yaml.YAMLError as exc:
             self.issues.append(ConfigIssue(self.file, 1, "", f"YAML syntax: {exc}"))
         except RecursionError:
@@ -106,7 +135,9 @@ class Reader:
     ) -> dict[str, yaml.Node] | None:
         """The mapping's entries by key; unknown and duplicate keys are errors."""
         if not isinstance(node, yaml.MappingNode):
-            self.error(node, path, f"expected a mapping, got {type_name(node)}")
+            empty = isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and not node.value
+            hint = " (nothing is indented under it: should the lines below be indented further?)" if empty else ""
+            self.error(node, path, f"expected a mapping, got {type_name(node)}{hint}")
             return None
         out: dict[str, yaml.Node] = {}
         for key_node, value in node.value:

@@ -310,6 +310,8 @@ def test_latency_buckets() -> None:
     (POLICY, state(PA, 0), OperatorAction.RESUME, Action.RESUME, state(SH, 0)),
     (POLICY, state(PR, 2), OperatorAction.ROLLBACK, Action.ROLLBACK, state(RB, 2)),
     (POLICY, state(PA, 2), OperatorAction.ROLLBACK, Action.ROLLBACK, state(RB, 2)),
+    (POLICY, state(PM, 4), OperatorAction.ROLLBACK, Action.ROLLBACK, state(RB, 4)),  # the emergency lever
+    (APPROVAL, state(AW, 3), OperatorAction.ROLLBACK, Action.ROLLBACK, state(RB, 3)),
     (POLICY, state(RB, 2), OperatorAction.RESTART, Action.RESTART, state(SH, 0)),
     (POLICY, state(PA, 3, True), OperatorAction.RESTART, Action.RESTART, state(SH, 0)),
 ])
@@ -329,7 +331,9 @@ def test_operator_action(policy: RolloutPolicy, before: RolloutState, command: O
     (state(RB, 1), OperatorAction.RESUME),  # a rolled-back route stays so until restarted
     (state(RB, 1), OperatorAction.PROMOTE),
     (state(RB, 1), OperatorAction.ROLLBACK),
-    (state(PM, 4), OperatorAction.ROLLBACK),
+    (state(PM, 4), OperatorAction.PAUSE),
+    (state(PM, 4), OperatorAction.PROMOTE),
+    (state(RB, 4), OperatorAction.PROMOTE),
     (state(PM, 4), OperatorAction.RESTART),
     (state(PM, 4), OperatorAction.APPROVE),
 ])
@@ -337,6 +341,32 @@ def test_impossible_operator_actions(before: RolloutState, command: OperatorActi
     with pytest.raises(InvalidTransition, match=f"cannot {command}"):
         operator_action(before, command, POLICY)
     assert issubclass(InvalidTransition, ValueError)
+
+
+@pytest.mark.parametrize(("before", "command", "suggest"), [
+    (state(RB, 1), OperatorAction.PROMOTE, ("restart",)),
+    (state(RB, 1), OperatorAction.ROLLBACK, ("restart",)),
+    (state(PM, 4), OperatorAction.PAUSE, ("finalize", "rollback")),
+    (state(PM, 4), OperatorAction.RESTART, ("finalize", "rollback")),
+    (state(PA, 1), OperatorAction.PAUSE, ("resume", "restart", "rollback")),
+    (state(PR, 1), OperatorAction.RESTART, ("pause", "rollback")),
+    (state(PR, 1), OperatorAction.RESUME, ("pause", "promote", "rollback")),
+])
+def test_refusals_name_commands_that_work(before: RolloutState, command: OperatorAction,
+                                          suggest: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidTransition) as refused:
+        operator_action(before, command, POLICY)
+    assert refused.value.suggest == suggest
+    for other in suggest:
+        if other != "finalize":  # a YAML change, not an operator action
+            operator_action(before, OperatorAction(other), POLICY)  # accepted: does not raise
+
+
+def test_a_rollback_after_promotion_is_final_until_restarted() -> None:
+    back = operator_action(state(PM, 4), OperatorAction.ROLLBACK, POLICY, by="alice")
+    assert back.state == state(RB, 4) and "rolled back by alice from promoted at step 5 of 5 (100%)" in back.reason
+    assert decide(snap(back.state, GOOD), POLICY).action is Action.NONE
+    assert operator_action(back.state, OperatorAction.RESTART, POLICY).state == state(SH, 0)
 
 
 def test_approval_round_trip() -> None:
