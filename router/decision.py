@@ -31,8 +31,10 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache, reduce
+from functools import reduce
 from itertools import accumulate, pairwise
+
+from router.sequential import crossing, difference_llr, paired_llr, point_llr, rank_bounds, rate_bounds
 
 __all__ = [
     "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "Action", "Decision", "Gate", "GateResult", "Gates",
@@ -107,6 +109,19 @@ class InvalidTransition(ValueError):
 # -- policy -------------------------------------------------------------------------------------
 
 
+_ZERO_GATE_MARGIN = 0.005
+
+
+def _margin(given: float | None, gate: float | None) -> float:
+    if given is not None:
+        return given
+    return abs(gate) if gate else _ZERO_GATE_MARGIN
+
+
+def _zone_fits(gate: float, half_width: float) -> bool:
+    return half_width > 0 and gate - half_width > -1 and gate + half_width < 1
+
+
 @dataclass(frozen=True, slots=True)
 class Gates:
     """Thresholds a step must meet; None switches a gate off (at least one must stay on)."""
@@ -117,6 +132,12 @@ class Gates:
     min_accuracy_delta: float | None = None
     agreement_indifference: float = 0.005  # true agreement within this of the gate may go either way
     latency_quantile: float = 0.99
+    # A true value within these of the gate may go either way. None: the gate's own size, so a
+    # candidate no worse than the primary passes and one twice the allowance worse fails (or
+    # _ZERO_GATE_MARGIN when the gate is 0).
+    error_indifference: float | None = None
+    accuracy_indifference: float | None = None
+    latency_indifference: float = 1.25  # a factor: a ratio within gate / f .. gate x f may go either way
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,12 +151,29 @@ class Gates:
             problems.append(f"max_latency_ratio must exceed {BUCKET_FACTOR**2:.3f}, the latency histogram's resolution")
         if self.max_error_rate_increase is not None and not 0 <= self.max_error_rate_increase < 1:
             problems.append("max_error_rate_increase must lie in [0, 1)")
+        elif self.max_error_rate_increase is not None and not _zone_fits(self.max_error_rate_increase,
+                                                                         self.error_margin):
+            problems.append("max_error_rate_increase +- error_indifference must lie strictly within (-1, 1)")
         if self.min_accuracy_delta is not None and not -1 < self.min_accuracy_delta < 1:
             problems.append("min_accuracy_delta must lie in (-1, 1)")
+        elif self.min_accuracy_delta is not None and not _zone_fits(self.min_accuracy_delta,
+                                                                    self.accuracy_margin):
+            problems.append("min_accuracy_delta +- accuracy_indifference must lie strictly within (-1, 1)")
+        if not self.latency_indifference >= 1:
+            problems.append("latency_indifference must be at least 1 (a factor around max_latency_ratio)")
         if not 0.5 <= self.latency_quantile < 1:
             problems.append("latency_quantile must lie in [0.5, 1)")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def error_margin(self) -> float:
+        """The error-rate gate's indifference half-width, its default resolved."""
+        return _margin(self.error_indifference, self.max_error_rate_increase)
+
+    @property
+    def accuracy_margin(self) -> float:
+        return _margin(self.accuracy_indifference, self.min_accuracy_delta)
 
     @property
     def count(self) -> int:
@@ -226,13 +264,25 @@ class StepEvidence:
     agreements: int = 0  # ... and how many agreed
     primary: SideCounts = field(default_factory=SideCounts)
     candidate: SideCounts = field(default_factory=SideCounts)
+    pairs: int = 0  # mirrored requests both sides answered (shadowed steps) ...
+    discordant_candidate: int = 0  # ... where only the candidate erred
+    discordant_primary: int = 0  # ... where only the primary erred
 
     def __post_init__(self) -> None:
-        _check_counts([(self.agreements, self.comparisons)])
+        _check_counts([(self.agreements, self.comparisons),
+                       (self.discordant_candidate + self.discordant_primary, self.pairs)])
 
     def __add__(self, other: StepEvidence) -> StepEvidence:
         return StepEvidence(self.comparisons + other.comparisons, self.agreements + other.agreements,
-                            self.primary + other.primary, self.candidate + other.candidate)
+                            self.primary + other.primary, self.candidate + other.candidate,
+                            self.pairs + other.pairs, self.discordant_candidate + other.discordant_candidate,
+                            self.discordant_primary + other.discordant_primary)
+
+    @property
+    def paired(self) -> bool:
+        """Every request on both sides is a counted pair, so the paired error test applies.
+        (A window saved before pairs were counted, or a live canary step, is judged unpaired.)"""
+        return 0 < self.pairs == self.candidate.requests == self.primary.requests
 
     @staticmethod
     def merge(parts: Iterable[StepEvidence]) -> StepEvidence:
@@ -272,11 +322,15 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class GateResult:
-    """One gate's verdict and the bounds it was read from.
+    """One gate's verdict, the test boundaries it was read from, and a confidence interval.
 
-    Lower-is-better gates (error rate, latency) pass when `high <= threshold` and fail when
-    `low > threshold`; higher-is-better gates (agreement, accuracy) pass when `low >= threshold` and
-    fail when `high < threshold`. None is an unbounded side (no information yet).
+    `low`/`high` are the sequential test's boundaries inverted into the gate's units, not a
+    confidence interval: lower-is-better gates (error rate, latency) pass when `high <= threshold`
+    and fail when `low > threshold`; higher-is-better gates (agreement, accuracy) pass when
+    `low >= threshold` and fail when `high < threshold`. The indifference zone lets them sit inside
+    a confidence interval. `ci_low`/`ci_high` is one: a confidence sequence at `confidence`, which
+    covers the true value at every look. `zone` is the indifference zone around the threshold.
+    None is an unbounded side (no information yet).
     """
 
     name: Gate
@@ -286,12 +340,28 @@ class GateResult:
     high: float | None
     threshold: float
     n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
+    zone: tuple[float, float] | None = None
+    paired: bool = False  # the error test read discordant pairs (a shadowed step)
 
     def __str__(self) -> str:
         def f(x: float | None) -> str:
             return "?" if x is None else f"{x:.4g}"
-        return (f"{self.name} {self.verdict}: {f(self.estimate)} in [{f(self.low)}, {f(self.high)}] "
-                f"vs {self.threshold:g} (n={self.n})")
+        ci = "" if self.confidence is None else \
+            f"; {self.confidence:.4g} confidence interval [{f(self.ci_low)}, {f(self.ci_high)}]"
+        paired = ", paired" if self.paired else ""
+        return (f"{self.name} {self.verdict}: {f(self.estimate)} vs {self.threshold:g} (n={self.n}{paired}{ci}; "
+                f"test boundaries [{f(self.low)}, {f(self.high)}])")
+
+    def to_json(self) -> dict[str, object]:
+        """The decision log's record of this gate (test boundaries and the interval named apart)."""
+        return {"gate": str(self.name), "verdict": str(self.verdict), "estimate": self.estimate,
+                "low": self.low, "high": self.high, "bounds": "sequential test boundaries",
+                "ci_low": self.ci_low, "ci_high": self.ci_high, "ci_confidence": self.confidence,
+                "zone": list(self.zone) if self.zone else None, "paired": self.paired,
+                "threshold": self.threshold, "n": self.n}
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,81 +387,6 @@ class Decision:
 
 # -- statistics ---------------------------------------------------------------------------------
 
-# Jeffreys Beta(1/2, 1/2) as the mixing distribution: it puts more weight near 0 and 1 than a
-# uniform one, where error rates and accuracies live, so the sequences are tighter there.
-_PRIOR = 0.5
-_LOG_BETA_PRIOR = math.log(math.pi)
-
-
-def _log_mixture(k: float, n: float) -> float:
-    """log of the beta-mixture marginal likelihood of k hits in n trials."""
-    a, b = _PRIOR + k, _PRIOR + n - k
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b) - _LOG_BETA_PRIOR
-
-
-def _crossing(holds: Callable[[float], bool], lo: float, hi: float) -> float:
-    """Where a predicate that holds up to some point in [lo, hi] stops holding (lo or hi at the ends)."""
-    if not holds(lo):
-        return lo
-    if holds(hi):
-        return hi
-    for _ in range(45):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
-    return (lo + hi) / 2
-
-
-def _rate_bounds(k: int, n: int, gamma: float) -> tuple[float, float]:
-    """Confidence sequence for a Bernoulli rate: covers it at every n with probability >= 1 - gamma.
-
-    The set of p whose mixture likelihood ratio is still below 1/gamma; the ratio is convex in p,
-    so the set is an interval around k/n.
-    """
-    if n == 0:
-        return 0.0, 1.0
-    level, mix = -math.log(gamma), _log_mixture(k, n)
-
-    def inside(p: float) -> bool:
-        return mix - k * math.log(p) - (n - k) * math.log1p(-p) < level
-
-    tiny = 1e-15
-    hat = min(max(k / n, tiny), 1 - tiny)  # the ends themselves are log(0)
-    low = 0.0 if k == 0 else _crossing(lambda p: not inside(p), tiny, hat)
-    high = 1.0 if k == n else _crossing(inside, hat, 1 - tiny)
-    return low, high
-
-
-def _difference_bounds(kc: int, nc: int, kp: int, np_: int, gamma: float) -> tuple[float, float]:
-    """Bounds on rate_c - rate_p valid at every n with probability >= 1 - 2*gamma (union bound)."""
-    c_low, c_high = _rate_bounds(kc, nc, gamma)
-    p_low, p_high = _rate_bounds(kp, np_, gamma)
-    return c_low - p_high, c_high - p_low
-
-
-@lru_cache(maxsize=8192)
-def _rank_bounds(n: int, q: float, gamma: float) -> tuple[int, int]:
-    """[lo, hi] holding, at every n with probability >= 1 - gamma, the count of samples below the
-    true q-quantile: that count is Binomial(n, q), so this is the mixture sequence with p = q known."""
-    level = -math.log(gamma)
-
-    def inside(s: float) -> bool:
-        return _log_mixture(s, n) - s * math.log(q) - (n - s) * math.log1p(-q) < level
-
-    centre = min(n, round(n * q))
-    if not inside(centre):
-        return 0, n
-    return _last_int(lambda s: not inside(s), 0, centre) + 1, _last_int(inside, centre, n)
-
-
-def _last_int(holds: Callable[[int], bool], lo: int, hi: int) -> int:
-    """The largest integer in [lo, hi] where a predicate true up to some point holds (lo - 1 if none)."""
-    if not holds(lo):
-        return lo - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if holds(mid) else (lo, mid - 1)
-    return lo
-
 
 def _quantile_bounds(hist: tuple[int, ...], q: float, gamma: float) -> tuple[float | None, float | None]:
     """Bounds on one side's q-quantile from its histogram, valid at every n with prob >= 1 - gamma.
@@ -401,7 +396,7 @@ def _quantile_bounds(hist: tuple[int, ...], q: float, gamma: float) -> tuple[flo
     we take the bucket's outer edge. Latencies under the first bound count as the first bound.
     """
     n = sum(hist)
-    low_rank, high_rank = _rank_bounds(n, q, gamma)
+    low_rank, high_rank = rank_bounds(n, q, gamma)
     cum = list(accumulate(hist))
     low = LATENCY_BUCKETS_S[max(bisect_left(cum, low_rank) - 1, 0)] if low_rank >= 1 else None
     j = bisect_left(cum, high_rank + 1)
@@ -425,8 +420,79 @@ def _ratio(top: float | None, bottom: float | None) -> float | None:
 
 def _sprt_llr(n: int, k: int, gate: float, delta: float) -> float:
     """log of the likelihood ratio of p = gate + delta against p = gate - delta after k of n agree."""
-    p0, p1 = gate - delta, gate + delta
-    return k * math.log(p1 / p0) + (n - k) * math.log((1 - p1) / (1 - p0))
+    return point_llr(k, n, gate + delta, gate - delta)
+
+
+def _difference_bounds(kc: int, nc: int, kp: int, np_: int, gamma: float) -> tuple[float, float]:
+    """Bounds on rate_c - rate_p valid at every n with probability >= 1 - 2*gamma (union bound)."""
+    c_low, c_high = rate_bounds(kc, nc, gamma)
+    p_low, p_high = rate_bounds(kp, np_, gamma)
+    return c_low - p_high, c_high - p_low
+
+
+def _solve(f: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """Where an increasing f crosses target in [lo, hi] (the ends when it does not): Illinois
+    regula falsi, which needs a handful of evaluations for the smooth ratios here."""
+    f_lo, f_hi = f(lo) - target, f(hi) - target
+    if f_lo >= 0 or f_hi <= 0:
+        return lo if f_lo >= 0 else hi
+    side = 0
+    for _ in range(60):
+        x = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        fx = f(x) - target
+        if abs(fx) < 1e-9 or hi - lo < 1e-12:
+            return x
+        if fx > 0:
+            hi, f_hi = x, fx
+            f_lo = f_lo / 2 if side == -1 else f_lo
+            side = -1
+        else:
+            lo, f_lo = x, fx
+            f_hi = f_hi / 2 if side == 1 else f_hi
+            side = 1
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Sprt:
+    """A two-rate SPRT's result: its log likelihood ratio, the gate values at which it would pass
+    and fail (the inverted test), and whether it used the pairing."""
+
+    llr: float
+    pass_at: float
+    fail_at: float
+    paired: bool
+
+
+def _difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
+    """The SPRT of candidate-minus-primary at `threshold` -+ the indifference, oriented so that a
+    positive ratio favours the candidate (lower rates are better for errors, higher for accuracy)."""
+    c, p, g = evidence.candidate, evidence.primary, policy.gates
+    alpha, beta = error_budget(policy)
+    sign, d = (1.0, g.error_margin) if gate is Gate.ERROR_RATE else (-1.0, g.accuracy_margin)
+    paired = gate is Gate.ERROR_RATE and evidence.paired
+    if paired:
+        counts = (evidence.discordant_candidate, evidence.discordant_primary, evidence.pairs)
+
+        def llr(t: float) -> float:
+            return paired_llr(*counts, t - sign * d, t + sign * d)
+    else:
+        two = (c.errors, c.requests, p.errors, p.requests) if sign > 0 else (c.correct, c.labelled, p.correct,
+                                                                                p.labelled)
+
+        def llr(t: float) -> float:
+            return difference_llr(*two, t - sign * d, t + sign * d)
+    # The ratio rises with the gate for errors (a higher allowance favours the candidate) and falls
+    # with it for accuracy; each test boundary is where it meets Wald's threshold.
+    lo, hi = -1 + d * 1.000001, 1 - d * 1.000001
+
+    def oriented(u: float) -> float:  # increasing in u for both orientations
+        return llr(sign * u)
+
+    ends = sorted((sign * lo, sign * hi))
+    pass_at = sign * _solve(oriented, -math.log(alpha), *ends)
+    fail_at = sign * _solve(oriented, math.log(beta), *ends)
+    return _Sprt(llr(threshold), pass_at, fail_at, paired)
 
 
 # -- gates --------------------------------------------------------------------------------------
@@ -436,6 +502,10 @@ def _verdict(n: int, min_samples: int, passes: bool, fails: bool) -> Verdict:
     if n < min_samples:
         return Verdict.INCONCLUSIVE
     return Verdict.FAIL if fails else Verdict.PASS if passes else Verdict.INCONCLUSIVE
+
+
+def _ci_level(policy: RolloutPolicy) -> float:
+    return 1 - policy.confidence
 
 
 def agreement_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
@@ -454,57 +524,89 @@ def agreement_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: flo
     alpha, beta = error_budget(policy)
     llr = _sprt_llr(n, k, threshold, d)
     edge_lo, edge_hi = d * 1.000001, 1 - d * 1.000001
-    low = _crossing(lambda g: _sprt_llr(n, k, g, d) >= -math.log(alpha), edge_lo, edge_hi)
-    high = _crossing(lambda g: _sprt_llr(n, k, g, d) > math.log(beta), edge_lo, edge_hi)
+    low = crossing(lambda g: _sprt_llr(n, k, g, d) >= -math.log(alpha), edge_lo, edge_hi)
+    high = crossing(lambda g: _sprt_llr(n, k, g, d) > math.log(beta), edge_lo, edge_hi)
     verdict = _verdict(n, policy.min_samples, llr >= -math.log(alpha), llr <= math.log(beta))
+    ci = rate_bounds(k, n, _ci_level(policy))
     return GateResult(Gate.AGREEMENT, verdict, k / n if n else None, 0.0 if low == edge_lo else low,
-                      1.0 if high == edge_hi else high, threshold, n)
+                      1.0 if high == edge_hi else high, threshold, n, ci[0], ci[1], policy.confidence,
+                      (threshold - d, threshold + d))
 
 
 def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
-    """Candidate error rate minus primary's against `max_error_rate_increase`.
+    """Candidate error rate minus primary's against `max_error_rate_increase`, by an SPRT of the
+    difference at gate - d (good) against gate + d (bad), d = `error_indifference`.
 
-    Each side's rate has a confidence sequence at alpha/2 (pass side) and beta/2 (fail side), so
-    the difference of the outer bounds is anytime-valid at alpha and beta, however the sides
-    correlate. Conservative next to a paired test, but needs only the per-side counters.
+    Pass when the log likelihood ratio reaches log(1/alpha), fail when it reaches log(beta): a
+    candidate d or more above the gate passes with probability about alpha, one d or more below
+    it fails with probability about beta (see `router.sequential`). On shadowed steps both sides
+    answered the same requests, and the test reads only the discordant pairs (McNemar); otherwise
+    the two sides are independent samples. `low`/`high` invert the test (fail at every gate below
+    `low`, pass at every gate above `high`); `ci_low`/`ci_high` is a confidence sequence.
     """
     c, p = evidence.candidate, evidence.primary
     alpha, beta = error_budget(policy)
-    high = _difference_bounds(c.errors, c.requests, p.errors, p.requests, alpha / 2)[1]
-    low = _difference_bounds(c.errors, c.requests, p.errors, p.requests, beta / 2)[0]
-    n = min(c.requests, p.requests)
-    estimate = c.errors / c.requests - p.errors / p.requests if n else None
-    verdict = _verdict(n, policy.min_samples, high <= threshold, low > threshold)
-    return GateResult(Gate.ERROR_RATE, verdict, estimate, low, high, threshold, n)
+    t = _difference_sprt(evidence, policy, Gate.ERROR_RATE, threshold)
+    if t.paired:
+        n, gamma = evidence.pairs, _ci_level(policy) / 2
+        b_ci, c_ci = rate_bounds(evidence.discordant_candidate, n, gamma), rate_bounds(evidence.discordant_primary,
+                                                                                       n, gamma)
+        ci = (b_ci[0] - c_ci[1], b_ci[1] - c_ci[0])
+    else:
+        n = min(c.requests, p.requests)
+        ci = _difference_bounds(c.errors, c.requests, p.errors, p.requests, _ci_level(policy) / 2)
+    estimate = c.errors / c.requests - p.errors / p.requests if min(c.requests, p.requests) else None
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    d = policy.gates.error_margin
+    return GateResult(Gate.ERROR_RATE, verdict, estimate, t.fail_at, t.pass_at, threshold, n, ci[0], ci[1],
+                      policy.confidence, (threshold - d, threshold + d), t.paired)
 
 
 def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
-    """Candidate quantile (p99) over primary's against `max_latency_ratio`.
+    """Candidate quantile (p99) over primary's against `max_latency_ratio`, with an indifference
+    factor f = `latency_indifference`: a candidate at gate x f or slower passes with probability
+    <= alpha, one at gate / f or faster fails with probability <= beta, in between either may happen.
 
-    high = candidate's upper bound / primary's lower bound (each at alpha/2), low = candidate's
-    lower / primary's upper (each at beta/2): pass when high <= gate, fail when low > gate.
+    Each side's quantile has a confidence sequence from its rank count (`_quantile_bounds`); the
+    test passes when candidate upper / primary lower (each at alpha/2) is at most gate x f, and
+    fails when candidate lower / primary upper (each at beta/2) exceeds gate / f. When both hold
+    the truth is inside the zone, and the estimate's side of the gate decides. `high` and `low`
+    are those bounds moved into the gate's frame (the gates at which the test would pass or fail).
     """
-    q, c, p = policy.gates.latency_quantile, evidence.candidate.latency, evidence.primary.latency
+    g = policy.gates
+    q, f, c, p = g.latency_quantile, g.latency_indifference, evidence.candidate.latency, evidence.primary.latency
     alpha, beta = error_budget(policy)
     high = _ratio(_quantile_bounds(c, q, alpha / 2)[1], _quantile_bounds(p, q, alpha / 2)[0])
     low = _ratio(_quantile_bounds(c, q, beta / 2)[0], _quantile_bounds(p, q, beta / 2)[1])
     n = min(sum(c), sum(p))
-    passes, fails = high is not None and high <= threshold, low is not None and low > threshold
     estimate = _ratio(_quantile_estimate(c, q), _quantile_estimate(p, q))
-    return GateResult(Gate.LATENCY, _verdict(n, policy.min_samples, passes, fails), estimate, low, high, threshold, n)
+    passes, fails = high is not None and high <= threshold * f, low is not None and low > threshold / f
+    if passes and fails:  # both tests reject: inside the zone, where the estimate decides
+        fails = estimate is not None and estimate > threshold
+        passes = not fails
+    gamma = _ci_level(policy) / 2
+    ci = (_ratio(_quantile_bounds(c, q, gamma)[0], _quantile_bounds(p, q, gamma)[1]),
+          _ratio(_quantile_bounds(c, q, gamma)[1], _quantile_bounds(p, q, gamma)[0]))
+    return GateResult(Gate.LATENCY, _verdict(n, policy.min_samples, passes, fails), estimate,
+                      None if low is None else low * f, None if high is None else high / f, threshold, n,
+                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f))
 
 
 def accuracy_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
-    """Candidate accuracy minus primary's, from user feedback, against `min_accuracy_delta`
-    (the error-rate construction mirrored: higher is better)."""
+    """Candidate accuracy minus primary's, from user feedback, against `min_accuracy_delta`: the
+    error-rate SPRT mirrored (higher is better), d = `accuracy_indifference`, unpaired (feedback
+    scores each side's predictions separately). `low`: every gate at or below it would pass;
+    `high`: every gate above it would fail."""
     c, p = evidence.candidate, evidence.primary
     alpha, beta = error_budget(policy)
-    low = _difference_bounds(c.correct, c.labelled, p.correct, p.labelled, alpha / 2)[0]
-    high = _difference_bounds(c.correct, c.labelled, p.correct, p.labelled, beta / 2)[1]
+    t = _difference_sprt(evidence, policy, Gate.ACCURACY, threshold)
     n = min(c.labelled, p.labelled)
     estimate = c.correct / c.labelled - p.correct / p.labelled if n else None
-    verdict = _verdict(n, policy.min_samples, low >= threshold, high < threshold)
-    return GateResult(Gate.ACCURACY, verdict, estimate, low, high, threshold, n)
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    ci = _difference_bounds(c.correct, c.labelled, p.correct, p.labelled, _ci_level(policy) / 2)
+    d = policy.gates.accuracy_margin
+    return GateResult(Gate.ACCURACY, verdict, estimate, t.pass_at, t.fail_at, threshold, n, ci[0], ci[1],
+                      policy.confidence, (threshold - d, threshold + d))
 
 
 def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResult, ...]:

@@ -93,7 +93,8 @@ class Side:
 class WindowCounters:
     """The evidence of one route's current step window; summable across processes."""
 
-    __slots__ = ("agreements", "candidate", "comparisons", "primary", "shadowed")
+    __slots__ = ("agreements", "candidate", "comparisons", "discordant_candidate", "discordant_primary", "pairs",
+                 "primary", "shadowed")
 
     def __init__(self, shadowed: bool) -> None:
         self.shadowed = shadowed
@@ -101,6 +102,9 @@ class WindowCounters:
         self.agreements = 0
         self.primary = Side()
         self.candidate = Side()
+        self.pairs = 0  # mirrored requests counted on both sides, for the paired error test ...
+        self.discordant_candidate = 0  # ... where only the candidate erred
+        self.discordant_primary = 0  # ... where only the primary erred
 
     def live(self, on_candidate: bool, status: int, seconds: float) -> None:
         """A live request finished (used when the step is not shadowed)."""
@@ -119,24 +123,33 @@ class WindowCounters:
         """A mirrored request finished on both sides (shadowed steps)."""
         self.primary.record(live_ok, live_s)
         self.candidate.record(shadow_ok, shadow_s)
+        self.pairs += 1
+        self.discordant_candidate += live_ok and not shadow_ok
+        self.discordant_primary += shadow_ok and not live_ok
 
     def compared(self, agree: bool) -> None:
         self.comparisons += 1
         self.agreements += agree
 
     def evidence(self) -> StepEvidence:
-        return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts())
+        return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts(),
+                            self.pairs, self.discordant_candidate, self.discordant_primary)
 
     def to_json(self) -> dict[str, Any]:
         return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
-                "primary": self.primary.to_json(), "candidate": self.candidate.to_json()}
+                "primary": self.primary.to_json(), "candidate": self.candidate.to_json(), "pairs": self.pairs,
+                "discordant_candidate": self.discordant_candidate, "discordant_primary": self.discordant_primary}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WindowCounters:
         c = cls(bool(data["shadowed"]))
         c.comparisons, c.agreements = int(data["comparisons"]), int(data["agreements"])
         c.primary, c.candidate = Side.from_json(data["primary"]), Side.from_json(data["candidate"])
-        StepEvidence(c.comparisons, c.agreements)  # validates
+        # Windows saved before pairs were counted have none: they are judged unpaired.
+        c.pairs = int(data.get("pairs", 0))
+        c.discordant_candidate = int(data.get("discordant_candidate", 0))
+        c.discordant_primary = int(data.get("discordant_primary", 0))
+        c.evidence()  # validates
         return c
 
 
@@ -326,8 +339,7 @@ class RolloutController:
             "evidence": {"comparisons": ev.comparisons, "agreements": ev.agreements,
                          "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
                          "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors}},
-            "gates": [{"gate": str(g.name), "verdict": str(g.verdict), "estimate": g.estimate, "low": g.low,
-                       "high": g.high, "threshold": g.threshold, "n": g.n} for g in decision.gates],
+            "gates": [g.to_json() for g in decision.gates],
         }
         rr.last = entry
         try:
