@@ -4,12 +4,14 @@ direction of their verdicts in small seeded simulations, and the expected sample
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from router.config import ConfigError, parse_config
 from router.decision import (
     Gate,
     Gates,
@@ -27,6 +29,7 @@ from router.decision import (
     latency_histogram,
 )
 from router.expectation import expected_samples, expected_seconds, gate_expectations
+from router.rollout import WindowCounters
 from router.sequential import brownian_time, difference_llr, paired_llr
 from tests.test_decision import lognormal
 
@@ -309,3 +312,63 @@ def test_expected_seconds_follow_the_rate_and_the_interval() -> None:
     assert samples is not None and math.isfinite(samples)
     assert expected_seconds(s, POLICY, 10.0) == pytest.approx(max(samples / 10, POLICY.interval_s))
     assert expected_seconds(s, POLICY, 1e6) == pytest.approx(POLICY.interval_s)  # the interval still applies
+
+
+# -- configuration and the loop's pair counters --------------------------------------------------
+
+ROLLOUT_YAML = """\
+listen: 127.0.0.1:1
+backends: {{a: {{url: 'http://h:1'}}, b: {{url: 'http://h:2'}}}}
+routes:
+  - name: r
+    match: {{path: /}}
+    primary: a
+    candidate: b
+    rollout:
+      gates:
+{gates}
+"""
+
+
+def rollout_gates(lines: str) -> Gates:
+    cfg = parse_config(ROLLOUT_YAML.format(gates=lines), "t.yaml")
+    rollout = cfg.routes[0].rollout
+    assert rollout is not None
+    return rollout.policy.gates
+
+
+def test_zone_keys_are_read_and_optional() -> None:
+    assert rollout_gates("        min_agreement: 0.99") == Gates()
+    gates = rollout_gates("        max_error_rate_increase: 0.01\n        error_indifference: 0.004\n"
+                          "        min_accuracy_delta: -0.02\n        accuracy_indifference: 0.01\n"
+                          "        latency_indifference: 1.1\n        agreement_indifference: 0.002")
+    assert (gates.error_margin, gates.accuracy_margin, gates.latency_indifference, gates.agreement_indifference) == (
+        0.004, 0.01, 1.1, 0.002)
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ("        error_indifference: null", "t.yaml:10: routes[0].rollout.gates.error_indifference: expected a number"),
+    ("        latency_indifference: 0.5", "routes[0].rollout.gates: latency_indifference must be at least 1"),
+    ("        max_error_rate_increase: 0.5\n        error_indifference: 0.6", "error_indifference must lie"),
+    ("        error_margin: 0.1", "error_margin"),  # unknown keys stay errors
+])
+def test_zone_key_errors(lines: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        rollout_gates(lines)
+    assert message in str(info.value)
+
+
+def test_window_counts_discordant_pairs_and_reads_old_windows() -> None:
+    w = WindowCounters(shadowed=True)
+    for live_ok, shadow_ok in [(True, True), (True, False), (False, True), (False, False), (True, False)]:
+        w.pair(live_ok, 0.01, shadow_ok, 0.02)
+    ev = w.evidence()
+    assert (ev.pairs, ev.discordant_candidate, ev.discordant_primary) == (5, 2, 1)
+    assert (ev.candidate.errors, ev.primary.errors) == (3, 2) and ev.paired
+    assert WindowCounters.from_json(json.loads(json.dumps(w.to_json()))).evidence() == ev
+    old = w.to_json()
+    for key in ("pairs", "discordant_candidate", "discordant_primary"):
+        del old[key]
+    restored = WindowCounters.from_json(old).evidence()
+    assert restored.pairs == 0 and not restored.paired  # judged unpaired, counts intact
+    assert restored.candidate == ev.candidate
