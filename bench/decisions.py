@@ -145,14 +145,32 @@ def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str
     return "\n".join(lines), checks
 
 
+def zone_table(runs: int, rng: np.random.Generator) -> str:
+    """Median samples to a verdict at each edge of the zone, for several gates and zone widths."""
+    lines = [f"{'gate and zone':<36}{'bad edge: median | p90':>26}{'good edge: median | p90':>26}", "-" * 88]
+    for name, cases in gate_sims.zone_cases():
+        cells = []
+        for case in cases:
+            o = gate_sims.run(case, runs, rng)
+            cells.append(f"{case.truth} {o.median:,.0f} | {o.p90:,.0f}")
+        lines.append(f"{name:<36}{cells[0]:>26}{cells[1]:>26}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000, help="rollouts per true agreement (default 1000)")
     parser.add_argument("--step-runs", type=int, default=500, help="single steps per gate and edge (default 500)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--zones", action="store_true",
+                        help="only the table of samples to a verdict against the gate and its zone (slow)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
+    if args.zones:
+        print(zone_table(args.step_runs, rng))
+        print(f"({time.perf_counter() - started:.1f} s)")
+        return 0
     g = gate_sims.POLICY.gates
     print(f"Each gate alone for one step, {args.step_runs} runs per row, seed {args.seed}, looks after every batch "
           f"(25 comparisons, else 100 samples per side); confidence {gate_sims.POLICY.confidence}, alpha "

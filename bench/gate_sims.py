@@ -208,3 +208,43 @@ def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
 
 def all_cases() -> list[tuple[list[Case], int]]:
     return [agreement_cases(), error_cases(False), error_cases(True), accuracy_cases(), latency_cases((1.6,))]
+
+
+# -- expected sample size against the gate and its zone (docs/configuration.md) ---------------------
+
+
+def zone_cases() -> list[tuple[str, list[Case]]]:
+    """Agreement and error-rate gates across gates and zone widths, at both edges of each zone."""
+    rows = []
+    for gate in (0.95, 0.97, 0.98, 0.99):
+        for d in (0.005, 0.01):
+            if gate + d >= 1:
+                continue
+            policy = RolloutPolicy(gates=Gates(min_agreement=gate, agreement_indifference=d))
+
+            def judge(t: tuple[int, ...], policy: RolloutPolicy = policy, gate: float = gate) -> Verdict:
+                return agreement_gate(StepEvidence(t[0], t[1]), policy, gate).verdict
+
+            cases = [Case("agreement", f"{p:g}", wrong, _binomial(25, p), judge, 25, 40_000)
+                     for p, wrong in ((gate - d, Verdict.PASS), (gate + d, Verdict.FAIL))]
+            rows.append((f"agreement {gate} -+{d}", cases))
+    for gate, base in ((0.002, 0.01), (0.005, 0.01), (0.01, 0.01), (0.005, 0.001), (0.01, 0.05)):
+        policy = RolloutPolicy(gates=Gates(max_error_rate_increase=gate))
+        d = policy.gates.error_margin
+
+        def judge_err(t: tuple[int, ...], policy: RolloutPolicy = policy, gate: float = gate) -> Verdict:
+            return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], gate - policy.gates.error_margin,
+                                                gate + policy.gates.error_margin), t[0], policy)
+
+        cases = [Case("error rate", f"+{diff:g}", wrong, _two_binomials(100, base + diff, base), judge_err, 100,
+                      200_000) for diff, wrong in ((gate + d, Verdict.PASS), (gate - d, Verdict.FAIL))]
+        rows.append((f"error rate +{gate} -+{d:g} over {base:.1%}", cases))
+    return rows
+
+
+def _binomial(batch: int, p: float) -> Draw:
+    return lambda rng: (batch, int(rng.binomial(batch, p)))
+
+
+def _two_binomials(batch: int, pc: float, pp: float) -> Draw:
+    return lambda rng: (batch, int(rng.binomial(batch, pc)), int(rng.binomial(batch, pp)))
