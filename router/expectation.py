@@ -37,23 +37,29 @@ _LATENCY_SCALE_CAP = 1_000.0  # beyond a thousand times the current traffic we c
 
 @dataclass(frozen=True, slots=True)
 class GateExpectation:
-    """Further samples (per side, in the gate's own n) before this gate is expected to decide;
-    math.inf when no verdict is in sight, 0 when it has one already."""
+    """Further samples (per side, in the gate's own n: comparisons, requests, pairs or labels)
+    before this gate is expected to decide, math.inf when no verdict is in sight, 0 when it has one
+    already; and the seconds that takes at the rate this step has collected them so far (None
+    before any have arrived)."""
 
     gate: Gate
     samples: float
+    seconds: float | None = None
 
 
 def gate_expectations(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateExpectation, ...]:
     """One expectation per gate that applies to this step, in `evaluate_gates` order."""
     out = []
+    elapsed = snapshot.now - snapshot.step_started_at
     for result in evaluate_gates(snapshot, policy):
         if result.verdict is not Verdict.INCONCLUSIVE:
-            out.append(GateExpectation(result.name, 0.0))
+            out.append(GateExpectation(result.name, 0.0, 0.0))
             continue
         remaining = _REMAINING[result.name](snapshot.evidence, policy, result.threshold)
         floor = max(policy.min_samples - result.n, 0)  # no verdict before min_samples, whatever the evidence
-        out.append(GateExpectation(result.name, max(remaining, float(floor))))
+        samples = max(remaining, float(floor))
+        seconds = samples * elapsed / result.n if result.n and elapsed > 0 else None
+        out.append(GateExpectation(result.name, samples, seconds))
     return tuple(out)
 
 
@@ -64,15 +70,27 @@ def expected_samples(snapshot: Snapshot, policy: RolloutPolicy) -> float | None:
     return max(e.samples for e in expectations) if expectations else None
 
 
-def expected_seconds(snapshot: Snapshot, policy: RolloutPolicy, samples_per_s: float) -> float | None:
-    """`expected_samples` at a rate of samples per second per side (the smaller side: the canary's
-    share of requests, or the mirrored requests on a shadowed step), and no less than the time left
-    in the step's `interval`. None without an applicable gate or without traffic."""
-    samples = expected_samples(snapshot, policy)
-    if samples is None or samples_per_s <= 0:
+def expected_seconds(snapshot: Snapshot, policy: RolloutPolicy, samples_per_s: float | None = None) -> float | None:
+    """Seconds until every applicable gate is expected to have a verdict, and no less than the time
+    left in the step's `interval`; what the status page shows as "a verdict is expected in about N
+    minutes". Each gate's samples arrive at the rate this step has seen so far (comparisons, requests
+    and labels each at their own), or at `samples_per_s` per side when given (planning: the
+    smaller side's rate, a canary's share of requests or the mirrored requests of a shadowed step).
+    None without an applicable gate, or before any traffic says how fast samples come.
+    """
+    expectations = gate_expectations(snapshot, policy)
+    if not expectations:
         return None
+    if samples_per_s is not None:
+        if samples_per_s <= 0:
+            return None
+        times = [e.samples / samples_per_s for e in expectations]
+    else:
+        if any(e.seconds is None for e in expectations):
+            return None
+        times = [e.seconds for e in expectations if e.seconds is not None]
     interval_left = max(policy.interval_s - (snapshot.now - snapshot.step_started_at), 0.0)
-    return max(samples / samples_per_s, interval_left)
+    return max(max(times), interval_left)
 
 
 # -- the SPRT gates ------------------------------------------------------------------------------

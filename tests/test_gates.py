@@ -372,3 +372,12 @@ def test_window_counts_discordant_pairs_and_reads_old_windows() -> None:
     restored = WindowCounters.from_json(old).evidence()
     assert restored.pairs == 0 and not restored.paired  # judged unpaired, counts intact
     assert restored.candidate == ev.candidate
+
+
+def test_expected_seconds_at_the_rate_the_step_has_seen() -> None:
+    ev = window(600, 0.996, 0.01, 0.01, 1.0)
+    s = snap(ev, policy_interval_in=60)  # 600 samples in 60 s: 10 per second for every gate
+    expectations = gate_expectations(s, POLICY)
+    assert all(e.seconds == pytest.approx(e.samples / 10) for e in expectations)
+    assert expected_seconds(s, POLICY) == pytest.approx(max(max(e.samples for e in expectations) / 10, 0))
+    assert expected_seconds(snap(ev, policy_interval_in=0), POLICY) is None  # no time elapsed: no rate yet
