@@ -115,22 +115,27 @@ def _sprt_verdict(llr: float, n: int, policy: RolloutPolicy = POLICY) -> Verdict
     return Verdict.PASS if llr >= -math.log(alpha) else Verdict.INCONCLUSIVE
 
 
-def error_cases(paired: bool) -> tuple[list[Case], int]:
+def error_cases(paired: bool, shared: float | None = None) -> tuple[list[Case], int]:
+    """Unpaired (a canary step), or paired (a shadowed step) with independent errors, or with a
+    share `shared` of the primary's errors also failing the candidate (a bad input, a dependency)."""
     gate, d = POLICY.gates.max_error_rate_increase or 0.0, POLICY.gates.error_margin
     good, bad, p = gate - d, gate + d, BASE_ERRORS
     batch = 100
-    if paired:  # independent errors on the two sides: the case where pairing helps least
+    if paired:
         def judge(t: tuple[int, ...]) -> Verdict:
             return _sprt_verdict(paired_llr(t[1], t[2], t[0], good, bad), t[0])
 
-        def draw_for(diff: float) -> Draw:
+        def discordant(diff: float) -> tuple[float, float]:
             pc = p + diff
-            cells = [pc * (1 - p), p * (1 - pc), 1 - pc * (1 - p) - p * (1 - pc)]
-            return lambda rng: (batch, *(int(x) for x in rng.multinomial(batch, cells)[:2]))
+            both = pc * p if shared is None else shared * p
+            return pc - both, p - both
+
+        def draw_for(diff: float) -> Draw:
+            b, c = discordant(diff)
+            return lambda rng: (batch, *(int(x) for x in rng.multinomial(batch, [b, c, 1 - b - c])[:2]))
 
         def var(diff: float) -> float:
-            pc = p + diff
-            b, c = pc * (1 - p), p * (1 - pc)
+            b, c = discordant(diff)
             return b + c - (b - c) ** 2
     else:
         def judge(t: tuple[int, ...]) -> Verdict:
@@ -141,7 +146,7 @@ def error_cases(paired: bool) -> tuple[list[Case], int]:
 
         def var(diff: float) -> float:
             return (p + diff) * (1 - p - diff) + p * (1 - p)
-    name = "error rate, paired" if paired else "error rate"
+    name = "error rate" if not paired else "error, paired" if shared is None else f"error, {shared:.0%} shared"
     cases = [Case(name, f"+{bad:g}", Verdict.PASS, draw_for(bad), judge, batch, 60_000),
              Case(name, f"+{good:g}", Verdict.FAIL, draw_for(good), judge, batch, 60_000)]
     n = ((Z(1 - ALPHA) * math.sqrt(var(bad)) + Z(1 - BETA) * math.sqrt(var(good))) / (bad - good)) ** 2
@@ -207,7 +212,8 @@ def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
 
 
 def all_cases() -> list[tuple[list[Case], int]]:
-    return [agreement_cases(), error_cases(False), error_cases(True), accuracy_cases(), latency_cases((1.6,))]
+    return [agreement_cases(), error_cases(False), error_cases(True), error_cases(True, 0.5), accuracy_cases(),
+            latency_cases((1.6,))]
 
 
 # -- expected sample size against the gate and its zone (docs/configuration.md) ---------------------

@@ -17,17 +17,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.decision import (
-    Gate,
-    RolloutPolicy,
-    SideCounts,
-    Snapshot,
-    StepEvidence,
-    Verdict,
-    error_budget,
-    evaluate_gates,
-    latency_gate,
-)
+from router.gates import evaluate_gates, latency_gate
+from router.rollout_types import Gate, RolloutPolicy, SideCounts, Snapshot, StepEvidence, Verdict, error_budget
 from router.sequential import brownian_time, difference_llr, paired_llr, point_llr
 
 __all__ = ["GateExpectation", "expected_samples", "expected_seconds", "gate_expectations"]
