@@ -6,7 +6,7 @@ good edge a fail is a false fail (allowed: beta, the per-gate share of the rollo
 Beside each gate: the fixed-size test with the same alpha and beta (one look, at n fixed in advance).
 
 The error-rate and accuracy gates are judged here by their log likelihood ratio against Wald's
-thresholds, which is exactly their verdict (tests/test_decision.py checks it); computing the test
+thresholds, which is exactly their verdict (tests/test_gates.py checks it); computing the test
 boundaries for the decision log at every look would only slow the simulation down.
 """
 
