@@ -87,9 +87,12 @@ _ZERO_GATE_MARGIN = 0.005
 
 
 def _margin(given: float | None, gate: float | None) -> float:
+    """The given half-width, or the gate's own size, kept within half the room left to 1 so that
+    every gate valid on its own has a zone that fits."""
     if given is not None:
         return given
-    return abs(gate) if gate else _ZERO_GATE_MARGIN
+    size = abs(gate or 0.0)
+    return min(size, (1 - size) / 2) if size else _ZERO_GATE_MARGIN
 
 
 def _zone_fits(gate: float, half_width: float) -> bool:
@@ -107,8 +110,8 @@ class Gates:
     agreement_indifference: float = 0.005  # true agreement within this of the gate may go either way
     latency_quantile: float = 0.99
     # A true value within these of the gate may go either way. None: the gate's own size, so a
-    # candidate no worse than the primary passes and one twice the allowance worse fails (or
-    # _ZERO_GATE_MARGIN when the gate is 0).
+    # candidate no worse than the primary passes and one twice the allowance worse fails (at most
+    # half the room left to 1; _ZERO_GATE_MARGIN when the gate is 0).
     error_indifference: float | None = None
     accuracy_indifference: float | None = None
     latency_indifference: float = 1.25  # a factor: a ratio within gate / f .. gate x f may go either way

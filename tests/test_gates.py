@@ -381,3 +381,10 @@ def test_expected_seconds_at_the_rate_the_step_has_seen() -> None:
     assert all(e.seconds == pytest.approx(e.samples / 10) for e in expectations)
     assert expected_seconds(s, POLICY) == pytest.approx(max(max(e.samples for e in expectations) / 10, 0))
     assert expected_seconds(snap(ev, policy_interval_in=0), POLICY) is None  # no time elapsed: no rate yet
+
+
+@pytest.mark.parametrize("gate", [0.0, 0.005, 0.3, 0.5, 0.9, 0.999])
+def test_every_gate_valid_before_zones_still_is(gate: float) -> None:
+    assert Gates(max_error_rate_increase=gate).error_margin > 0
+    assert Gates(min_accuracy_delta=-gate, max_error_rate_increase=None).accuracy_margin > 0
+    assert Gates(min_accuracy_delta=gate, max_error_rate_increase=None).accuracy_margin > 0
