@@ -1,4 +1,8 @@
-"""Monte Carlo of the agreement gate through the real `decide()`: error rates and samples needed.
+"""Monte Carlo of the rollout gates: error rates and samples to a verdict under continuous looks.
+
+First every gate alone for one step, at the edges of its indifference zone, beside the
+fixed-size test with the same error rates (`bench/gate_sims.py`). Then whole rollouts of the
+agreement gate through the real `decide()`:
 
 Thousands of rollouts with a known true agreement are fed to `router.decision.decide` the way the
 loop sees them: a batch of 50 shadow comparisons every 5 s, one evaluation per batch, counters
@@ -6,7 +10,7 @@ reset when a step advances. A batch is drawn as Binomial(50, p), exactly the sum
 comparisons, since `decide` only sees the counts. Beside it, the naive rule (agreement >= gate
 after 500 comparisons) and a fixed-sample-size test with the same per-step error rates.
 
-    python bench/decisions.py [--runs 2000] [--seed 1]
+    python bench/decisions.py [--runs 1000] [--step-runs 500] [--seed 1]
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from statistics import NormalDist
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gate_sims  # bench/ is the script's directory, so on sys.path
 
 from router.decision import (
     Action,
@@ -120,15 +126,66 @@ def table(rows: list[tuple[str, Figures]], runs: int) -> str:
     return "\n".join(lines)
 
 
+def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str, bool]]]:
+    """Every gate for one step at its zone's edges, and the issue's targets checked."""
+    head = (f"{'gate':<20}{'true value':>12}{'wrong verdict':>20}{'inconclusive':>15}{'median n':>10}"
+            f"{'p90 n':>9}{'fixed n':>9}{'median/fixed':>14}")
+    lines, medians = [head, "-" * len(head)], {}
+    for cases, fixed in gate_sims.all_cases():
+        for case in cases:
+            o = gate_sims.run(case, runs, rng)
+            medians[(case.gate, case.truth)] = o.median
+            wrong = f"{case.wrong} {percent(o.wrong, runs)}"
+            lines.append(f"{case.gate:<20}{case.truth:>12}{wrong:>20}{100 * o.inconclusive:>14.1f}%"
+                         f"{o.median:>10,.0f}{o.p90:>9,.0f}{fixed:>9,}{o.median / fixed:>14.2f}")
+    checks = [("error rate median <= 10,000 per side",
+               max(v for (g, _), v in medians.items() if g.startswith("error")) <= 10_000),
+              ("latency median <= 3,500 per side at x1 and x1.6",
+               max(medians[("latency p99", "x1")], medians[("latency p99", "x1.6")]) <= 3_500)]
+    return "\n".join(lines), checks
+
+
+def zone_table(runs: int, rng: np.random.Generator) -> str:
+    """Median samples to a verdict at each edge of the zone, for several gates and zone widths."""
+    lines = [f"{'gate and zone':<36}{'bad edge: median | p90':>26}{'good edge: median | p90':>26}", "-" * 88]
+    for name, cases in gate_sims.zone_cases():
+        cells = []
+        for case in cases:
+            o = gate_sims.run(case, runs, rng)
+            cells.append(f"{case.truth} {o.median:,.0f} | {o.p90:,.0f}")
+        lines.append(f"{name:<36}{cells[0]:>26}{cells[1]:>26}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2000, help="rollouts per true agreement (default 2000)")
+    parser.add_argument("--runs", type=int, default=1000, help="rollouts per true agreement (default 1000)")
+    parser.add_argument("--step-runs", type=int, default=500, help="single steps per gate and edge (default 500)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--zones", action="store_true",
+                        help="only the table of samples to a verdict against the gate and its zone (slow)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
+    if args.zones:
+        print(zone_table(args.step_runs, rng))
+        print(f"({time.perf_counter() - started:.1f} s)")
+        return 0
+    g = gate_sims.POLICY.gates
+    print(f"Each gate alone for one step, {args.step_runs} runs per row, seed {args.seed}, looks after every batch "
+          f"(25 comparisons, else 100 samples per side); confidence {gate_sims.POLICY.confidence}, alpha "
+          f"{gate_sims.ALPHA:.3g}, beta {gate_sims.BETA:.3g} (accuracy: four gates share beta)")
+    print(f"zones: agreement {g.min_agreement} -+{g.agreement_indifference}; error rate +{g.max_error_rate_increase} "
+          f"-+{g.error_margin} over a {gate_sims.BASE_ERRORS:.0%} primary (paired: independent errors); "
+          f"accuracy -0.01 -+{gate_sims.WITH_ACCURACY.gates.accuracy_margin} at {gate_sims.BASE_ACCURACY:.0%}; "
+          f"latency p99 "
+          f"{g.max_latency_ratio} x/ {g.latency_indifference} (lognormal, sigma {gate_sims.SIGMA})")
+    print("wrong verdict: a pass at the bad edge (or beyond), a fail at the good edge; n: samples per side "
+          "(pairs when paired) at the verdict; caps 20,000 (agreement, latency), 60,000 (the others)\n")
+    text, gate_checks = gate_table(args.step_runs, rng)
+    print(text + "\n")
     alpha, beta = error_budget(POLICY)
     n_fixed, critical = fixed_size(alpha, beta)
-    started = time.perf_counter()
     seq = sequential(args.runs, rng)
     rows = [
         ("sequential: decide() (SPRT)", seq),
@@ -145,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, args.runs))
     checks = [("false promotion <= 1%", seq.false_promotion <= 0.01),
               ("false rollback <= 1%", seq.false_rollback <= 0.01),
-              (f"median n below the fixed n {n_fixed:,}", max(np.median(seq.n_bad), np.median(seq.n_good)) < n_fixed)]
+              (f"median n below the fixed n {n_fixed:,}", max(np.median(seq.n_bad), np.median(seq.n_good)) < n_fixed),
+              *gate_checks]
     print("\ntargets: " + "; ".join(f"{name}: {'ok' if ok else 'MISSED'}" for name, ok in checks))
     print(f"({time.perf_counter() - started:.1f} s)")
     return 0

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -741,20 +741,25 @@ def _rollout(r: Reader, node: yaml.Node, path: str) -> RolloutConfig | None:
     return RolloutConfig(policy, notify)
 
 
+_ZONE_KEYS = ("agreement_indifference", "error_indifference", "accuracy_indifference", "latency_indifference")
+
+
 def _gates(r: Reader, node: yaml.Node, path: str) -> Gates | None:
-    m = r.mapping(node, path, frozenset(_GATE_KEYS))
+    m = r.mapping(node, path, frozenset(_GATE_KEYS + _ZONE_KEYS))
     if m is None:
         return None
     d = Gates()
-    values: dict[str, float | None] = {k: getattr(d, k) for k in _GATE_KEYS}
+    values: dict[str, float | None] = {k: getattr(d, k) for k in _GATE_KEYS + _ZONE_KEYS}
     for key, value_node in m.items():
-        # An explicit null switches a gate off.
-        values[key] = None if yaml_null(value_node) else r.number(value_node, join(path, key))
-        if values[key] is None and not yaml_null(value_node):
+        # An explicit null switches a gate off; an indifference zone always has a width.
+        nullable = key in _GATE_KEYS and yaml_null(value_node)
+        values[key] = None if nullable else r.number(value_node, join(path, key))
+        if values[key] is None and not nullable:
             return None
+    zones: dict[str, Any] = {k: values[k] for k in _ZONE_KEYS if values[k] is not None}
     try:
         return Gates(values["min_agreement"], values["max_latency_ratio"], values["max_error_rate_increase"],
-                     values["min_accuracy_delta"])
+                     values["min_accuracy_delta"], **zones)
     except ValueError as exc:
         r.error(node, path, str(exc))
         return None

@@ -312,8 +312,7 @@ class RolloutController:
                          "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
                          "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors},
                          "top_disagreeing_fields": top or []},
-            "gates": [{"gate": str(g.name), "verdict": str(g.verdict), "estimate": g.estimate, "low": g.low,
-                       "high": g.high, "threshold": g.threshold, "n": g.n} for g in decision.gates],
+            "gates": [g.to_json() for g in decision.gates],
         }
         if operator is not None:
             entry["operator"] = operator

@@ -52,7 +52,8 @@ class WindowSide:
 class WindowCounters:
     """The evidence of one route's current step window, for the rollout of `key` = (primary, candidate)."""
 
-    __slots__ = ("agreements", "candidate", "comparisons", "key", "primary", "shadowed", "started_at")
+    __slots__ = ("agreements", "candidate", "comparisons", "discordant_candidate", "discordant_primary", "key",
+                 "pairs", "primary", "shadowed", "started_at")
 
     def __init__(self, key: tuple[str, str], shadowed: bool, started_at: float) -> None:
         self.key = key
@@ -62,6 +63,9 @@ class WindowCounters:
         self.agreements = 0
         self.primary = WindowSide()
         self.candidate = WindowSide()
+        self.pairs = 0  # mirrored requests counted on both sides, for the paired error test ...
+        self.discordant_candidate = 0  # ... where only the candidate erred
+        self.discordant_primary = 0  # ... where only the primary erred
 
     def live(self, backend: str, status: int, seconds: float) -> None:
         """A live request finished (evidence only when the step is not shadowed)."""
@@ -83,6 +87,9 @@ class WindowCounters:
         """A mirrored request finished on both sides (shadowed steps)."""
         self.primary.record(live_ok, live_s)
         self.candidate.record(shadow_ok, shadow_s)
+        self.pairs += 1
+        self.discordant_candidate += live_ok and not shadow_ok
+        self.discordant_primary += shadow_ok and not live_ok
 
     def compared(self, agree: bool) -> None:
         self.comparisons += 1
@@ -95,16 +102,22 @@ class WindowCounters:
             side.correct += correct
 
     def evidence(self) -> StepEvidence:
-        return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts())
+        return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts(),
+                            self.pairs, self.discordant_candidate, self.discordant_primary)
 
     def to_json(self) -> dict[str, Any]:
         return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
-                "primary": self.primary.to_json(), "candidate": self.candidate.to_json()}
+                "primary": self.primary.to_json(), "candidate": self.candidate.to_json(), "pairs": self.pairs,
+                "discordant_candidate": self.discordant_candidate, "discordant_primary": self.discordant_primary}
 
     @classmethod
     def from_json(cls, key: tuple[str, str], started_at: float, data: dict[str, Any]) -> WindowCounters:
         c = cls(key, bool(data["shadowed"]), started_at)
         c.comparisons, c.agreements = int(data["comparisons"]), int(data["agreements"])
         c.primary, c.candidate = WindowSide.from_json(data["primary"]), WindowSide.from_json(data["candidate"])
-        StepEvidence(c.comparisons, c.agreements)  # validates
+        # Windows saved before pairs were counted have none: they are judged unpaired.
+        c.pairs = int(data.get("pairs", 0))
+        c.discordant_candidate = int(data.get("discordant_candidate", 0))
+        c.discordant_primary = int(data.get("discordant_primary", 0))
+        c.evidence()  # validates
         return c

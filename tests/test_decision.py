@@ -105,13 +105,17 @@ def test_agreement_gate(n: int, k: int, verdict: Verdict) -> None:
     (SideCounts(50_000, 50), SideCounts(50_000, 50), PASS),  # 0.1% both sides
     (SideCounts(5_000, 10), SideCounts(100_000, 500), PASS),  # candidate better, small canary
     (SideCounts(20_000, 2_000), SideCounts(20_000, 200), FAIL),  # 10% against 1%
-    (SideCounts(5_000, 60), SideCounts(5_000, 50), INC),  # 1.2% against 1%: too little to tell
+    (SideCounts(1_000, 15), SideCounts(1_000, 10), INC),  # 1.5% against 1%: too little to tell
+    (SideCounts(5_000, 60), SideCounts(5_000, 50), PASS),  # +0.2 points: inside the zone, below the gate
+    (SideCounts(10_000, 210), SideCounts(10_000, 100), FAIL),  # +1.1 points: beyond the zone's bad edge
 ])
 def test_error_rate_gate(candidate: SideCounts, primary: SideCounts, verdict: Verdict) -> None:
     result = error_rate_gate(StepEvidence(candidate=candidate, primary=primary), POLICY, 0.005)
     assert result.verdict is verdict
-    assert result.low is not None and result.high is not None
-    assert result.low <= (result.estimate or 0.0) <= result.high
+    assert result.low is not None and result.high is not None and result.low <= result.high
+    assert result.ci_low is not None and result.ci_high is not None
+    assert result.ci_low <= (result.estimate or 0.0) <= result.ci_high
+    assert (result.zone, result.paired) == ((0.0, 0.01), False)
 
 
 @pytest.mark.parametrize(("n_candidate", "n_primary", "ratio", "verdict"), [
@@ -121,7 +125,8 @@ def test_error_rate_gate(candidate: SideCounts, primary: SideCounts, verdict: Ve
     (5_000, 100_000, 1.0, PASS),  # 5% canary
     (20_000, 20_000, 2.0, FAIL),
     (20_000, 20_000, 1.5, FAIL),
-    (2_000, 2_000, 1.1, INC),  # p99 of 2,000 samples cannot be bounded to within 25%
+    (1_000, 1_000, 1.1, INC),  # p99 of 1,000 samples cannot be bounded to within the zone
+    (2_000, 2_000, 1.4, INC),  # inside the zone, not yet clear of its bad edge
 ])
 def test_latency_gate(n_candidate: int, n_primary: int, ratio: float, verdict: Verdict) -> None:
     ev = StepEvidence(candidate=side(n_candidate, median_s=0.05 * ratio), primary=side(n_primary))

@@ -1,0 +1,256 @@
+"""One step of each rollout gate under continuous looks, at the edges of its indifference zone.
+
+Each run feeds a gate batches of simulated traffic and judges after every batch, as the loop does,
+until a verdict or a cap. At the zone's bad edge a pass is a false pass (allowed: alpha); at its
+good edge a fail is a false fail (allowed: beta, the per-gate share of the rollout's budget).
+Beside each gate: the fixed-size test with the same alpha and beta (one look, at n fixed in advance).
+
+The error-rate and accuracy gates are judged here by their log likelihood ratio against Wald's
+thresholds, which is exactly their verdict (tests/test_gates.py checks it); computing the test
+boundaries for the decision log at every look would only slow the simulation down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from router.decision import (
+    LATENCY_BUCKETS_S,
+    Gates,
+    RolloutPolicy,
+    SideCounts,
+    StepEvidence,
+    Verdict,
+    agreement_gate,
+    error_budget,
+    latency_gate,
+)
+from router.sequential import difference_llr, paired_llr
+
+POLICY = RolloutPolicy()  # the defaults: agreement, error-rate and latency gates
+ALPHA, BETA = error_budget(POLICY)
+WITH_ACCURACY = RolloutPolicy(gates=Gates(min_accuracy_delta=-0.01))  # its own beta: four gates share it
+Z = NormalDist().inv_cdf
+BUCKETS = np.array(LATENCY_BUCKETS_S)
+
+# A batch of traffic: (successes or a histogram, ...) for one look; a judge maps the running sums to a verdict.
+Draw = Callable[[np.random.Generator], tuple[int, ...]]
+Judge = Callable[[tuple[int, ...]], Verdict]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One gate at one edge of its zone: what a wrong verdict is there, and how to simulate it."""
+
+    gate: str
+    truth: str
+    wrong: Verdict
+    draw: Draw
+    judge: Judge
+    batch: int  # samples per side per look
+    cap: int  # samples per side after which the run counts as inconclusive
+
+
+@dataclass(frozen=True)
+class Outcome:
+    wrong: float
+    inconclusive: float
+    median: float
+    p90: float
+
+
+def run(case: Case, runs: int, rng: np.random.Generator) -> Outcome:
+    wrong = stuck = 0
+    used: list[int] = []
+    for _ in range(runs):
+        totals: tuple[int, ...] = ()
+        for n in range(case.batch, case.cap + 1, case.batch):
+            batch = case.draw(rng)
+            totals = batch if not totals else tuple(a + b for a, b in zip(totals, batch, strict=True))
+            verdict = case.judge(totals)
+            if verdict is not Verdict.INCONCLUSIVE:
+                wrong += verdict is case.wrong
+                used.append(n)
+                break
+        else:
+            stuck += 1
+            used.append(case.cap)
+    return Outcome(wrong / runs, stuck / runs, float(np.median(used)), float(np.percentile(used, 90)))
+
+
+# -- agreement ------------------------------------------------------------------------------------
+
+
+def agreement_cases() -> tuple[list[Case], int]:
+    gate, d = POLICY.gates.min_agreement or 0.99, POLICY.gates.agreement_indifference
+
+    def judge(t: tuple[int, ...]) -> Verdict:
+        return agreement_gate(StepEvidence(t[0], t[1]), POLICY, gate).verdict
+
+    def case(p: float, truth: str, wrong: Verdict) -> Case:
+        return Case("agreement", truth, wrong, lambda rng: (25, int(rng.binomial(25, p))), judge, 25, 20_000)
+
+    bad, good = gate - d, gate + d
+    n = ((Z(1 - ALPHA) * math.sqrt(bad * (1 - bad)) + Z(1 - BETA) * math.sqrt(good * (1 - good))) / (2 * d)) ** 2
+    return [case(bad, f"{bad:g}", Verdict.PASS), case(good, f"{good:g}", Verdict.FAIL)], math.ceil(n)
+
+
+# -- error rate -----------------------------------------------------------------------------------
+
+BASE_ERRORS = 0.01
+
+
+def _sprt_verdict(llr: float, n: int, policy: RolloutPolicy = POLICY) -> Verdict:
+    """The error-rate and accuracy gates' verdict from their log likelihood ratio."""
+    alpha, beta = error_budget(policy)
+    if n < policy.min_samples:
+        return Verdict.INCONCLUSIVE
+    if llr <= math.log(beta):
+        return Verdict.FAIL
+    return Verdict.PASS if llr >= -math.log(alpha) else Verdict.INCONCLUSIVE
+
+
+def error_cases(paired: bool, shared: float | None = None) -> tuple[list[Case], int]:
+    """Unpaired (a canary step), or paired (a shadowed step) with independent errors, or with a
+    share `shared` of the primary's errors also failing the candidate (a bad input, a dependency)."""
+    gate, d = POLICY.gates.max_error_rate_increase or 0.0, POLICY.gates.error_margin
+    good, bad, p = gate - d, gate + d, BASE_ERRORS
+    batch = 100
+    if paired:
+        def judge(t: tuple[int, ...]) -> Verdict:
+            return _sprt_verdict(paired_llr(t[1], t[2], t[0], good, bad), t[0])
+
+        def discordant(diff: float) -> tuple[float, float]:
+            pc = p + diff
+            both = pc * p if shared is None else shared * p
+            return pc - both, p - both
+
+        def draw_for(diff: float) -> Draw:
+            b, c = discordant(diff)
+            return lambda rng: (batch, *(int(x) for x in rng.multinomial(batch, [b, c, 1 - b - c])[:2]))
+
+        def var(diff: float) -> float:
+            b, c = discordant(diff)
+            return b + c - (b - c) ** 2
+    else:
+        def judge(t: tuple[int, ...]) -> Verdict:
+            return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], good, bad), t[0])
+
+        def draw_for(diff: float) -> Draw:
+            return lambda rng: (batch, int(rng.binomial(batch, p + diff)), int(rng.binomial(batch, p)))
+
+        def var(diff: float) -> float:
+            return (p + diff) * (1 - p - diff) + p * (1 - p)
+    name = "error rate" if not paired else "error, paired" if shared is None else f"error, {shared:.0%} shared"
+    cases = [Case(name, f"+{bad:g}", Verdict.PASS, draw_for(bad), judge, batch, 60_000),
+             Case(name, f"+{good:g}", Verdict.FAIL, draw_for(good), judge, batch, 60_000)]
+    n = ((Z(1 - ALPHA) * math.sqrt(var(bad)) + Z(1 - BETA) * math.sqrt(var(good))) / (bad - good)) ** 2
+    return cases, math.ceil(n)
+
+
+# -- accuracy -------------------------------------------------------------------------------------
+
+BASE_ACCURACY = 0.9
+
+
+def accuracy_cases() -> tuple[list[Case], int]:
+    gate, d = WITH_ACCURACY.gates.min_accuracy_delta or 0.0, WITH_ACCURACY.gates.accuracy_margin
+    good, bad, p, batch = gate + d, gate - d, BASE_ACCURACY, 100
+    alpha, beta = error_budget(WITH_ACCURACY)
+
+    def judge(t: tuple[int, ...]) -> Verdict:
+        return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], good, bad), t[0], WITH_ACCURACY)
+
+    def draw_for(diff: float) -> Draw:
+        return lambda rng: (batch, int(rng.binomial(batch, p + diff)), int(rng.binomial(batch, p)))
+
+    def var(diff: float) -> float:
+        return (p + diff) * (1 - p - diff) + p * (1 - p)
+
+    cases = [Case("accuracy", f"{bad:+g}", Verdict.PASS, draw_for(bad), judge, batch, 60_000),
+             Case("accuracy", f"{good:+g}", Verdict.FAIL, draw_for(good), judge, batch, 60_000)]
+    n = ((Z(1 - alpha) * math.sqrt(var(bad)) + Z(1 - beta) * math.sqrt(var(good))) / (good - bad)) ** 2
+    return cases, math.ceil(n)
+
+
+# -- latency --------------------------------------------------------------------------------------
+
+MEDIAN_S, SIGMA = 0.05, 0.5  # lognormal latencies: p99 is about 3.2 times the median
+
+
+def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
+    g = POLICY.gates
+    gate, f, q, batch = g.max_latency_ratio or 1.25, g.latency_indifference, g.latency_quantile, 100
+
+    def judge(t: tuple[int, ...]) -> Verdict:
+        half = len(t) // 2
+        ev = StepEvidence(primary=SideCounts(sum(t[:half]), latency=t[:half]),
+                          candidate=SideCounts(sum(t[half:]), latency=t[half:]))
+        return latency_gate(ev, POLICY, gate).verdict
+
+    def draw_for(ratio: float) -> Draw:
+        def draw(rng: np.random.Generator) -> tuple[int, ...]:
+            lat = MEDIAN_S * np.exp(SIGMA * rng.standard_normal((2, batch)))
+            lat[1] *= ratio
+            hists = [np.bincount(np.searchsorted(BUCKETS, side), minlength=len(BUCKETS) + 1) for side in lat]
+            return tuple(int(x) for x in np.concatenate(hists))
+        return draw
+
+    edges = [(gate * f, Verdict.PASS), (gate / f, Verdict.FAIL)]
+    edges += [(r, Verdict.PASS if r > gate else Verdict.FAIL) for r in ratios]
+    cases = [Case("latency p99", f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000) for r, wrong in edges]
+    # The sample p99's log has sd sigma * sqrt(q(1-q)) / phi(z_q) / sqrt(n) per side (normal
+    # approximation, shape known): a parametric fixed-size test, kinder than a distribution-free one.
+    sd = math.sqrt(2) * SIGMA * math.sqrt(q * (1 - q)) / NormalDist().pdf(Z(q))
+    n = ((Z(1 - ALPHA) + Z(1 - BETA)) * sd / (2 * math.log(f))) ** 2
+    return cases, math.ceil(n)
+
+
+def all_cases() -> list[tuple[list[Case], int]]:
+    return [agreement_cases(), error_cases(False), error_cases(True), error_cases(True, 0.5), accuracy_cases(),
+            latency_cases((1.6,))]
+
+
+# -- expected sample size against the gate and its zone (docs/configuration.md) ---------------------
+
+
+def zone_cases() -> list[tuple[str, list[Case]]]:
+    """Agreement and error-rate gates across gates and zone widths, at both edges of each zone."""
+    rows = []
+    for gate in (0.95, 0.97, 0.98, 0.99):
+        for d in (0.005, 0.01):
+            if gate + d >= 1:
+                continue
+            policy = RolloutPolicy(gates=Gates(min_agreement=gate, agreement_indifference=d))
+
+            def judge(t: tuple[int, ...], policy: RolloutPolicy = policy, gate: float = gate) -> Verdict:
+                return agreement_gate(StepEvidence(t[0], t[1]), policy, gate).verdict
+
+            cases = [Case("agreement", f"{p:g}", wrong, _binomial(25, p), judge, 25, 40_000)
+                     for p, wrong in ((gate - d, Verdict.PASS), (gate + d, Verdict.FAIL))]
+            rows.append((f"agreement {gate} -+{d}", cases))
+    for gate, base in ((0.002, 0.01), (0.005, 0.01), (0.01, 0.01), (0.005, 0.001), (0.01, 0.05)):
+        policy = RolloutPolicy(gates=Gates(max_error_rate_increase=gate))
+        d = policy.gates.error_margin
+
+        def judge_err(t: tuple[int, ...], policy: RolloutPolicy = policy, gate: float = gate) -> Verdict:
+            return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], gate - policy.gates.error_margin,
+                                                gate + policy.gates.error_margin), t[0], policy)
+
+        cases = [Case("error rate", f"+{diff:g}", wrong, _two_binomials(100, base + diff, base), judge_err, 100,
+                      200_000) for diff, wrong in ((gate + d, Verdict.PASS), (gate - d, Verdict.FAIL))]
+        rows.append((f"error rate +{gate} -+{d:g} over {base:.1%}", cases))
+    return rows
+
+
+def _binomial(batch: int, p: float) -> Draw:
+    return lambda rng: (batch, int(rng.binomial(batch, p)))
+
+
+def _two_binomials(batch: int, pc: float, pp: float) -> Draw:
+    return lambda rng: (batch, int(rng.binomial(batch, pc)), int(rng.binomial(batch, pp)))
