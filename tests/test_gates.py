@@ -29,8 +29,8 @@ from router.decision import (
     latency_histogram,
 )
 from router.expectation import expected_samples, expected_seconds, gate_expectations
-from router.window import WindowCounters
 from router.sequential import brownian_time, difference_llr, paired_llr
+from router.window import WindowCounters
 from tests.test_decision import lognormal
 
 POLICY = RolloutPolicy()
