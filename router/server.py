@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from router.http11 import error_response
+from router.http11 import connection_tokens, error_response
 from router.proxy import Exchange
 from router.request import Header, Request
 
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.server")
 _NEVER = float("inf")
 CLIENT_READING = "client to read the response"
+LINGERING = "lingering close"
+# After an error response that closes the connection, keep reading and discarding what the client
+# still sends (nginx's lingering_close), so that a client sending its whole body before reading
+# gets the response instead of a reset: at most LINGER_TIME in all, LINGER_IDLE between reads,
+# LINGER_BYTES in all.
+LINGER_TIME = 30.0
+LINGER_IDLE = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
+_DEFAULT_WRITE_BUFFER = 64 * 1024  # uvloop's and asyncio's own high-water mark
 
 
 class Rejected(Exception):
@@ -107,6 +116,13 @@ class ClientConnection(asyncio.Protocol):
         self.pending_reject: bytes | None = None
         self.deadline = _NEVER  # loop time when on_deadline fires
         self.deadline_reason = ""
+        self._write_paused = False  # the client's output buffer is over its high-water mark
+        self._reading_paused = False
+        self._running = False  # inside _next's loop: a nested call leaves the work to it
+        self._lingering = False
+        self._linger_left = 0
+        self._linger_end = 0.0
+        self._upgrade_ignored = False
         # the request being parsed
         self._url = b""
         self._headers: list[Header] = []
@@ -118,7 +134,9 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._head_size = 0
         self._started = 0.0
-        self._limits = server.runtime().config.limits
+        self._body_base = 0.0  # body deadline before the min_body_rate credit; 0 until the body starts
+        self._limits = limits = server.runtime().config.limits
+        self._inv_rate = 1.0 / limits.min_body_rate
 
     @property
     def draining(self) -> bool:
@@ -136,10 +154,15 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
+        if self._limits.client_write_buffer != _DEFAULT_WRITE_BUFFER:
+            high = self._limits.client_write_buffer
+            transport.set_write_buffer_limits(high, high // 4)  # type: ignore[attr-defined]
         self.set_deadline(self._limits.header_timeout, "request headers")
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            if self._lingering:
+                self._discard(len(data))
             return
         if not self._in_body:
             self._head_bytes += len(data)  # bytes of a head that may be arriving one at a time
@@ -154,7 +177,10 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(500, "internal error while reading the request")
             return
         except httptools.HttpParserUpgrade:
-            self._reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
+            # llhttp stops after a request asking to switch protocols. h2c was answered in
+            # HTTP/1.1 and closes; anything else was refused in on_message_complete.
+            if not self._upgrade_ignored:
+                self._reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
             return
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request: {exc}")
@@ -169,25 +195,32 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._lingering = False
         self.server.connections.discard(self)
         if self.exchange is not None:
             self.exchange.abort()
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        # The client reads slower than the backend sends: stop reading the backend (so nothing
-        # piles up here) and give the client a deadline to catch up.
+        # The client reads slower than we answer: stop reading the backend and the client (so
+        # nothing piles up here: pipelined requests wait unread in the kernel) and give the
+        # client a deadline to catch up, which no later request may move.
         ex = self.exchange
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
+        self._pause_reading()
         self.set_deadline(self._limits.idle_timeout, CLIENT_READING)
+        self._write_paused = True
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         ex = self.exchange
         if ex is not None:
             if ex.upstream is not None:
                 ex.upstream.resume_reading()
             self.set_deadline(ex.timeout, "backend response body")
+        else:
+            self._next()
 
     # -- llhttp callbacks
     def on_message_begin(self) -> None:
@@ -210,6 +243,8 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            return  # a chunked body's trailer: dropped, never a header (as nginx does)
         if b"_" in name:
             # Some frameworks map X_Forwarded_For to X-Forwarded-For: never let it through.
             raise Rejected(400, f"header name with an underscore refused: {name.decode('latin-1')}")
@@ -235,6 +270,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._in_body = True
         self._head_bytes = 0
+        self._body_base = 0.0
         version = self.parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise Rejected(400, f"unsupported HTTP version {version}")
@@ -243,8 +279,17 @@ class ClientConnection(asyncio.Protocol):
         index = self._index
         if version == "1.1" and b"host" not in index:
             raise Rejected(400, "HTTP/1.1 request without a Host header")
-        if version == "1.0" and b"transfer-encoding" in index:
-            raise Rejected(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        te = index.get(b"transfer-encoding")
+        if te is not None:
+            if version == "1.0":
+                raise Rejected(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+            te = te.lower()
+            if te != b"chunked":
+                # RFC 9112 6.3: without chunked last the length is unknowable (400); codings
+                # before it (gzip, chunked) would be silently dropped, so: not implemented, as nginx.
+                if te.rsplit(b",", 1)[-1].strip() != b"chunked":
+                    raise Rejected(400, f"Transfer-Encoding must end with chunked: {te.decode('latin-1')}")
+                raise Rejected(501, f"transfer coding not supported: {te.decode('latin-1')} (only chunked)")
         length = index.get(b"content-length")
         if length is not None and int(length) > self._limits.max_body:  # llhttp checked it is one number
             raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
@@ -259,7 +304,19 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
         self._body.append(body)
         if self.exchange is None:
-            self.set_deadline(self._limits.header_timeout, "request body")  # it keeps moving
+            self._body_deadline()
+
+    def _body_deadline(self) -> None:
+        """The body must keep moving (a piece every header_timeout) and, after its first
+        header_timeout, arrive at min_body_rate on average (as Apache's RequestReadTimeout MinRate)."""
+        if self._write_paused:
+            return
+        now = self.loop.time()
+        timeout = self._limits.header_timeout
+        if self._body_base == 0.0:
+            self._body_base = now + timeout
+        self.deadline = min(now + timeout, self._body_base + self._body_size * self._inv_rate)
+        self.deadline_reason = "request body"
 
     def on_message_complete(self) -> None:
         parser = self.parser
@@ -269,12 +326,28 @@ class ClientConnection(asyncio.Protocol):
                       self.peer, self._started)
         self._in_body = False
         self._head_bytes = 0
-        if self.exchange is None and not self.queue:
+        if req.method == b"CONNECT" or b"upgrade" in self._index:
+            self._upgrade(req)
+        if self.exchange is None and not self.queue and not self._write_paused:
             self._start(req)
         else:
             self.queue.append(req)
-            if self.transport is not None:
-                self.transport.pause_reading()  # bound what a pipelining client can queue
+            self._pause_reading()  # bound what a pipelining client can queue
+
+    def _upgrade(self, req: Request) -> None:
+        """One answer per request: a switch to another protocol (WebSocket, CONNECT) is refused;
+        h2c, which a server may ignore, is answered in HTTP/1.1 and the connection then closed
+        (llhttp parses nothing after an upgrade request)."""
+        connection = self._index.get(b"connection")
+        if req.method != b"CONNECT" and (connection is None or b"upgrade" not in connection_tokens([connection])):
+            return  # Upgrade without Connection: upgrade is a plain request (the header is dropped)
+        upgrade = self._index.get(b"upgrade", b"").strip().lower()
+        if req.method != b"CONNECT" and upgrade == b"h2c":
+            req.keep_alive = False
+            self._upgrade_ignored = True
+            return
+        what = "CONNECT" if req.method == b"CONNECT" else f"Upgrade: {upgrade.decode('latin-1')}"
+        raise Rejected(501, f"protocol switching is not supported ({what}); the router speaks HTTP/1.1 only")
 
     # -- running exchanges
     def _start(self, req: Request) -> None:
@@ -292,61 +365,125 @@ class ClientConnection(asyncio.Protocol):
         if self.exchange is ex:
             self.exchange = None
             ex.rt.stats.in_flight -= 1
-        self.deadline = _NEVER
         if self.closed:
             return
         if not keep_alive:
             self.close()
             return
+        self._next()
+
+    def _next(self) -> None:
+        """Run queued requests in order; then wait for the next one, or send a pending refusal.
+
+        A loop, not recursion: requests the router answers itself finish inside `_start`.
+        While the client's output buffer is full nothing starts and the deadline is its own.
+        """
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self.queue:
+                if self.closed or self.exchange is not None or self._write_paused:
+                    return
+                self._start(self.queue.popleft())
+            if self.closed or self.exchange is not None or self._write_paused:
+                return
+        finally:
+            self._running = False
+        self.deadline = _NEVER
         if self.pending_reject is not None:
             self._write_and_close(self.pending_reject)
             return
-        if self.queue:
-            self._start(self.queue.popleft())
-            if not self.queue and self.transport is not None:
-                self.transport.resume_reading()
-        elif self.draining:
+        if self.draining:
             self.close()
-        elif not self._in_head:
+            return
+        self._resume_reading()
+        if self._in_head:
+            # A head that arrived while the last request ran gets what is left of its deadline.
+            left = self._limits.header_timeout - (perf_counter() - self._started)
+            self.set_deadline(max(left, 0.0), "request headers")
+        elif self._in_body:
+            self._body_deadline()
+        else:
             self.set_deadline(self._limits.idle_timeout, "idle keep-alive")
 
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and self.pending_reject is None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
     def _reject(self, status: int, message: str) -> None:
+        if self.pending_reject is not None:
+            return
         response = error_response(status, message, close=True)
         if self.exchange is not None or self.queue:
-            # An earlier request is still being answered: send this after it, never interleaved.
+            # Earlier requests are still to be answered: send this after them, never interleaved.
             self.pending_reject = response
-            self.queue.clear()
-            if self.transport is not None:
-                self.transport.pause_reading()
+            self._pause_reading()
             return
         self._write_and_close(response)
 
     def _write_and_close(self, data: bytes) -> None:
         self.write(data)
-        self.close()
+        transport = self.transport
+        if self.closed or transport is None or not transport.can_write_eof():
+            self.close()
+            return
+        # Lingering close: end our side, then read and discard what the client still sends.
+        self.closed = True
+        self._lingering = True
+        self._linger_left = LINGER_BYTES
+        now = self.loop.time()
+        self._linger_end = now + LINGER_TIME
+        self.deadline, self.deadline_reason = now + LINGER_IDLE, LINGERING
+        transport.write_eof()
+        self._reading_paused = False
+        transport.resume_reading()
+
+    def _discard(self, n: int) -> None:
+        self._linger_left -= n
+        if self._linger_left <= 0:
+            self.close()
+        else:
+            self.deadline = min(self.loop.time() + LINGER_IDLE, self._linger_end)
 
     def close_if_idle(self) -> None:
         if self.exchange is None and not self.queue and not self._in_head:
             self.close()
 
     def close(self) -> None:
-        if not self.closed:
+        if self._lingering:
+            self._lingering = False
+            if self.transport is not None:
+                self.transport.close()
+        elif not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
 
     # -- deadlines
     def set_deadline(self, seconds: float, reason: str) -> None:
+        if self._write_paused:
+            return  # the client must read first: its deadline stands
         self.deadline = self.loop.time() + seconds
         self.deadline_reason = reason
 
     def on_deadline(self) -> None:
         self.deadline = _NEVER
         if self.closed:
+            if self._lingering:
+                self.close()
             return
         if self.deadline_reason == CLIENT_READING:
             log.info("closing a connection whose client stopped reading its response")
-            self.close()
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()  # what it did not read is dropped, not kept for ever
             if self.exchange is not None:
                 self.exchange.abort()
         elif self.exchange is not None:
