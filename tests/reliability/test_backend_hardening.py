@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from tests.helpers import BackendFactory, RouterFactory, base_config
 from tests.reliability.netkit import Address, get, request_once
 
