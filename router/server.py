@@ -11,7 +11,10 @@ at a time per connection, in order; a pipelined request waits, with reading paus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -37,6 +40,7 @@ LINGERING = "lingering close"
 LINGER_TIME = 30.0
 LINGER_IDLE = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 _DEFAULT_WRITE_BUFFER = 64 * 1024  # uvloop's and asyncio's own high-water mark
 
 
@@ -466,6 +470,18 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
 
+    def _reset(self) -> None:
+        """Close with a reset: unsent responses are dropped at once. A plain close would leave
+        them to the kernel, which keeps the socket (and its buffer) while the client reads nothing."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        transport.abort()
+
     # -- deadlines
     def set_deadline(self, seconds: float, reason: str) -> None:
         if self._write_paused:
@@ -482,8 +498,7 @@ class ClientConnection(asyncio.Protocol):
         if self.deadline_reason == CLIENT_READING:
             log.info("closing a connection whose client stopped reading its response")
             self.closed = True
-            if self.transport is not None:
-                self.transport.abort()  # what it did not read is dropped, not kept for ever
+            self._reset()
             if self.exchange is not None:
                 self.exchange.abort()
         elif self.exchange is not None:
