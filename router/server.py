@@ -299,7 +299,8 @@ class ClientConnection(asyncio.Protocol):
             raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
         # Only when no earlier response is in progress, which the interim line would split.
         expect = index.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue" and self.exchange is None and self.transport:
+        if expect is not None and expect.lower() == b"100-continue" and self.exchange is None \
+                and not self.queue and self.transport:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -401,7 +402,8 @@ class ClientConnection(asyncio.Protocol):
         if self.draining:
             self.close()
             return
-        self._resume_reading()
+        if self._reading_paused:
+            self._resume_reading()
         if self._in_head:
             # A head that arrived while the last request ran gets what is left of its deadline.
             left = self._limits.header_timeout - (perf_counter() - self._started)
@@ -463,8 +465,11 @@ class ClientConnection(asyncio.Protocol):
     def close(self) -> None:
         if self._lingering:
             self._lingering = False
-            if self.transport is not None:
-                self.transport.close()
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                self._reset()  # the client never read the error: drop it rather than keep it
+            elif transport is not None:
+                transport.close()
         elif not self.closed:
             self.closed = True
             if self.transport is not None:
