@@ -1,11 +1,10 @@
 """The data-plane listener: HTTP/1.1 connections from clients, parsed strictly with llhttp.
 
 A raw asyncio protocol rather than aiohttp's web server: the per-request overhead of a framework
-request object was the difference between meeting and missing the throughput target. llhttp (the
-parser aiohttp's C extension also uses) rejects most malformed input; what it allows but a proxy
-must not pass on (HTTP/2.0 in the request line, absolute-form targets, duplicate Host, header
-names with underscores, Transfer-Encoding on HTTP/1.0) is refused here. Requests are handled one
-at a time per connection, in order; a pipelined request waits, with reading paused.
+request object was the difference between meeting and missing the throughput target. Parsing and
+its limits are in `reqparse.RequestReader`. Requests are handled one at a time per connection, in
+order; a pipelined request waits, with reading paused. A client whose answers pile up unsent
+(over `client_write_buffer`) is not read until it catches up, so memory per connection is bounded.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from router.http11 import connection_tokens, error_response
+from router.http11 import error_response
 from router.proxy import Exchange
-from router.request import Header, Request
+from router.reqparse import Rejected, RequestReader
+from router.request import Request
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -42,14 +42,6 @@ LINGER_IDLE = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 _DEFAULT_WRITE_BUFFER = 64 * 1024  # uvloop's and asyncio's own high-water mark
-
-
-class Rejected(Exception):
-    """A request the router refuses before anything reaches a backend."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class DataServer:
@@ -105,15 +97,13 @@ class DataServer:
         return clean
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection: parse, enforce limits and deadlines, run exchanges in order."""
+class ClientConnection(RequestReader, asyncio.Protocol):
+    """One client connection: run its requests in order, bound what it may queue, enforce deadlines."""
 
     def __init__(self, server: DataServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.peer = ""
         self.exchange: Exchange | None = None
         self.queue: deque[Request] = deque()
         self.closed = False
@@ -126,21 +116,7 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = False
         self._linger_left = 0
         self._linger_end = 0.0
-        self._upgrade_ignored = False
-        # the request being parsed
-        self._url = b""
-        self._headers: list[Header] = []
-        self._index: dict[bytes, bytes] = {}
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._in_head = False
-        self._in_body = False
-        self._head_bytes = 0
-        self._head_size = 0
-        self._started = 0.0
-        self._body_base = 0.0  # body deadline before the min_body_rate credit; 0 until the body starts
-        self._limits = limits = server.runtime().config.limits
-        self._inv_rate = 1.0 / limits.min_body_rate
+        RequestReader.__init__(self, server.runtime().config.limits)
 
     @property
     def draining(self) -> bool:
@@ -210,7 +186,9 @@ class ClientConnection(asyncio.Protocol):
         # nothing piles up here: pipelined requests wait unread in the kernel) and give the
         # client a deadline to catch up, which no later request may move.
         ex = self.exchange
-        if ex is not None and ex.upstream is not None:
+        if ex is not None and ex.upstream is not None and ex.upstream.sink is ex:
+            # (A finished response's connection is back in the pool: pausing it would stall
+            # whichever request takes it next.)
             ex.upstream.pause_reading()
         self._pause_reading()
         self.set_deadline(self._limits.idle_timeout, CLIENT_READING)
@@ -220,109 +198,13 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         ex = self.exchange
         if ex is not None:
-            if ex.upstream is not None:
+            if ex.upstream is not None and ex.upstream.sink is ex:
                 ex.upstream.resume_reading()
             self.set_deadline(ex.timeout, "backend response body")
         else:
             self._next()
 
-    # -- llhttp callbacks
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._head_size = 0
-        self._headers = []
-        self._index = {}
-        self._body = []
-        self._body_size = 0
-        self._in_head = True
-        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
-        self._started = perf_counter()
-        if self.exchange is None:
-            self.set_deadline(self._limits.header_timeout, "request headers")
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_size += len(url)
-        if self._head_size > self._limits.max_header_size:
-            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_body:
-            return  # a chunked body's trailer: dropped, never a header (as nginx does)
-        if b"_" in name:
-            # Some frameworks map X_Forwarded_For to X-Forwarded-For: never let it through.
-            raise Rejected(400, f"header name with an underscore refused: {name.decode('latin-1')}")
-        headers = self._headers
-        if len(headers) >= self._limits.max_headers:
-            raise Rejected(431, f"more than {self._limits.max_headers} request headers")
-        # The head's size as parsed (it may all arrive in one read, which the byte count in
-        # data_received cannot see).
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._limits.max_header_size:
-            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
-        lname = name.lower()
-        index = self._index
-        if lname in index:
-            if lname == b"host":
-                raise Rejected(400, "more than one Host header")
-            index[lname] += b", " + value
-        else:
-            index[lname] = value
-        headers.append((lname, name, value))
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._in_body = True
-        self._head_bytes = 0
-        self._body_base = 0.0
-        version = self.parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise Rejected(400, f"unsupported HTTP version {version}")
-        if not self._url.startswith(b"/"):
-            raise Rejected(400, "request target must be a path (origin-form), e.g. /v1/models/x")
-        index = self._index
-        if version == "1.1" and b"host" not in index:
-            raise Rejected(400, "HTTP/1.1 request without a Host header")
-        te = index.get(b"transfer-encoding")
-        if te is not None:
-            if version == "1.0":
-                raise Rejected(400, "Transfer-Encoding is not allowed in HTTP/1.0")
-            te = te.lower()
-            if te != b"chunked":
-                # RFC 9112 6.3: without chunked last the length is unknowable (400); codings
-                # before it (gzip, chunked) would be silently dropped, so: not implemented, as nginx.
-                if te.rsplit(b",", 1)[-1].strip() != b"chunked":
-                    raise Rejected(400, f"Transfer-Encoding must end with chunked: {te.decode('latin-1')}")
-                raise Rejected(501, f"transfer coding not supported: {te.decode('latin-1')} (only chunked)")
-        length = index.get(b"content-length")
-        if length is not None and int(length) > self._limits.max_body:  # llhttp checked it is one number
-            raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
-        # Only when no earlier response is in progress, which the interim line would split.
-        expect = index.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue" and self.exchange is None \
-                and not self.queue and self.transport:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self._limits.max_body:
-            raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
-        self._body.append(body)
-        if self.exchange is None:
-            self._body_deadline()
-
-    def _body_deadline(self) -> None:
-        """The body must keep moving (a piece every header_timeout) and, after its first
-        header_timeout, arrive at min_body_rate on average (as Apache's RequestReadTimeout MinRate)."""
-        if self._write_paused:
-            return
-        now = self.loop.time()
-        timeout = self._limits.header_timeout
-        if self._body_base == 0.0:
-            self._body_base = now + timeout
-        self.deadline = min(now + timeout, self._body_base + self._body_size * self._inv_rate)
-        self.deadline_reason = "request body"
-
+    # -- llhttp: the other callbacks are in RequestReader
     def on_message_complete(self) -> None:
         parser = self.parser
         body = self._body
@@ -338,21 +220,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.queue.append(req)
             self._pause_reading()  # bound what a pipelining client can queue
-
-    def _upgrade(self, req: Request) -> None:
-        """One answer per request: a switch to another protocol (WebSocket, CONNECT) is refused;
-        h2c, which a server may ignore, is answered in HTTP/1.1 and the connection then closed
-        (llhttp parses nothing after an upgrade request)."""
-        connection = self._index.get(b"connection")
-        if req.method != b"CONNECT" and (connection is None or b"upgrade" not in connection_tokens([connection])):
-            return  # Upgrade without Connection: upgrade is a plain request (the header is dropped)
-        upgrade = self._index.get(b"upgrade", b"").strip().lower()
-        if req.method != b"CONNECT" and upgrade == b"h2c":
-            req.keep_alive = False
-            self._upgrade_ignored = True
-            return
-        what = "CONNECT" if req.method == b"CONNECT" else f"Upgrade: {upgrade.decode('latin-1')}"
-        raise Rejected(501, f"protocol switching is not supported ({what}); the router speaks HTTP/1.1 only")
 
     # -- running exchanges
     def _start(self, req: Request) -> None:
