@@ -159,7 +159,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._has_length = True
         elif lname == b"transfer-encoding":
             # Only chunked frames a response; with any other coding last, the close ends it.
-            if value.rstrip().lower().endswith(b"chunked"):
+            if value.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
                 self._has_length = True
         elif lname == b"connection":
             self._connection = value if self._connection is None else self._connection + b", " + value
