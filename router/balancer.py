@@ -151,7 +151,8 @@ def build_groups(config: Config, registry: HealthRegistry, old: Iterable[Upstrea
         pools = []
         for endpoint in backend.endpoints:
             cap = caps[name] if caps is not None else backend.max_connections
-            spec = PoolSpec(name, endpoint, cap, backend.max_pending, config.limits.connect_timeout)
+            spec = PoolSpec(name, endpoint, cap, backend.max_pending, config.limits.connect_timeout,
+                            config.limits.max_response_header_size)
             pool = by_spec.get(spec) or UpstreamPool(spec)
             used.add(id(pool))
             pools.append(pool)

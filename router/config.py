@@ -74,6 +74,9 @@ class Limits:
     max_header_size: int = 64 * 1024
     max_headers: int = 100
     max_connections: int = 10_000
+    min_body_rate: int = 512  # bytes per second, averaged, after the first header_timeout of a body
+    client_write_buffer: int = 64 * 1024  # a client's unsent responses beyond this: stop reading it
+    max_response_header_size: int = 64 * 1024  # a backend's response head; larger: 502
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +458,8 @@ def _admin(r: Reader, node: yaml.Node) -> AdminConfig | None:
 _LIMIT_KINDS = {
     "max_body": "size", "max_header_size": "size", "max_headers": "int", "max_connections": "int",
     "connect_timeout": "duration", "request_timeout": "duration", "drain_timeout": "duration",
-    "header_timeout": "duration", "idle_timeout": "duration",
+    "header_timeout": "duration", "idle_timeout": "duration", "min_body_rate": "size",
+    "client_write_buffer": "size", "max_response_header_size": "size",
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import binascii
 import json
 import os
 import re
@@ -19,6 +19,7 @@ HOP_BY_HOP = frozenset({
 REQUEST_OWN = frozenset({
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
     b"x-forwarded-host", b"x-request-id", b"via",
+    b"x-shadow-request",  # marks the router's own mirrored copies; a client must not forge it
 })
 RESPONSE_OWN = frozenset({b"content-length", b"x-request-id", b"x-model-backend"})
 
@@ -27,9 +28,34 @@ SKIP_REQUEST = HOP_BY_HOP | REQUEST_OWN
 SKIP_RESPONSE = HOP_BY_HOP | RESPONSE_OWN
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-# A random per-process prefix and a counter: unique across processes, and no syscall per request.
-_RID_PREFIX = os.urandom(8).hex().encode()
-_rid_counter = itertools.count(1)
+
+
+class _RandomIds:
+    """128-bit ids from the OS's CSPRNG, unguessable from the ones a client has seen. One
+    getrandom() call per 256 ids, not per request; the buffer is dropped in a forked child so
+    two workers never hand out the same ids."""
+
+    ID_BYTES = 16
+    BATCH = 4096
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pos = 0
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.buf, self.pos = b"", 0
+
+    def next(self) -> bytes:
+        pos = self.pos
+        if pos >= len(self.buf):
+            self.buf, pos = os.urandom(self.BATCH), 0
+        self.pos = pos + self.ID_BYTES
+        return binascii.hexlify(self.buf[pos:pos + self.ID_BYTES])
+
+
+_ids = _RandomIds()
+new_request_id = _ids.next
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 REASONS[508] = b"Loop Detected"
@@ -42,12 +68,18 @@ def status_line(code: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % code
 
 
-def new_request_id() -> bytes:
-    return b"%s%016x" % (_RID_PREFIX, next(_rid_counter))
-
-
 def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID.match(value) is not None
+
+
+def via_names(value: bytes) -> list[bytes]:
+    """The received-by names in a Via header: `1.1 edge, HTTP/1.0 b (comment)` -> [edge, b]."""
+    names = []
+    for entry in value.split(b","):
+        fields = entry.split()
+        if len(fields) >= 2:
+            names.append(fields[1])
+    return names
 
 
 def connection_tokens(values: list[bytes]) -> frozenset[bytes]:

@@ -21,6 +21,7 @@ from router.http11 import (
     new_request_id,
     status_line,
     valid_request_id,
+    via_names,
 )
 from router.ledger import LiveOutcome
 from router.policy import RequestView, choose
@@ -105,7 +106,7 @@ class Exchange:
         rid = req.index.get(b"x-request-id")
         req.request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
         via = req.index.get(b"via")
-        if via is not None and rt.via in via:
+        if via is not None and rt.config.proxy.via.encode() in via_names(via):
             # Our own Via entry: a route points back at this router (or a sibling with the same name).
             self._respond_error(508, f"request already passed through {rt.config.proxy.via!r} (Via: "
                                 f"{via.decode('latin-1')}); a route points back at the router")

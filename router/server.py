@@ -1,17 +1,19 @@
 """The data-plane listener: HTTP/1.1 connections from clients, parsed strictly with llhttp.
 
 A raw asyncio protocol rather than aiohttp's web server: the per-request overhead of a framework
-request object was the difference between meeting and missing the throughput target. llhttp (the
-parser aiohttp's C extension also uses) rejects most malformed input; what it allows but a proxy
-must not pass on (HTTP/2.0 in the request line, absolute-form targets, duplicate Host, header
-names with underscores, Transfer-Encoding on HTTP/1.0) is refused here. Requests are handled one
-at a time per connection, in order; a pipelined request waits, with reading paused.
+request object was the difference between meeting and missing the throughput target. Parsing and
+its limits are in `reqparse.RequestReader`. Requests are handled one at a time per connection, in
+order; a pipelined request waits, with reading paused. A client whose answers pile up unsent
+(over `client_write_buffer`) is not read until it catches up, so memory per connection is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -21,7 +23,8 @@ import httptools
 
 from router.http11 import error_response
 from router.proxy import Exchange
-from router.request import Header, Request
+from router.reqparse import Rejected, RequestReader
+from router.request import Request
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -29,14 +32,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.server")
 _NEVER = float("inf")
 CLIENT_READING = "client to read the response"
-
-
-class Rejected(Exception):
-    """A request the router refuses before anything reaches a backend."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+LINGERING = "lingering close"
+# After an error response that closes the connection, keep reading and discarding what the client
+# still sends (nginx's lingering_close), so that a client sending its whole body before reading
+# gets the response instead of a reset: at most LINGER_TIME in all, LINGER_IDLE between reads,
+# LINGER_BYTES in all.
+LINGER_TIME = 30.0
+LINGER_IDLE = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
+_DEFAULT_WRITE_BUFFER = 64 * 1024  # uvloop's and asyncio's own high-water mark
 
 
 class DataServer:
@@ -93,33 +98,26 @@ class DataServer:
         return clean
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection: parse, enforce limits and deadlines, run exchanges in order."""
+class ClientConnection(RequestReader, asyncio.Protocol):
+    """One client connection: run its requests in order, bound what it may queue, enforce deadlines."""
 
     def __init__(self, server: DataServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.peer = ""
         self.exchange: Exchange | None = None
         self.queue: deque[Request] = deque()
         self.closed = False
         self.pending_reject: bytes | None = None
         self.deadline = _NEVER  # loop time when on_deadline fires
         self.deadline_reason = ""
-        # the request being parsed
-        self._url = b""
-        self._headers: list[Header] = []
-        self._index: dict[bytes, bytes] = {}
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._in_head = False
-        self._in_body = False
-        self._head_bytes = 0
-        self._head_size = 0
-        self._started = 0.0
-        self._limits = server.runtime().config.limits
+        self._write_paused = False  # the client's output buffer is over its high-water mark
+        self._reading_paused = False
+        self._running = False  # inside _next's loop: a nested call leaves the work to it
+        self._lingering = False
+        self._linger_left = 0
+        self._linger_end = 0.0
+        RequestReader.__init__(self, server.runtime().config.limits)
 
     @property
     def draining(self) -> bool:
@@ -137,10 +135,15 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
+        if self._limits.client_write_buffer != _DEFAULT_WRITE_BUFFER:
+            high = self._limits.client_write_buffer
+            transport.set_write_buffer_limits(high, high // 4)  # type: ignore[attr-defined]
         self.set_deadline(self._limits.header_timeout, "request headers")
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            if self._lingering:
+                self._discard(len(data))
             return
         if not self._in_body:
             self._head_bytes += len(data)  # bytes of a head that may be arriving one at a time
@@ -155,7 +158,10 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(500, "internal error while reading the request")
             return
         except httptools.HttpParserUpgrade:
-            self._reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
+            # llhttp stops after a request asking to switch protocols. h2c was answered in
+            # HTTP/1.1 and closes; anything else was refused in on_message_complete.
+            if not self._upgrade_ignored:
+                self._reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
             return
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request: {exc}")
@@ -170,98 +176,36 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._lingering = False
         self.server.connections.discard(self)
         if self.exchange is not None:
             self.exchange.abort()
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        # The client reads slower than the backend sends: stop reading the backend (so nothing
-        # piles up here) and give the client a deadline to catch up.
+        # The client reads slower than we answer: stop reading the backend and the client (so
+        # nothing piles up here: pipelined requests wait unread in the kernel) and give the
+        # client a deadline to catch up, which no later request may move.
         ex = self.exchange
-        if ex is not None and ex.upstream is not None:
+        if ex is not None and ex.upstream is not None and ex.upstream.sink is ex:
+            # (A finished response's connection is back in the pool: pausing it would stall
+            # whichever request takes it next.)
             ex.upstream.pause_reading()
+        self._pause_reading()
         self.set_deadline(self._limits.idle_timeout, CLIENT_READING)
+        self._write_paused = True
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         ex = self.exchange
         if ex is not None:
-            if ex.upstream is not None:
+            if ex.upstream is not None and ex.upstream.sink is ex:
                 ex.upstream.resume_reading()
             self.set_deadline(ex.timeout, "backend response body")
-
-    # -- llhttp callbacks
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._head_size = 0
-        self._headers = []
-        self._index = {}
-        self._body = []
-        self._body_size = 0
-        self._in_head = True
-        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
-        self._started = perf_counter()
-        if self.exchange is None:
-            self.set_deadline(self._limits.header_timeout, "request headers")
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_size += len(url)
-        if self._head_size > self._limits.max_header_size:
-            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if b"_" in name:
-            # Some frameworks map X_Forwarded_For to X-Forwarded-For: never let it through.
-            raise Rejected(400, f"header name with an underscore refused: {name.decode('latin-1')}")
-        headers = self._headers
-        if len(headers) >= self._limits.max_headers:
-            raise Rejected(431, f"more than {self._limits.max_headers} request headers")
-        # The head's size as parsed (it may all arrive in one read, which the byte count in
-        # data_received cannot see).
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._limits.max_header_size:
-            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
-        lname = name.lower()
-        index = self._index
-        if lname in index:
-            if lname == b"host":
-                raise Rejected(400, "more than one Host header")
-            index[lname] += b", " + value
         else:
-            index[lname] = value
-        headers.append((lname, name, value))
+            self._next()
 
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._in_body = True
-        self._head_bytes = 0
-        version = self.parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise Rejected(400, f"unsupported HTTP version {version}")
-        if not self._url.startswith(b"/"):
-            raise Rejected(400, "request target must be a path (origin-form), e.g. /v1/models/x")
-        index = self._index
-        if version == "1.1" and b"host" not in index:
-            raise Rejected(400, "HTTP/1.1 request without a Host header")
-        if version == "1.0" and b"transfer-encoding" in index:
-            raise Rejected(400, "Transfer-Encoding is not allowed in HTTP/1.0")
-        length = index.get(b"content-length")
-        if length is not None and int(length) > self._limits.max_body:  # llhttp checked it is one number
-            raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
-        # Only when no earlier response is in progress, which the interim line would split.
-        expect = index.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue" and self.exchange is None and self.transport:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self._limits.max_body:
-            raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
-        self._body.append(body)
-        if self.exchange is None:
-            self.set_deadline(self._limits.header_timeout, "request body")  # it keeps moving
-
+    # -- llhttp: the other callbacks are in RequestReader
     def on_message_complete(self) -> None:
         parser = self.parser
         body = self._body
@@ -270,12 +214,13 @@ class ClientConnection(asyncio.Protocol):
                       self.peer, self._started)
         self._in_body = False
         self._head_bytes = 0
-        if self.exchange is None and not self.queue:
+        if req.method == b"CONNECT" or b"upgrade" in self._index:
+            self._upgrade(req)
+        if self.exchange is None and not self.queue and not self._write_paused:
             self._start(req)
         else:
             self.queue.append(req)
-            if self.transport is not None:
-                self.transport.pause_reading()  # bound what a pipelining client can queue
+            self._pause_reading()  # bound what a pipelining client can queue
 
     # -- running exchanges
     def _start(self, req: Request) -> None:
@@ -293,61 +238,140 @@ class ClientConnection(asyncio.Protocol):
         if self.exchange is ex:
             self.exchange = None
             self.server.in_flight -= 1
-        self.deadline = _NEVER
         if self.closed:
             return
         if not keep_alive:
             self.close()
             return
+        self._next()
+
+    def _next(self) -> None:
+        """Run queued requests in order; then wait for the next one, or send a pending refusal.
+
+        A loop, not recursion: requests the router answers itself finish inside `_start`.
+        While the client's output buffer is full nothing starts and the deadline is its own.
+        """
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self.queue:
+                if self.closed or self.exchange is not None or self._write_paused:
+                    return
+                self._start(self.queue.popleft())
+            if self.closed or self.exchange is not None or self._write_paused:
+                return
+        finally:
+            self._running = False
+        self.deadline = _NEVER
         if self.pending_reject is not None:
             self._write_and_close(self.pending_reject)
             return
-        if self.queue:
-            self._start(self.queue.popleft())
-            if not self.queue and self.transport is not None:
-                self.transport.resume_reading()
-        elif self.draining:
+        if self.draining:
             self.close()
-        elif not self._in_head:
+            return
+        if self._reading_paused:
+            self._resume_reading()
+        if self._in_head:
+            # A head that arrived while the last request ran gets what is left of its deadline.
+            left = self._limits.header_timeout - (perf_counter() - self._started)
+            self.set_deadline(max(left, 0.0), "request headers")
+        elif self._in_body:
+            self._body_deadline()
+        else:
             self.set_deadline(self._limits.idle_timeout, "idle keep-alive")
 
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and self.pending_reject is None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
     def _reject(self, status: int, message: str) -> None:
+        if self.pending_reject is not None:
+            return
         response = error_response(status, message, close=True)
         if self.exchange is not None or self.queue:
-            # An earlier request is still being answered: send this after it, never interleaved.
+            # Earlier requests are still to be answered: send this after them, never interleaved.
             self.pending_reject = response
-            self.queue.clear()
-            if self.transport is not None:
-                self.transport.pause_reading()
+            self._pause_reading()
             return
         self._write_and_close(response)
 
     def _write_and_close(self, data: bytes) -> None:
         self.write(data)
-        self.close()
+        transport = self.transport
+        if self.closed or transport is None or not transport.can_write_eof():
+            self.close()
+            return
+        # Lingering close: end our side, then read and discard what the client still sends.
+        self.closed = True
+        self._lingering = True
+        self._linger_left = LINGER_BYTES
+        now = self.loop.time()
+        self._linger_end = now + LINGER_TIME
+        self.deadline, self.deadline_reason = now + LINGER_IDLE, LINGERING
+        transport.write_eof()
+        self._reading_paused = False
+        transport.resume_reading()
+
+    def _discard(self, n: int) -> None:
+        self._linger_left -= n
+        if self._linger_left <= 0:
+            self.close()
+        else:
+            self.deadline = min(self.loop.time() + LINGER_IDLE, self._linger_end)
 
     def close_if_idle(self) -> None:
         if self.exchange is None and not self.queue and not self._in_head:
             self.close()
 
     def close(self) -> None:
-        if not self.closed:
+        if self._lingering:
+            self._lingering = False
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                self._reset()  # the client never read the error: drop it rather than keep it
+            elif transport is not None:
+                transport.close()
+        elif not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
 
+    def _reset(self) -> None:
+        """Close with a reset: unsent responses are dropped at once. A plain close would leave
+        them to the kernel, which keeps the socket (and its buffer) while the client reads nothing."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        transport.abort()
+
     # -- deadlines
     def set_deadline(self, seconds: float, reason: str) -> None:
+        if self._write_paused:
+            return  # the client must read first: its deadline stands
         self.deadline = self.loop.time() + seconds
         self.deadline_reason = reason
 
     def on_deadline(self) -> None:
         self.deadline = _NEVER
         if self.closed:
+            if self._lingering:
+                self.close()
             return
         if self.deadline_reason == CLIENT_READING:
             log.info("closing a connection whose client stopped reading its response")
-            self.close()
+            self.closed = True
+            self._reset()
             if self.exchange is not None:
                 self.exchange.abort()
         elif self.exchange is not None:

@@ -59,6 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._framed = True  # False: the body ends when the backend closes
         self._reusable = True
         self._head_request = False
+        self._head_left = pool.spec.max_head  # bytes a response head may still take
+        self._complete = False  # the response ended within this read; finished once it is parsed
         self.counted = True  # holds one of the pool's slots until it closes
 
     # -- asyncio.Protocol
@@ -75,12 +77,28 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
-            self._fail(UpstreamError("bad_response", f"malformed response from backend: {cause}",
-                                     sent_nothing=not self._head_done))
+            if self._complete:
+                self._reusable = False  # junk after a complete response: out of step, never reuse
+            else:
+                cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+                self._fail(UpstreamError("bad_response", f"malformed response from backend: {cause}",
+                                         sent_nothing=not self._head_done))
         except httptools.HttpParserUpgrade:
-            self._fail(UpstreamError("bad_response", "backend switched protocols unasked",
-                                     sent_nothing=not self._head_done))
+            if self._complete:
+                self._reusable = False
+            else:
+                self._fail(UpstreamError("bad_response", "backend switched protocols unasked",
+                                         sent_nothing=not self._head_done))
+        if self._complete:
+            # Only now, with the whole read parsed, is it known whether the connection may be reused.
+            self._complete = False
+            self._finish()
+        elif not self._head_done and self.sink is not None:
+            # Counted per read, not in callbacks: llhttp buffers an unfinished header line itself.
+            self._head_left -= len(data)
+            if self._head_left < 0:
+                self._fail(UpstreamError("head_too_large", "backend sent a response head larger than "
+                                         f"{self.pool.spec.max_head} bytes (max_response_header_size)"))
         sink.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -115,6 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_done = False
         self._got_bytes = False
         self._framed = True
+        self._head_left = self.pool.spec.max_head
         # llhttp cannot be told a response answers HEAD, so such a connection is not reused.
         self._reusable = not head_request
         self._head_request = head_request
@@ -136,8 +155,12 @@ class UpstreamConnection(asyncio.Protocol):
     # -- llhttp callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
-        if lname == b"content-length" or lname == b"transfer-encoding":
+        if lname == b"content-length":
             self._has_length = True
+        elif lname == b"transfer-encoding":
+            # Only chunked frames a response; with any other coding last, the close ends it.
+            if value.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+                self._has_length = True
         elif lname == b"connection":
             self._connection = value if self._connection is None else self._connection + b", " + value
         self._headers.append((lname, name, value))
@@ -164,9 +187,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self.sink is not None:
             self.sink.on_body(body)
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            self._reusable = False  # a second response nobody asked for
+
     def on_message_complete(self) -> None:
         if self._head_done and self.sink is not None:
-            self._finish()
+            self._complete = True
 
     # -- internals
     def _finish(self) -> None:
@@ -194,6 +221,7 @@ class PoolSpec:
     max_connections: int
     max_pending: int
     connect_timeout: float
+    max_head: int = 64 * 1024
 
 
 class UpstreamPool:
@@ -241,32 +269,67 @@ class UpstreamPool:
             except TimeoutError:
                 raise UpstreamError("pool_exhausted", f"backend {self.name!r} has no free "
                                     f"connection (max_connections={self.spec.max_connections})") from None
+            except asyncio.CancelledError:
+                self._pass_on(waiter)
+                raise
             finally:
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)
-            if conn is not None:
+            if conn is not None and not conn.closed:
                 return conn
+            # None: a slot was freed for us. A connection that closed after it was handed over
+            # freed its slot too; either way, loop (the cap is checked again) and connect.
         return await self._connect()
+
+    def _pass_on(self, waiter: asyncio.Future[UpstreamConnection | None]) -> None:
+        """A cancelled waiter may already hold a connection or a free slot: give it to the next."""
+        if not waiter.done() or waiter.cancelled():
+            return
+        conn = waiter.result()
+        if conn is not None and not conn.closed:
+            self.release(conn)
+        elif conn is None:
+            self.open += 1  # _slot_freed takes it back and wakes the next waiter
+            self._slot_freed()
 
     async def _connect(self) -> UpstreamConnection:
         self.open += 1
         loop = asyncio.get_running_loop()
         e = self.endpoint
+        made: list[UpstreamConnection] = []
+
+        def protocol() -> UpstreamConnection:
+            made.append(UpstreamConnection(self))
+            return made[0]
+
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), e.host, e.port, ssl=self._ssl,
-                    server_hostname=e.host if self._ssl else None)
+                    protocol, e.host, e.port, ssl=self._ssl, server_hostname=e.host if self._ssl else None)
         except TimeoutError:
-            self._slot_freed()
+            self._give_back(made)
             raise UpstreamError("connect_timeout", f"backend {self.name!r} ({e.url}) did not accept a connection "
                                 f"within {self.connect_timeout:g}s") from None
         except OSError as exc:
-            self._slot_freed()
+            self._give_back(made)
             kind = "connect_refused" if isinstance(exc, ConnectionRefusedError) else "connect_error"
             raise UpstreamError(kind, f"cannot connect to backend {self.name!r} at {e.url}: "
                                 f"{exc.strerror or exc}") from None
+        except BaseException:
+            # Cancelled (the client left, or the route's timeout is shorter than connect_timeout):
+            # the slot must come back, or the pool stays "full" of connections that never were.
+            self._give_back(made)
+            raise
         return conn
+
+    def _give_back(self, made: list[UpstreamConnection]) -> None:
+        """Free the slot of a connect that failed, unless its half-made connection already did."""
+        if made:
+            if not made[0].counted:
+                return
+            made[0].counted = False
+            made[0].close()
+        self._slot_freed()
 
     def release(self, conn: UpstreamConnection) -> None:
         """A connection finished its response cleanly and may be reused."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import aiohttp
@@ -47,7 +48,8 @@ async def test_client_that_stops_reading_is_cut_off(make_router: RouterFactory, 
     await asyncio.sleep(2.5)  # read nothing meanwhile
     received = 0
     async with asyncio.timeout(10):
-        while data := await reader.read(1 << 20):
-            received += len(data)
+        with contextlib.suppress(ConnectionResetError):  # the router resets: what was unsent is dropped
+            while data := await reader.read(1 << 20):
+                received += len(data)
     writer.close()
-    assert 0 < received < total  # cut off: the connection closed before the body was complete
+    assert 0 < received < total  # cut off: the connection ended before the body was complete
