@@ -67,8 +67,8 @@ async def status(request: web.Request) -> web.Response:
                      for name, g in rt.groups.items()},
         "reload": {"last_ok": router.last_reload_ok, "last_error": router.last_reload_error,
                    "ok": router.reloads_ok, "failed": router.reloads_failed},
-        "state_problem": router.state_store.problem,
-        "rollout_problem": router.rollouts.problem,
+        "state_problem": router.state_store.save_problem or router.state_store.problem,
+        "rollout_problem": router.rollouts.store.save_problem or router.rollouts.problem,
         "monitoring_problem": router.monitor.problem,
     })
 

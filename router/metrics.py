@@ -91,6 +91,11 @@ class RouterCollector(Collector):
         reloads.add_metric(["success"], router.reloads_ok)
         reloads.add_metric(["failure"], router.reloads_failed)
         yield reloads
+        saves = CounterMetricFamily("router_state_save_failures", "State file saves that failed (the previous "
+                                    "file was kept).", labels=["file"])
+        for store in (router.state_store, router.rollouts.store):
+            saves.add_metric([store.path.name], store.save_failures)
+        yield saves
         yield GaugeMetricFamily("router_config_last_reload_successful",
                                 "1 if the last config reload succeeded (or none was tried).",
                                 value=1 if router.last_reload_ok else 0)
