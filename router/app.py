@@ -17,6 +17,7 @@ from aiohttp import web
 
 from router.balancer import HealthRegistry
 from router.config import Config, ConfigError, load_config
+from router.feedback import FeedbackStoreError
 from router.healthcheck import HealthChecker
 from router.monitor import AlertNotifier, Monitor
 from router.rollout import RolloutController
@@ -175,7 +176,11 @@ async def serve(config: Config, config_path: str, *, ready_message: bool = True)
     # ~16 ms here) while requests wait.
     gc.collect()
     gc.freeze()
-    router = Router(config, config_path)
+    try:
+        router = Router(config, config_path)
+    except FeedbackStoreError as exc:
+        # The CLI reports OSError as "cannot start: ..." and exits 1, without a traceback.
+        raise OSError(f"{exc} (state_dir {config.state_dir} must be writable with monitoring.feedback on)") from None
     for problem in (router.state_store.problem, router.rollouts.problem, router.monitor.problem):
         if problem:
             log.error("%s", problem)
