@@ -191,6 +191,8 @@ def monitor_metrics(monitor: Monitor) -> Iterator[Metric]:
         yield records
     yield CounterMetricFamily("router_monitor_dropped", "Finished requests the monitor's bounded queue could "
                               "not take (not logged, not remembered for feedback).", value=monitor.dropped)
+    yield GaugeMetricFamily("router_monitor_queue_bytes", "Bytes of captured bodies waiting in the monitor's "
+                            "queue (bounded; beyond it requests are dropped and counted).", value=monitor.queued_bytes)
     feedback = CounterMetricFamily("router_feedback", "Feedback items by outcome (malformed: whole bodies).",
                                    labels=["result"])
     for key, n in sorted(monitor.feedback_counts.items()):
