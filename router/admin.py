@@ -10,6 +10,7 @@ Every error is `{"error": {"status", "message"}}`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from router.runtime import describe
 ROUTER = web.AppKey("router", Router)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_TAIL = 1000  # decision-log entries per /rollout answer
 
 
 @web.middleware
@@ -165,7 +167,9 @@ async def route_rollout(request: web.Request) -> web.Response:
         tail = int(request.query.get("tail", "20"))
     except ValueError:
         return json_error(400, "tail must be a whole number")
-    return web.json_response({**info, "log": rollouts.tail(route.name, max(0, tail))})
+    # The log is on disk and may be large: read its end in a worker thread, never on the loop.
+    log = await asyncio.to_thread(rollouts.tail, route.name, min(max(0, tail), MAX_TAIL))
+    return web.json_response({**info, "log": log})
 
 
 def rollout_action(action: OperatorAction) -> Handler:
