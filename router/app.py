@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from router import openfiles
 from router.balancer import HealthRegistry
 from router.config import Config, ConfigError, load_config
 from router.feedback import FeedbackStoreError
@@ -176,6 +177,9 @@ async def serve(config: Config, config_path: str, *, ready_message: bool = True)
     # ~16 ms here) while requests wait.
     gc.collect()
     gc.freeze()
+    too_few_files = openfiles.check(config)
+    if too_few_files:
+        log.warning("%s", too_few_files)
     try:
         router = Router(config, config_path)
     except FeedbackStoreError as exc:

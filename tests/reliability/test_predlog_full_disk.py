@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import BackendFactory, RouterProcess, base_config
-from tests.reliability.fskit import LimitedFactory, limited_routers
+from tests.reliability.rlimits import LimitedFactory, limited_routers
 
 FSIZE = 9_000  # bytes per file: a few dozen records fit
 REQUESTS = 150
@@ -57,7 +57,7 @@ async def start(make_limited: LimitedFactory, make_backend: BackendFactory, tmp_
     path = tmp_path / "predictions.jsonl"
     route = {"name": "m", "match": {"path_prefix": "/m"}, "primary": "v1"}
     cfg = base_config(tmp_path, {"v1": backend.url}, [route], monitoring={"prediction_log": {"path": str(path)}})
-    return await make_limited(cfg, FSIZE), path
+    return await make_limited(cfg, f"--fsize={FSIZE}"), path
 
 
 async def test_full_disk_never_tears_a_prediction_log_line(

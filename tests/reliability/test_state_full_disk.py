@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import TOKEN, RouterProcess, base_config, free_port
-from tests.reliability.fskit import LimitedFactory, limited_routers
+from tests.reliability.rlimits import LimitedFactory, limited_routers
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FSIZE = 2048  # bytes per file: a few splits fit, thirty do not
@@ -51,7 +51,7 @@ async def fill_until_a_save_fails(r: RouterProcess) -> tuple[str, int]:
 
 
 async def test_failed_state_save_keeps_the_previous_file(make_limited: LimitedFactory, tmp_path: Path) -> None:
-    r = await make_limited(config(tmp_path), FSIZE)
+    r = await make_limited(config(tmp_path), f"--fsize={FSIZE}")
 
     last_good, failed_at = await fill_until_a_save_fails(r)
 
@@ -63,7 +63,7 @@ async def test_failed_state_save_keeps_the_previous_file(make_limited: LimitedFa
 
 
 async def test_failed_state_save_is_reported(make_limited: LimitedFactory, tmp_path: Path) -> None:
-    r = await make_limited(config(tmp_path), FSIZE)
+    r = await make_limited(config(tmp_path), f"--fsize={FSIZE}")
 
     await fill_until_a_save_fails(r)
 
