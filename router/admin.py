@@ -1,16 +1,17 @@
 """The admin listener (aiohttp): health, status, routes, split control, reload and metrics.
 
 Reads are GET; every change is POST and needs `Authorization: Bearer <token>`, compared in
-constant time. With no token configured, changes are refused. Browser requests from another
-origin are refused, so a web page cannot drive the admin API with the operator's network access.
-Operator actions run one at a time; a second one arriving meanwhile gets 409.
+constant time (reads too with `admin.read_token`). With no token configured, changes are refused.
+Browser requests from another origin, or under a Host name that is not this listener's, are
+refused, so a web page cannot drive or read the admin API with the operator's network access
+(router.adminguard). Operator actions run one at a time; a second one arriving meanwhile gets 409.
+Every error is `{"error": {"status", "message"}}`.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router import statuspage
+from router.adminguard import access_problem, json_error, json_errors, warn_if_open
 from router.decision import InvalidTransition, OperatorAction
 from router.feedback import FeedbackError, parse_feedback_body
 from router.metrics import make_registry
@@ -31,43 +33,22 @@ if TYPE_CHECKING:
 ROUTER: web.AppKey[Router] = web.AppKey("router")  # the app module builds this one
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"status": status, "message": message}}, status=status)
+MAX_TAIL = 1000  # decision-log entries per /rollout answer
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Origin check for every call; token and serialisation for changes."""
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.split("://", 1)[-1] != request.host:
-        return json_error(403, f"cross-origin request from {origin} refused")
-    if request.headers.get("Sec-Fetch-Site") == "cross-site":
-        return json_error(403, "cross-site request refused")
-    if request.method == "GET" or request.method == "HEAD":
-        return await handler(request)
+    """Access checks for every call (router.adminguard); changes run one at a time."""
     router = request.app[ROUTER]
-    problem = check_token(request, router)
+    problem = access_problem(request, router.config.admin)
     if problem is not None:
         return problem
+    if request.method == "GET" or request.method == "HEAD":
+        return await handler(request)
     if router.operator_lock.locked():
         return json_error(409, "another operator action is in progress; try again")
     async with router.operator_lock:
         return await handler(request)
-
-
-def check_token(request: web.Request, router: Router) -> web.Response | None:
-    env = router.config.admin.token_env
-    expected = os.environ.get(env) if env else None
-    if not expected:
-        return json_error(403, f"no admin token configured: set ${env} for the router to allow changes"
-                          if env else "no admin token configured (admin.token_env is empty)")
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        return json_error(401, "missing or wrong bearer token")
-    return None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -90,8 +71,8 @@ async def status(request: web.Request) -> web.Response:
                      for name, g in rt.groups.items()},
         "reload": {"last_ok": router.last_reload_ok, "last_error": router.last_reload_error,
                    "ok": router.reloads_ok, "failed": router.reloads_failed},
-        "state_problem": router.state_store.problem,
-        "rollout_problem": router.rollouts.problem,
+        "state_problem": router.state_store.save_problem or router.state_store.problem,
+        "rollout_problem": router.rollouts.store.save_problem or router.rollouts.problem,
         "monitoring_problem": router.monitor.problem,
     })
 
@@ -128,7 +109,7 @@ async def route_split(request: web.Request) -> web.Response:
     route = find_route(request)
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # ValueError: bad JSON, bad UTF-8, an int over 4,300 digits
         return json_error(400, 'body must be JSON, e.g. {"candidate_percent": 25}')
     value = body.get("candidate_percent") if isinstance(body, dict) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -210,7 +191,9 @@ async def route_rollout(request: web.Request) -> web.Response:
         tail = int(request.query.get("tail", "20"))
     except ValueError:
         return json_error(400, "tail must be a whole number")
-    return web.json_response({**info, "log": rollouts.tail(route.name, max(0, tail))})
+    # The log is on disk and may be large: read its end in a worker thread, never on the loop.
+    log = await asyncio.to_thread(rollouts.tail, route.name, min(max(0, tail), MAX_TAIL))
+    return web.json_response({**info, "log": log})
 
 
 MAX_NOTE = 500  # characters of an operator's reason or name kept in the decision log
@@ -303,10 +286,9 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-
-
 def build_admin_app(router: Router) -> web.Application:
-    app = web.Application(middlewares=[guard], client_max_size=1024 * 1024)
+    warn_if_open(router.config.admin)
+    app = web.Application(middlewares=[json_errors, guard], client_max_size=1024 * 1024)
     app[ROUTER] = router
     app[REGISTRY] = make_registry(lambda: router)
     app.router.add_get("/-/healthz", healthz)

@@ -19,9 +19,11 @@ from typing import Any
 
 from aiohttp import web
 
+from router import openfiles
 from router.admin import build_admin_app
 from router.balancer import HealthRegistry
 from router.config import Config, ConfigError, load_config
+from router.feedback import FeedbackStoreError
 from router.healthcheck import HealthChecker
 from router.ledger import Ledger
 from router.monitor import AlertNotifier, Monitor
@@ -229,7 +231,14 @@ async def serve(config: Config, config_path: str, *, ready_message: bool = True)
     # ~16 ms here) while requests wait.
     gc.collect()
     gc.freeze()
-    router = Router(config, config_path)
+    too_few_files = openfiles.check(config)
+    if too_few_files:
+        log.warning("%s", too_few_files)
+    try:
+        router = Router(config, config_path)
+    except FeedbackStoreError as exc:
+        # The CLI reports OSError as "cannot start: ..." and exits 1, without a traceback.
+        raise OSError(f"{exc} (state_dir {config.state_dir} must be writable with monitoring.feedback on)") from None
     for problem in (router.state_store.problem, router.rollouts.problem, router.monitor.problem):
         if problem:
             log.error("%s", problem)

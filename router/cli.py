@@ -71,11 +71,6 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    env_name = config.admin.token_env
-    if not env_name or not os.environ.get(env_name):
-        why = f"${env_name} is empty" if env_name else "admin.token_env is empty"
-        log.warning("no admin token set (%s): the admin API will refuse every change (promote, rollback, "
-                    "split, reload); set it to allow them", why)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it

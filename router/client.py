@@ -35,7 +35,7 @@ class AdminClient:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
-        if method == "POST" and self.token:
+        if self.token:  # reads too: the router may be set to require it (admin.read_token)
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:

@@ -85,6 +85,10 @@ class AdminConfig:
 
     listen: Address = Address("127.0.0.1", 9901)
     token_env: str | None = "ROUTER_ADMIN_TOKEN"
+    # Host names (besides IP literals, localhost and the listen host) the admin API answers to:
+    # any other Host header is refused, which defeats DNS rebinding. "*" turns the check off.
+    allowed_hosts: tuple[str, ...] = ()
+    read_token: bool = False  # reads (status, diffs, metrics) need the token too
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,14 +449,31 @@ _DEFAULT_ADMIN = Address("127.0.0.1", 9901)
 
 
 def _admin(r: Reader, node: yaml.Node) -> AdminConfig | None:
-    m = r.mapping(node, "admin", frozenset({"listen", "token_env"}))
+    m = r.mapping(node, "admin", frozenset({"listen", "token_env", "allowed_hosts", "read_token"}))
     if m is None:
         return None
     listen = r.get(m, "listen", "admin", lambda n, p: _address(r, n, p), _DEFAULT_ADMIN)
     token_env = r.string(m["token_env"], "admin.token_env") if "token_env" in m else "ROUTER_ADMIN_TOKEN"
-    if listen is None or token_env is None:
+    hosts = _allowed_hosts(r, m["allowed_hosts"]) if "allowed_hosts" in m else ()
+    read_token = r.get(m, "read_token", "admin", r.boolean, False)
+    if read_token and token_env == "":
+        r.error(m["read_token"], "admin.read_token", "needs a token: admin.token_env is empty")
         return None
-    return AdminConfig(listen, token_env or None)
+    if listen is None or token_env is None or hosts is None or read_token is None:
+        return None
+    return AdminConfig(listen, token_env or None, hosts, read_token)
+
+
+def _allowed_hosts(r: Reader, node: yaml.Node) -> tuple[str, ...] | None:
+    names = r.string_list(node, "admin.allowed_hosts")
+    if names is None:
+        return None
+    for i, name in enumerate(names):
+        if not name or any(c.isspace() or c in ":/[]@" for c in name):
+            r.error(node.value[i], f"admin.allowed_hosts[{i}]",
+                    f"expected a host name without port or scheme (or \"*\"), got {name!r}")
+            return None
+    return tuple(n.lower().rstrip(".") for n in names)
 
 
 _LIMIT_KINDS = {

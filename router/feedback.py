@@ -146,9 +146,11 @@ def parse_feedback_body(raw: bytes) -> list[dict[str, Any]]:
     if len(raw) > MAX_BODY_BYTES:
         raise FeedbackError(413, f"feedback body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
+        doc = json.loads(raw, parse_int=_json_int)
+    except ValueError as exc:  # also bad UTF-8
         raise FeedbackError(400, f"feedback body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FeedbackError(400, "feedback body is nested too deeply") from None
     if isinstance(doc, dict):
         return [doc]
     if not isinstance(doc, list):
@@ -159,6 +161,12 @@ def parse_feedback_body(raw: bytes) -> list[dict[str, Any]]:
     if len(doc) > MAX_BATCH:
         raise FeedbackError(413, f"feedback batch has {len(doc)} items; the limit is {MAX_BATCH}")
     return doc
+
+
+def _json_int(digits: str) -> int | float:
+    """Integers too big for a float become inf, which the item check rejects as not finite: a huge
+    value must make its own item invalid, not raise OverflowError and sink the whole batch."""
+    return int(digits) if len(digits) < 300 else float(digits)
 
 
 class FeedbackStore:

@@ -97,6 +97,11 @@ class RouterCollector(Collector):
         reloads.add_metric(["success"], router.reloads_ok)
         reloads.add_metric(["failure"], router.reloads_failed)
         yield reloads
+        saves = CounterMetricFamily("router_state_save_failures", "State file saves that failed (the previous "
+                                    "file was kept).", labels=["file"])
+        for store in (router.state_store, router.rollouts.store):
+            saves.add_metric([store.path.name], store.save_failures)
+        yield saves
         yield GaugeMetricFamily("router_config_last_reload_successful",
                                 "1 if the last config reload succeeded (or none was tried).",
                                 value=1 if router.last_reload_ok else 0)
@@ -192,6 +197,8 @@ def monitor_metrics(monitor: Monitor) -> Iterator[Metric]:
         yield records
     yield CounterMetricFamily("router_monitor_dropped", "Finished requests the monitor's bounded queue could "
                               "not take (not logged, not remembered for feedback).", value=monitor.dropped)
+    yield GaugeMetricFamily("router_monitor_queue_bytes", "Bytes of captured bodies waiting in the monitor's "
+                            "queue (bounded; beyond it requests are dropped and counted).", value=monitor.queued_bytes)
     feedback = CounterMetricFamily("router_feedback", "Feedback items by outcome (malformed: whole bodies).",
                                    labels=["result"])
     for key, n in sorted(monitor.feedback_counts.items()):

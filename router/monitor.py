@@ -4,8 +4,9 @@ The request path only records what it already has (route, backend, status, laten
 component needs it, the response bytes it relayed (capped). Everything else happens off the
 request path: a background task parses responses for the predicted label or score, feeds the
 anomaly detector, remembers predictions for feedback (SQLite, on the store's own thread), and
-writes the prediction log (on the log's thread). The queue between them is bounded; what does
-not fit is dropped and counted, never waited for.
+writes the prediction log (on the log's thread). The queue between them is bounded in items and
+in bytes (it holds captured bodies: 20,000 items of 128 KiB would be 2.5 GiB while a slow
+feedback store holds the drain up); what does not fit is dropped and counted, never waited for.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.monitor")
 QUEUE_LIMIT = 20_000
+QUEUE_BYTES = 32 * 1024 * 1024  # captured bodies held between the request path and the background
+BATCH_BYTES = 4 * 1024 * 1024  # taken per background turn, so one turn's parsing stays short
+ITEM_OVERHEAD = 256  # the record's own objects, roughly
 DRIFT_SAMPLES_PER_S = 100
 LABEL_KEYS = ("label", "class", "class_name", "predicted_label", "prediction")
 SCORE_KEYS = ("scores", "probabilities", "probs", "score", "probability")
@@ -49,6 +53,12 @@ class Finished(NamedTuple):
     log: bool
     shadow: dict[str, Any] | None = None
 
+    @property
+    def size(self) -> int:
+        """Bytes this record holds, as counted against QUEUE_BYTES."""
+        shadow = 0 if self.shadow is None else sum(len(v) for v in self.shadow.values() if isinstance(v, bytes | str))
+        return ITEM_OVERHEAD + len(self.request_body or b"") + len(self.response_body or b"") + shadow
+
 
 class Monitor:
     """Owns the detector, the feedback store and the prediction log; survives reloads."""
@@ -61,6 +71,7 @@ class Monitor:
         self.store: FeedbackStore | None = None
         self.problem: str | None = None
         self.queue: deque[Finished] = deque()
+        self.queued_bytes = 0
         self.dropped = 0
         self.feedback_counts: dict[str, int] = {"accepted": 0, "unknown_request_id": 0, "duplicate": 0,
                                                 "invalid": 0, "malformed": 0}
@@ -113,16 +124,33 @@ class Monitor:
             if self.detector is not None:
                 self.detector.observe(backend, route, latency, status >= 500, None, None, time.time())
             return
-        if len(self.queue) >= QUEUE_LIMIT:
+        if not self._enqueue(Finished(request_id.decode("latin-1"), time.time(), route, backend, status, latency,
+                                      request_body, response_body, to_log)):
             self.dropped += 1
-            return
-        self.queue.append(Finished(request_id.decode("latin-1"), time.time(), route, backend, status, latency,
-                                   request_body, response_body, to_log))
 
     def joined(self, item: Finished) -> None:
         """A shadowed request's record with both outputs, once the shadow is in (no detector pass)."""
-        if self.log is not None and self.log.wants(item.request_id) and len(self.queue) < QUEUE_LIMIT:
-            self.queue.append(item)
+        if self.log is not None and self.log.wants(item.request_id):
+            self._enqueue(item)
+
+    def _enqueue(self, item: Finished) -> bool:
+        size = item.size
+        if len(self.queue) >= QUEUE_LIMIT or self.queued_bytes + size > QUEUE_BYTES:
+            return False
+        self.queue.append(item)
+        self.queued_bytes += size
+        return True
+
+    def _take(self) -> list[Finished]:
+        """The oldest records, up to 5,000 or BATCH_BYTES (at least one)."""
+        batch: list[Finished] = []
+        taken = 0
+        while self.queue and len(batch) < 5000 and (not batch or taken < BATCH_BYTES):
+            item = self.queue.popleft()
+            taken += item.size
+            batch.append(item)
+        self.queued_bytes -= taken
+        return batch
 
     # -- the background
     def start(self) -> None:
@@ -151,7 +179,7 @@ class Monitor:
                 self.accuracy = await self.store.run(self.store.aggregates)
 
     async def _drain(self) -> None:
-        batch = [self.queue.popleft() for _ in range(min(len(self.queue), 5000))]
+        batch = self._take()
         if not batch:
             return
         remembered: list[Prediction] = []
@@ -168,6 +196,7 @@ class Monitor:
             if item.log and self.log is not None:
                 self.log.offer(record(item.request_id, item.time, item.route, item.backend, item.status,
                                       item.latency, item.request_body, item.response_body, item.shadow))
+        del batch, item  # the bodies: a slow store must not hold a batch of them beyond QUEUE_BYTES
         if remembered and self.store is not None:
             try:
                 await self.store.run(self.store.remember_many, remembered)

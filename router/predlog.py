@@ -25,12 +25,17 @@ with `include_bodies`: `request_body` / `response_body` embedded as JSON when th
 cannot be redacted (not JSON, or over `max_redact_bytes`) is left out and `<name>_redacted` says
 why: redaction configured means a value is never logged unredacted. Rotation renames
 `predictions.jsonl` to `.1` (and `.1` to `.2`, ...) before a line would pass `max_file_bytes`.
+
+A full disk never tears a line: the file is written unbuffered, every write's count is checked,
+and after a failed write the file is cut back to the end of its last complete line. Only records
+whose line did not reach the file count as `write_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -218,36 +223,67 @@ class _Sink:
                 self.write_errors += 1
                 log.error("prediction log: cannot encode record %r: %s", rec.get("request_id"), exc)
         with self.lock:
+            written = self.written
             try:
                 self._append(lines)
             except OSError as exc:
-                self.write_errors += len(lines)
+                self.write_errors += len(lines) - (self.written - written)
                 log.error("prediction log: cannot write %s: %s", self.config.path, exc)
                 self._close()  # reopened on the next batch
 
     def _append(self, lines: list[bytes]) -> None:
         pending: list[bytes] = []
+        pending_bytes = 0
         for line in lines:
             if self.file is None:
                 self._open()
-            if self.size and self.size + len(line) > self.config.max_file_bytes:
+            if self.size + pending_bytes and self.size + pending_bytes + len(line) > self.config.max_file_bytes:
                 self._flush(pending)
+                pending_bytes = 0
                 self._rotate()
             pending.append(line)
-            self.size += len(line)
+            pending_bytes += len(line)
         self._flush(pending)
 
     def _flush(self, pending: list[bytes]) -> None:
-        if pending and self.file is not None:
-            self.file.write(b"".join(pending))
-            self.file.flush()  # no fsync: a log line lost to a power cut is acceptable
-            self.written += len(pending)
-            pending.clear()
+        """Write whole lines; on failure keep the complete ones, cut the torn one off, and raise.
+        No fsync: a log line lost to a power cut is acceptable."""
+        if not pending or self.file is None:
+            return
+        data = memoryview(b"".join(pending))
+        done = 0
+        try:
+            while done < len(data):
+                n = self.file.write(data[done:])
+                if not n:
+                    raise OSError(errno.ENOSPC, "no byte written")
+                done += n
+        except OSError:
+            complete, kept = 0, 0
+            while complete < len(pending) and kept + len(pending[complete]) <= done:
+                kept += len(pending[complete])
+                complete += 1
+            self._cut(self.size + kept)
+            self.written += complete
+            raise
+        self.size += done
+        self.written += len(pending)
+        pending.clear()
+
+    def _cut(self, size: int) -> None:
+        """Drop a torn last line so the file holds only complete ones."""
+        assert self.file is not None
+        try:
+            os.ftruncate(self.file.fileno(), size)
+            self.size = size
+        except OSError as exc:
+            log.error("prediction log: cannot cut a torn line off %s: %s", self.config.path, exc)
 
     def _open(self) -> None:
         path = self.config.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "ab")  # noqa: SIM115 - held open across batches, closed in close()
+        # Unbuffered: each write's byte count is seen, so a short write is never taken for a whole one.
+        self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - held open across batches, closed in close()
         self.size = self.file.tell()
 
     def _rotate(self) -> None:

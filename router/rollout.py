@@ -13,8 +13,6 @@ from live traffic split between primary and candidate over the same window.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -37,6 +35,7 @@ from router.decision import (
     initial_state,
     operator_action,
 )
+from router.decisionlog import DecisionLog
 from router.ledger import Ledger
 from router.lifecycle import completes, fields_text, mirror_stop, reverse_of, top_fields
 from router.state import StateStore
@@ -97,6 +96,7 @@ class RolloutController:
     def __init__(self, state_dir: Path, ledger: Ledger) -> None:
         self.store = StateStore(state_dir, STATE_NAME)
         self.log_path = state_dir / LOG_NAME
+        self.decisions = DecisionLog(self.log_path)
         self.ledger = ledger
         self.routes: dict[str, RouteRollout] = {}
         self.problem: str | None = None
@@ -320,12 +320,7 @@ class RolloutController:
 
     def _append(self, rr: RouteRollout, entry: dict[str, Any]) -> None:
         rr.last = entry
-        try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-        except OSError as exc:
-            log.error("cannot append to the decision log %s: %s", self.log_path, exc)
+        self.decisions.append(entry)
 
     # -- persistence
     def persist(self) -> None:
@@ -338,20 +333,8 @@ class RolloutController:
             log.error("cannot save rollout state to %s: %s", self.store.path, exc)
 
     def tail(self, route: str, n: int) -> list[dict[str, Any]]:
-        """The last `n` decision-log entries of a route."""
-        try:
-            lines = self.log_path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return []
-        out: list[dict[str, Any]] = []
-        for line in reversed(lines):
-            with contextlib.suppress(json.JSONDecodeError):
-                entry = json.loads(line)
-                if entry.get("route") == route:
-                    out.append(entry)
-                    if len(out) >= n:
-                        break
-        return out[::-1]
+        """The last `n` decision-log entries of a route. Reads the disk: call it off the event loop."""
+        return self.decisions.tail(route, n)
 
     def describe(self, route: str) -> dict[str, Any] | None:
         rr = self.routes.get(route)

@@ -16,6 +16,9 @@ from router.histogram import Histogram, SignedHistogram
 from router.stats_tests import classify_field, wilson_interval
 
 MAX_FIELDS = 200  # distinct field names tracked per route; beyond, counted under "(other)"
+# Longer names are counted under "(other)" too: a backend that puts data in its output's keys
+# would otherwise make metric labels and report keys of any size (20 KB keys: 7.6 MiB /metrics).
+MAX_FIELD_NAME = 200
 MAX_COMBOS = 256  # distinct sets of mismatching fields tracked; beyond, "(other)"
 RECENT = 50
 OTHER = "(other)"
@@ -54,17 +57,14 @@ class ShadowStats:
         self._noise_at = -1e9
 
     def field_counts(self, table: dict[str, list[int]], fields: dict[str, bool]) -> None:
-        for name, ok in fields.items():
-            counts = table.get(name)
-            if counts is None:
-                name = name if len(table) < MAX_FIELDS else OTHER
-                counts = table.setdefault(name, [0, 0])
+        for name, ok in _folded(table, fields).items():
+            counts = table.setdefault(name, [0, 0])
             counts[0] += 1
             if not ok:
                 counts[1] += 1
 
     def mismatch_set(self, fields: dict[str, bool]) -> None:
-        key = frozenset(name for name, ok in fields.items() if not ok)
+        key = frozenset(name if len(name) <= MAX_FIELD_NAME else OTHER for name, ok in fields.items() if not ok)
         if key not in self.mismatch_sets and len(self.mismatch_sets) >= MAX_COMBOS:
             key = frozenset({OTHER})
         self.mismatch_sets[key] += 1
@@ -124,6 +124,21 @@ class ShadowStats:
                 "shadow_kinds": dict(self.shadow_error_kinds),
             },
         }
+
+
+def _folded(table: dict[str, list[int]], fields: dict[str, bool]) -> dict[str, bool]:
+    """One comparison's fields as `table` counts them: new names beyond MAX_FIELDS, and names over
+    MAX_FIELD_NAME characters, become one "(other)" sample that matched only if all of them did."""
+    out: dict[str, bool] = {}
+    room = MAX_FIELDS - len(table)
+    for name, ok in fields.items():
+        if name not in table and name not in out:
+            if len(name) > MAX_FIELD_NAME or room <= 0:
+                out[OTHER] = out.get(OTHER, True) and ok
+                continue
+            room -= 1
+        out[name] = ok
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -35,13 +35,20 @@ class Splits:
         self.overrides: dict[str, SplitOverride] = {}
         # Percentages set by the rollout controller for routes under automatic rollout; they win.
         self.driven: dict[str, float] = {}
-        for name, raw in store.load().get("splits", {}).items():
-            try:
-                primary, candidate, base_percent = raw["base"]
-                base = (str(primary), None if candidate is None else str(candidate), float(base_percent))
-                self.overrides[name] = SplitOverride(float(raw["percent"]), base)
-            except (KeyError, TypeError, ValueError):
-                log.error("state file %s: ignoring unreadable split for route %r", store.path, name)
+        saved = store.load().get("splits", {})
+        rejected = []
+        for name, raw in (saved.items() if isinstance(saved, dict) else [("<all>", None)]):
+            override = saved_split(raw)
+            if override is None:
+                rejected.append(name)
+            else:
+                self.overrides[name] = override
+        if rejected:
+            # The file is hand-editable: a bad value must not take effect (150%, NaN), only be reported.
+            problem = (f"state file {store.path}: ignored invalid saved splits for {', '.join(map(repr, rejected))} "
+                       "(percent must be a number within 0..100); those routes use the YAML split")
+            log.error("%s", problem)
+            store.problem = store.problem or problem
 
     def percent(self, route: RouteConfig) -> float:
         driven = self.driven.get(route.name)
@@ -51,8 +58,17 @@ class Splits:
         return route.split.candidate_percent if o is None else o.percent
 
     def set(self, route: RouteConfig, percent: float) -> None:
+        """Persist first, apply second: a split the disk did not take (OSError) never takes effect."""
+        previous = self.overrides.get(route.name)
         self.overrides[route.name] = SplitOverride(percent, SplitOverride.base_of(route))
-        self.save()
+        try:
+            self.save()
+        except OSError:
+            if previous is None:
+                del self.overrides[route.name]
+            else:
+                self.overrides[route.name] = previous
+            raise
 
     def reconcile(self, config: Config) -> list[str]:
         """Drop overrides whose route the YAML removed or changed; returns their names."""
@@ -69,3 +85,23 @@ class Splits:
         data = self.store.load() if self.store.path.exists() else {}
         data["splits"] = {n: {"percent": o.percent, "base": list(o.base)} for n, o in self.overrides.items()}
         self.store.save(data)
+
+
+def _percent(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        return None  # also NaN, which compares false with everything
+    return float(value)
+
+
+def saved_split(raw: object) -> SplitOverride | None:
+    """A split read back from the state file, or None when any part of it is not what `save` writes."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("base"), list) or len(raw["base"]) != 3:
+        return None
+    primary, candidate, base_percent = raw["base"]
+    percent, base_value = _percent(raw.get("percent")), _percent(base_percent)
+    if (percent is None or base_value is None or not isinstance(primary, str)
+            or not (candidate is None or isinstance(candidate, str))):
+        return None
+    return SplitOverride(percent, (primary, candidate, base_value))
+
+
