@@ -55,28 +55,35 @@ PERSIST_EVERY_S = 5.0
 
 
 class Side:
-    """One side's counters in the window: requests, server errors, latency buckets."""
+    """One side's counters in the window: requests, server errors, latency buckets.
 
-    __slots__ = ("correct", "errors", "labelled", "latency", "requests")
+    `errors` are 5xx answers and transport failures (and 4xx where the route opts in with
+    `rollout.count_4xx`); `client_errors` counts 4xx answers apart, reported but not gated.
+    """
+
+    __slots__ = ("client_errors", "correct", "errors", "labelled", "latency", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
+        self.client_errors = 0
         self.latency = [0] * len(EMPTY_HISTOGRAM)
         self.labelled = 0  # predictions of this step that got feedback ...
         self.correct = 0  # ... and were right
 
-    def record(self, ok: bool, seconds: float) -> None:
+    def record(self, ok: bool, seconds: float, client_error: bool = False) -> None:
         self.requests += 1
         if not ok:
             self.errors += 1
+        self.client_errors += client_error
         self.latency[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
 
     def counts(self) -> SideCounts:
         return SideCounts(self.requests, self.errors, tuple(self.latency), self.labelled, self.correct)
 
     def to_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "labelled": self.labelled, "correct": self.correct,
+        return {"requests": self.requests, "errors": self.errors, "client_errors": self.client_errors,
+                "labelled": self.labelled, "correct": self.correct,
                 "latency": {str(i): n for i, n in enumerate(self.latency) if n}}
 
     @classmethod
@@ -84,6 +91,7 @@ class Side:
         side = cls()
         side.requests, side.errors = int(data["requests"]), int(data["errors"])
         side.labelled, side.correct = int(data.get("labelled", 0)), int(data.get("correct", 0))
+        side.client_errors = int(data.get("client_errors", 0))
         for i, n in data["latency"].items():
             side.latency[int(i)] = int(n)
         side.counts()  # validates
@@ -102,11 +110,13 @@ class WindowCounters:
         self.primary = Side()
         self.candidate = Side()
 
-    def live(self, on_candidate: bool, status: int, seconds: float) -> None:
+    def live(self, on_candidate: bool, status: int, seconds: float, count_4xx: bool = False) -> None:
         """A live request finished (used when the step is not shadowed)."""
         if self.shadowed or status == 499:  # 499: the client left; says nothing about the model
             return
-        (self.candidate if on_candidate else self.primary).record(status < 500, seconds)
+        client_error = 400 <= status < 500
+        (self.candidate if on_candidate else self.primary).record(status < 500 and not (count_4xx and client_error),
+                                                                  seconds, client_error)
 
     def fallback(self) -> None:
         """A request drawn for the candidate went to the primary: no candidate endpoint was in
@@ -115,10 +125,12 @@ class WindowCounters:
             self.candidate.requests += 1
             self.candidate.errors += 1
 
-    def pair(self, live_ok: bool, live_s: float, shadow_ok: bool, shadow_s: float) -> None:
-        """A mirrored request finished on both sides (shadowed steps)."""
-        self.primary.record(live_ok, live_s)
-        self.candidate.record(shadow_ok, shadow_s)
+    def pair(self, live_ok: bool, live_s: float, shadow_ok: bool, shadow_s: float,
+             live_4xx: bool = False, shadow_4xx: bool = False) -> None:
+        """A mirrored request finished on both sides (shadowed steps); `*_ok` is False for a server
+        error or a transport failure, `*_4xx` marks a client error."""
+        self.primary.record(live_ok, live_s, live_4xx)
+        self.candidate.record(shadow_ok, shadow_s, shadow_4xx)
 
     def compared(self, agree: bool) -> None:
         self.comparisons += 1

@@ -153,6 +153,8 @@ def build_runtime(config: Config, splits: Splits, stats: Stats, mirror: Mirror, 
     removed += mirror.configure(config, health)
     rollouts.configure(config)
     health.prune(config)
+    if monitor is not None:
+        monitor.configure(config)
     return Runtime(config, RoutingTable(config), groups, splits, stats, mirror, rollouts, health, monitor), removed
 
 

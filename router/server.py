@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from router.http11 import error_response
+from router.protocols import protocol_of_path
 from router.proxy import Exchange
 from router.request import Header, Request
 
@@ -311,7 +312,8 @@ class ClientConnection(asyncio.Protocol):
             self.set_deadline(self._limits.idle_timeout, "idle keep-alive")
 
     def _reject(self, status: int, message: str) -> None:
-        response = error_response(status, message, close=True)
+        # No route was matched yet: the error's shape follows the protocol the path shows.
+        response = error_response(status, message, close=True, protocol=protocol_of_path(self._url))
         if self.exchange is not None or self.queue:
             # An earlier request is still being answered: send this after it, never interleaved.
             self.pending_reject = response

@@ -19,8 +19,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from router.balancer import BackendGroup, HealthRegistry, build_groups
-from router.compare import Comparison, compare
+from router.compare import DECODED_TOO_LARGE, Comparison
 from router.config import Config, RouteConfig, ShadowConfig
+from router.instances import compare_instances
 from router.monitor import Finished
 from router.proxy import upstream_request
 from router.request import Header, Request
@@ -44,12 +45,14 @@ PREVIEW_BYTES = 2048
 class Side:
     """One response of a mirrored request: the live one, the shadow's, or the primary's repeat."""
 
-    __slots__ = ("body", "content_type", "done", "error", "latency", "size", "started", "status", "truncated")
+    __slots__ = ("body", "content_type", "done", "encoding", "error", "latency", "size", "started", "status",
+                 "truncated")
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.status = 0
         self.content_type = "application/json"
+        self.encoding: str | None = None  # Content-Encoding: decoded for comparison, relayed as sent
         self.body: list[bytes] = []
         self.size = 0
         self.truncated = False
@@ -62,6 +65,8 @@ class Side:
         for lname, _, value in headers:
             if lname == b"content-type":
                 self.content_type = value.decode("latin-1")
+            elif lname == b"content-encoding":
+                self.encoding = value.decode("latin-1")
 
     def capture(self, data: bytes, cap: int) -> None:
         if self.truncated:
@@ -76,6 +81,14 @@ class Side:
     @property
     def ok(self) -> bool:
         return self.error is None and 200 <= self.status < 300
+
+    def server_ok(self, count_4xx: bool) -> bool:
+        """No server error (5xx) or transport failure; a 4xx is the client's, unless counted."""
+        return self.error is None and self.status < (400 if count_4xx else 500)
+
+    @property
+    def client_error(self) -> bool:
+        return self.error is None and 400 <= self.status < 500
 
     def text(self) -> bytes:
         return b"".join(self.body)
@@ -214,6 +227,9 @@ class Mirror:
         stats = self.stats.get(route.name)
         if stats is None:
             return None
+        if not cfg.paths.mirrors(req.path):
+            stats.not_mirrored["path"] += 1  # not an inference call (shadow.paths)
+            return None
         if cfg.percent < 100 and _draw() * 100 >= cfg.percent:
             return None
         if len(req.body) > cfg.max_body:
@@ -301,7 +317,9 @@ class Mirror:
             stats.shadow_error_kinds[shadow.error or f"status_{shadow.status // 100}xx"] += 1
         window = pair.window
         if window is not None and live.error != "incomplete":
-            window.pair(live.ok, live.latency, shadow.ok, shadow.latency)
+            count_4xx = pair.route.rollout is not None and pair.route.rollout.count_4xx
+            window.pair(live.server_ok(count_4xx), live.latency, shadow.server_ok(count_4xx), shadow.latency,
+                        live.client_error, shadow.client_error)
         if not (live.ok and shadow.ok):
             return
         stats.live_latency.observe(live.latency)
@@ -328,13 +346,15 @@ class _CompareJob:
 
     def run(self) -> tuple[Comparison, Comparison | None]:
         p = self.pair
-        spec = p.cfg.compare
+        spec, cap = p.cfg.compare, p.cfg.max_response
         live = p.live.text()
-        main = compare(live, p.shadow.text(), spec, p.live.content_type, shadow_content_type=p.shadow.content_type)
+        main = compare_instances(live, p.shadow.text(), spec, p.live.content_type, p.shadow.content_type,
+                                 live_encoding=p.live.encoding, shadow_encoding=p.shadow.encoding, max_decoded=cap)
         repeat = None
         if self.noise is not None:
-            repeat = compare(live, self.noise.text(), spec, p.live.content_type,
-                             shadow_content_type=self.noise.content_type)
+            repeat = compare_instances(live, self.noise.text(), spec, p.live.content_type, self.noise.content_type,
+                                       live_encoding=p.live.encoding, shadow_encoding=self.noise.encoding,
+                                       max_decoded=cap)
         return main, repeat
 
     def record(self, result: tuple[Comparison, Comparison | None]) -> None:
@@ -342,10 +362,16 @@ class _CompareJob:
         p = self.pair
         stats = p.stats
         if main.error is not None:
-            stats.extraction_errors += 1
+            if main.error_reason == DECODED_TOO_LARGE:
+                stats.skipped[DECODED_TOO_LARGE] += 1  # a decompression bomb, or just too big
+            elif stats.extraction_error(main.error_reason or "unexpected_shape"):
+                log.warning("route %s: shadow pair not compared (%s): %s", p.route.name, main.error_reason,
+                            main.error)
             return
         stats.compared += 1
         stats.agreements += main.agree
+        if main.instances is not None:
+            stats.count_instances(main.instances)
         fields = dict(main.fields)
         stats.field_counts(stats.fields, fields)
         stats.mismatch_set(fields)
@@ -358,7 +384,10 @@ class _CompareJob:
         if repeat is not None and repeat.error is None:
             stats.noise_samples += 1
             stats.field_counts(stats.noise_fields, dict(repeat.fields))
-        if p.window is not None:
+        if p.window is not None and p.cfg.compare.agree == "labels":
+            if main.label_agree is not None:  # no label in the response: no evidence either way
+                p.window.compared(main.label_agree)
+        elif p.window is not None:
             # Agreement for the rollout gate leaves out fields already known to be noise.
             noise = stats.noise_set()
             p.window.compared(all(ok or name in noise for name, ok in fields.items()))
@@ -369,10 +398,13 @@ class _CompareJob:
 def _joined_record(p: MirroredRequest) -> Finished:
     """The prediction log's record of a mirrored request: both outputs side by side."""
     live, shadow = p.live, p.shadow
-    return Finished(p.req.request_id.decode("latin-1"), time.time(), p.route.name, p.route.primary, live.status,
+    return Finished(p.req.own_id.decode("latin-1"), time.time(), p.route.name, p.route.primary, live.status,
                     live.latency, p.req.body, live.text() if not live.truncated else None, True,
                     shadow={"backend": p.cfg.backend, "status": shadow.status, "latency_s": shadow.latency,
-                            "error": shadow.error, "response_body": shadow.text() if not shadow.truncated else None})
+                            "error": shadow.error, "response_body": shadow.text() if not shadow.truncated else None,
+                            "encoding": shadow.encoding},
+                    client_request_id=p.req.request_id.decode("latin-1") if p.req.request_id != p.req.own_id else None,
+                    encoding=live.encoding)
 
 
 def _diff_entry(p: MirroredRequest, fields: Mapping[str, bool]) -> dict[str, Any]:
