@@ -640,6 +640,8 @@ def _object_pairs(t: _Tally, p: _Pair, live: dict[str, object], shadow: dict[str
 
 def _list_pairs(t: _Tally, p: _Pair, live: list[object], shadow: list[object]) -> list[_Pair]:
     t.record(p.name, len(live) == len(shadow))
+    if len(live) != len(shadow) and len(p.location) == _BATCH_DEPTH.get(t.spec.format, -1):
+        t.labels.append(False)  # a row answered on one side only: its label cannot agree
     name = p.name + "[*]"
     if _numbers(live) and _numbers(shadow) and not _is_label_key(p.key) and not _ignores_below(t.spec, p.location) \
             and not (_int_labels(p.key, live) and _int_labels(p.key, shadow)):

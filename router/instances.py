@@ -63,9 +63,13 @@ def count_instances(spec: CompareSpec, live: object, shadow: object) -> Instance
         if not isinstance(index, int):
             return None  # an object, not a batch, at that depth (TF Serving's columnar outputs)
         groups.setdefault(index, []).append(pair)
-    n = agree = label_n = label_agree = 0
+    n = agree = label_n = label_agree = one_sided = 0
     budget = spec.max_values
     for index in sorted(groups):
+        if any(p.live is MISSING or p.shadow is MISSING for p in groups[index]):
+            n += 1
+            one_sided += 1
+            continue
         one = _Tally(spec, budget)
         _walk(one, groups[index])
         budget = one.budget
@@ -77,6 +81,8 @@ def count_instances(spec: CompareSpec, live: object, shadow: object) -> Instance
         if result.label_agree is not None:
             label_n += 1
             label_agree += result.label_agree
+    if label_n:  # rows with labels, one of them missing on one side: its label disagrees too
+        label_n += one_sided
     return InstanceCounts(n, agree, label_n, label_agree) if n else None
 
 

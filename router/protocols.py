@@ -31,7 +31,7 @@ _NEVER = re.compile(r"(?:^|/)v2/repository(?:/|$)")
 _BY_PATH: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^/v2/"), "open-inference-v2"),
     (re.compile(r"^/v1/models/[^/]+:(?:predict|explain)$"), "kserve-v1"),
-    (re.compile(r"^/v1/(?:chat/completions|completions|embeddings|responses|models)(?:/|$)"), "openai"),
+    (re.compile(r"^/v1/(?:chat/completions|completions|embeddings|responses|models)$"), "openai"),
     (re.compile(r"^/invocations$"), "mlflow"),
 )
 
