@@ -75,7 +75,7 @@ def test_compressed_pairs_compare_like_plain_ones() -> None:
 def v2(predict: list[int], proba: list[list[float]]) -> bytes:
     return json.dumps({"outputs": [
         {"name": "predict", "shape": [len(predict), 1], "datatype": "INT64", "data": predict},
-        {"name": "predict_proba", "shape": [len(proba), 2], "datatype": "FP64", "data": sum(proba, [])}]}).encode()
+        {"name": "predict_proba", "shape": [len(proba), 2], "datatype": "FP64", "data": [v for row in proba for v in row]}]}).encode()
 
 
 @pytest.mark.parametrize(("spec", "live", "shadow", "expected", "label_agree"), [
