@@ -185,3 +185,31 @@ async def test_only_inference_calls_are_mirrored(
     assert sorted(b["path"] for b in shadow.seen) == ["/c/m/score", "/v2/models/clf/infer",
                                                       "/v2/models/clf/versions/3/infer"]
     assert v2["not_mirrored"] == {"path": 3} and v2["mirrored"] == 2
+
+
+async def test_status_page_shows_why_pairs_were_not_compared(
+        make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.test_statuspage import CHROMIUM, CHROMIUM_ARGS, VALUE_IS_JS
+
+    handlers = {"live": encoded(classifier(0.0), "gzip"), "corrupt": raw_answer(b"\x1f\x8b not gzip", "gzip")}
+    urls = {name: (await make_backend(name, h)).url for name, h in handlers.items()}
+    r = await make_router(base_config(tmp_path, urls, [case_route("corrupt", "live", "corrupt")]))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            async with s.post(r.url + "/v1/models/m:predict", json={"instances": [[1.0]]},
+                              headers={"X-Case": "corrupt"}) as resp:
+                assert resp.status == 200
+                await resp.read()
+        await shadow_report(s, r.admin, "corrupt", 3)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(r.admin + "/")
+            testid = "route-corrupt-not-compared-corrupt_encoding"
+            await page.wait_for_function(VALUE_IS_JS, arg=[testid, "3"], timeout=8000)
+            assert "corrupt_encoding ×3" in await page.get_by_test_id("route-corrupt-not-compared").inner_text()
+        finally:
+            await browser.close()
