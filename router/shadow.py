@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from router.balancer import BackendGroup, HealthRegistry, build_groups
 from router.compare import DECODED_TOO_LARGE, Comparison
 from router.config import Config, RouteConfig, ShadowConfig
+from router.decoding import DecodeError, decode
 from router.instances import compare_instances
 from router.monitor import Finished
 from router.proxy import upstream_request
@@ -330,7 +331,8 @@ class Mirror:
             return
         noise = pair.noise if pair.noise is not None and pair.noise.ok and not pair.noise.truncated else None
         job = _CompareJob(pair, noise)
-        if live.size + shadow.size <= INLINE_COMPARE_BYTES:
+        # A compressed body may decode to many times its size: decoding goes off the loop too.
+        if live.size + shadow.size <= INLINE_COMPARE_BYTES and not (live.encoding or shadow.encoding):
             job.record(job.run())
         else:
             future = asyncio.get_running_loop().run_in_executor(None, job.run)
@@ -343,6 +345,7 @@ class _CompareJob:
     def __init__(self, pair: MirroredRequest, noise: Side | None) -> None:
         self.pair = pair
         self.noise = noise
+        self.bodies: tuple[bytes, bytes] | None = None  # decoded, for the diff preview of a disagreement
 
     def run(self) -> tuple[Comparison, Comparison | None]:
         p = self.pair
@@ -355,6 +358,8 @@ class _CompareJob:
             repeat = compare_instances(live, self.noise.text(), spec, p.live.content_type, self.noise.content_type,
                                        live_encoding=p.live.encoding, shadow_encoding=self.noise.encoding,
                                        max_decoded=cap)
+        if main.error is None and not main.agree:
+            self.bodies = (_readable(p.live, cap), _readable(p.shadow, cap))
         return main, repeat
 
     def record(self, result: tuple[Comparison, Comparison | None]) -> None:
@@ -392,7 +397,7 @@ class _CompareJob:
             noise = stats.noise_set()
             p.window.compared(all(ok or name in noise for name, ok in fields.items()))
         if not main.agree:
-            stats.recent.append(_diff_entry(p, fields))
+            stats.recent.append(_diff_entry(p, fields, self.bodies))
 
 
 def _joined_record(p: MirroredRequest) -> Finished:
@@ -407,15 +412,25 @@ def _joined_record(p: MirroredRequest) -> Finished:
                     encoding=live.encoding)
 
 
-def _diff_entry(p: MirroredRequest, fields: Mapping[str, bool]) -> dict[str, Any]:
+def _readable(side: Side, cap: int) -> bytes:
+    """The body as a person reads it: decoded when it was compressed (it decoded once already)."""
+    try:
+        return decode(side.text(), side.encoding, cap)
+    except DecodeError:
+        return side.text()
+
+
+def _diff_entry(p: MirroredRequest, fields: Mapping[str, bool],
+                bodies: tuple[bytes, bytes] | None = None) -> dict[str, Any]:
+    live, shadow = bodies or (p.live.text(), p.shadow.text())
     return {
         "time": time.time(),
         "request_id": p.req.request_id.decode("latin-1"),
         "method": p.req.method.decode("latin-1"),
         "path": p.req.path,
         "fields": sorted(name for name, ok in fields.items() if not ok),
-        "live": _preview(p.live.text()),
-        "shadow": _preview(p.shadow.text()),
+        "live": _preview(live),
+        "shadow": _preview(shadow),
     }
 
 

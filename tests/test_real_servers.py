@@ -94,6 +94,9 @@ async def test_compressed_answers_are_compared_and_relayed_as_sent(
             assert report["compared"] == n and report["extraction_errors"] == 0, report
             assert report["label_agreement"]["k"] == truth[case] and report["label_agreement"]["n"] == n
             assert 0 < truth[case] < n
+            async with s.get(f"{r.admin}/-/routes/{case}/diffs?limit=1") as resp:
+                diff = (await resp.json())["diffs"][0]
+            assert json.loads(diff["live"])["predictions"] and json.loads(diff["shadow"])["predictions"]  # decoded
 
 
 async def test_bombs_and_undecodable_answers_are_counted_by_reason(
@@ -210,6 +213,6 @@ async def test_status_page_shows_why_pairs_were_not_compared(
             await page.goto(r.admin + "/")
             testid = "route-corrupt-not-compared-corrupt_encoding"
             await page.wait_for_function(VALUE_IS_JS, arg=[testid, "3"], timeout=8000)
-            assert "corrupt_encoding ×3" in await page.get_by_test_id("route-corrupt-not-compared").inner_text()
+            assert "corrupt_encoding \u00d73" in await page.get_by_test_id("route-corrupt-not-compared").inner_text()
         finally:
             await browser.close()
