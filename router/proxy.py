@@ -152,7 +152,7 @@ class Exchange:
                 self.rollout.fallback()
                 self.rollout = None  # served by the primary, but not a primary sample either
         monitor = rt.monitor
-        if monitor is not None and monitor.wants_body(req.request_id):
+        if monitor is not None and monitor.wants_body(req.own_id):
             self.captured = []
         self.timeout = rc.timeout or rt.config.limits.request_timeout
         self.deadline = perf_counter() + self.timeout

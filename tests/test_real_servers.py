@@ -216,3 +216,46 @@ async def test_status_page_shows_why_pairs_were_not_compared(
             assert "corrupt_encoding \u00d73" in await page.get_by_test_id("route-corrupt-not-compared").inner_text()
         finally:
             await browser.close()
+
+
+def v2_probabilities(shift: float) -> Payload:
+    """MLServer-like answers for a batch: `predict` and `predict_proba`, the latter shifted a little."""
+    def predict(body: dict[str, Any]) -> dict[str, Any]:
+        rows = body["instances"]
+        probs = [min(0.99, max(0.01, 0.5 + row[0] / 4 + shift)) for row in rows]
+        return {"outputs": [
+            {"name": "predict", "shape": [len(rows), 1], "datatype": "INT64", "data": [int(p > 0.5) for p in probs]},
+            {"name": "predict_proba", "shape": [len(rows), 2], "datatype": "FP64",
+             "data": [v for p in probs for v in (1 - p, p)]}]}
+    return predict
+
+
+async def test_a_rollout_gated_on_labels_passes_a_candidate_whose_probabilities_differ(
+        make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
+    v1 = await make_backend("v1", encoded(v2_probabilities(0.0), "gzip"))
+    v2 = await make_backend("v2", encoded(v2_probabilities(0.001), "gzip"))
+    routes = [{"name": "clf", "match": {"path_prefix": "/v2/"}, "primary": "v1", "candidate": "v2",
+               "shadow": {"backend": "v2", "compare": {"format": "open-inference-v2", "agree": "labels"}},
+               "rollout": {"steps": [0, 100], "interval": "200ms", "min_samples": 30, "max_duration": "2m",
+                           "gates": {"min_agreement": 0.5, "max_latency_ratio": None,
+                                     "max_error_rate_increase": None}, "confidence": 0.9}}]
+    r = await make_router(base_config(tmp_path, {"v1": v1.url, "v2": v2.url}, routes))
+    rng = random.Random(8)
+    async with aiohttp.ClientSession() as s:
+        phase = ""
+        for _ in range(600):
+            body = {"instances": [[rng.choice([-1, 1]) * (0.1 + rng.random())] for _ in range(4)]}
+            async with s.post(r.url + "/v2/models/clf/infer", json=body) as resp:
+                assert resp.status == 200
+                await resp.read()
+            async with s.get(r.admin + "/-/routes/clf/rollout") as resp:
+                phase = (await resp.json())["phase"]
+            if phase in ("promoted", "rolled_back", "paused"):
+                break
+        async with s.get(r.admin + "/-/routes/clf/shadow") as resp:
+            report = await resp.json()
+    assert phase == "promoted", phase
+    # every probability differs in its digits, every label agrees, row by row
+    assert report["agreement_raw"]["k"] == 0 and report["label_agreement"]["rate"] == 1.0
+    instances = report["instance_label_agreement"]
+    assert instances["n"] == 4 * instances["requests"] and instances["rate"] == 1.0
