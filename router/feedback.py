@@ -307,12 +307,11 @@ class FeedbackStore:
         live = _score(item, kind, prediction, note)
         if isinstance(live, str) and live.startswith("invalid"):
             return rid, live.replace("this request", f"request {rid!r}")
-        new = [Scored(route, backend, predicted_at, *live)] if isinstance(live, tuple) else []
-        if shadow[0] is not None:
+        scored.append(Scored(route, backend, predicted_at, *(live if isinstance(live, tuple) else (None, None))))
+        if shadow[0] is not None:  # the shadow's prediction, scored with the same truth
             theirs = _score(item, *shadow[1:])
-            if isinstance(theirs, tuple):
-                new.append(Scored(route, shadow[0], predicted_at, *theirs))
-        scored.extend(new or [Scored(route, backend, predicted_at, None, None)])
+            scored.append(Scored(route, shadow[0], predicted_at, *(theirs if isinstance(theirs, tuple) else
+                                                                   (None, None))))
         truth = item["value"] if "value" in item else _label_text(item["label"])
         self._db.execute("UPDATE predictions SET truth = ?, answered_at = ? WHERE request_id = ?", (truth, now, rid))
         return rid, "accepted" if isinstance(live, tuple) else live

@@ -17,7 +17,7 @@ import brotli
 import zstandard
 from aiohttp import web
 
-from tests.helpers import BackendFactory, RouterFactory, base_config, free_port
+from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config, free_port
 
 Payload = Callable[[dict[str, Any]], dict[str, Any]]
 COMPRESS: dict[str, Callable[[bytes], bytes]] = {
@@ -259,3 +259,35 @@ async def test_a_rollout_gated_on_labels_passes_a_candidate_whose_probabilities_
     assert report["agreement_raw"]["k"] == 0 and report["label_agreement"]["rate"] == 1.0
     instances = report["instance_label_agreement"]
     assert instances["n"] == 4 * instances["requests"] and instances["rate"] == 1.0
+
+
+async def test_the_prediction_log_and_feedback_read_compressed_answers(
+        make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
+    live = await make_backend("live", encoded(classifier(0.0), "gzip"))
+    shadow = await make_backend("shadow", encoded(classifier(0.3), "br"))
+    log_path = tmp_path / "predictions.jsonl"
+    routes = [case_route("log", "live", "shadow")]
+    routes[0]["match"] = {"path_prefix": "/v1/models/m"}
+    monitoring = {"prediction_log": {"path": str(log_path), "include_bodies": True}, "feedback": {}}
+    r = await make_router(base_config(tmp_path, {"live": live.url, "shadow": shadow.url}, routes,
+                                      monitoring=monitoring))
+    rows = [0.1, 0.5, -0.2]  # live says a, a, b; the shadow b, a, b
+    async with aiohttp.ClientSession() as s:
+        ids = []
+        for x in rows:
+            async with s.post(r.url + "/v1/models/m:predict", json={"instances": [[x]]}) as resp:
+                assert resp.status == 200 and (await resp.json())["predictions"]
+                ids.append(resp.headers["X-Router-Request-Id"])
+        await shadow_report(s, r.admin, "log", len(rows))
+        async with s.post(r.admin + "/-/feedback", json=[{"request_id": i, "label": "a"} for i in ids],
+                          headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 200 and (await resp.json())["accepted"] == 3
+        async with s.get(r.admin + "/-/routes/log/quality") as resp:
+            backends = (await resp.json())["backends"]
+    assert (backends["live"]["correct"], backends["shadow"]["correct"]) == (2, 1)
+    r.stop()  # flushes the log
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert sorted(rec["request_id"] for rec in records) == sorted(ids)
+    for rec in records:
+        assert rec["response_body"]["predictions"][0]["label"] in ("a", "b")
+        assert rec["shadow"]["response_body"]["predictions"][0]["label"] in ("a", "b")
