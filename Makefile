@@ -33,7 +33,12 @@ define apt_install
 	rm -f "$$log"
 endef
 
-.PHONY: test lint bench demo deps clean distclean $(VENV)
+# The integration suite's real model server (MLServer + sklearn, tritonclient) lives in a venv of
+# its own: its pins must not constrain the router's, and it is built once and kept.
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+
+.PHONY: test test-integration mlserver-env lint bench demo deps clean distclean $(VENV)
 
 $(VENV): $(VENV_STAMP)
 
@@ -42,6 +47,14 @@ $(VENV_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(call apt_install,python3-venv); }
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+mlserver-env: $(MLSERVER_STAMP)
+
+$(MLSERVER_STAMP): tests/integration/requirements.txt
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(call apt_install,python3-venv); }
+	[ -x $(MLSERVER_VENV)/bin/python ] || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q -r tests/integration/requirements.txt
 	@touch $@
 
 # A package counts as present if its command is on PATH or dpkg has it installed.
@@ -62,6 +75,10 @@ lint: $(VENV)
 test: $(VENV) lint deps
 	$(PY) -m pytest -q
 
+# Real MLServer instances behind a real router (tests/integration, skipped by `make test`).
+test-integration: $(VENV) mlserver-env
+	$(PY) -m pytest -q -o addopts="" -p no:cacheprovider tests/integration
+
 bench: $(VENV) deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py
@@ -75,4 +92,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MLSERVER_VENV)

@@ -54,6 +54,7 @@ class Router:
         self.rollouts.configure(config)
         self.health = HealthRegistry()
         self.monitor = Monitor(config)
+        self.monitor.configure(config)
         self.monitor.on_scored = self.ledger.scored
         self.alert_notifier = AlertNotifier(lambda: self.runtime)
         self.monitor.notify = self.alert_notifier
@@ -138,6 +139,7 @@ class Router:
         notes += self.ledger.reconcile(config)
         self.rollouts.configure(config)
         self.health.prune(config)
+        self.monitor.configure(config)
         self.runtime = new
         for pool in removed:
             pool.close()  # idle connections now; busy ones as their responses end

@@ -35,15 +35,35 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Literal, NamedTuple, TypeGuard, TypeVar, cast, get_args
 
+from router.decoding import DecodeError, decode
+
 Format = Literal["kserve-v1", "open-inference-v2", "tfserving", "mlflow", "openai", "json"]
 FORMATS: tuple[str, ...] = get_args(Format)
+# "fields": every compared field within tolerance; "labels": the predicted classes are the same
+# (argmax of probability vectors, or the label output), whatever the probabilities' digits.
+Agree = Literal["fields", "labels"]
+AGREE: tuple[str, ...] = get_args(Agree)
 MAX_VALUES = 10_000
+MAX_DECODED = 1024 * 1024
+DECODED_TOO_LARGE = "decoded_too_large"  # a compressed body beyond the cap: skipped, not an error
 # Text similarity costs O(tokens^2 / 64): 4,000 characters (at most 2,000 tokens) stays near 1 ms.
 TEXT_LIMIT = 4_000
 
 
 class ExtractionError(ValueError):
-    """The body is not what its format promises: not JSON, no predictions, a cut-off stream."""
+    """The body is not what its format promises: not JSON, no predictions, a cut-off stream.
+
+    `reason` is a short fixed name (one of EXTRACTION_REASONS) for counting and reporting.
+    """
+
+    def __init__(self, message: str, reason: str = "unexpected_shape") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# Why a pair was not compared, by kind: bounded, so they can be counters and metric labels.
+EXTRACTION_REASONS = ("not_json", "error_response", "missing_output", "unexpected_shape", "stream_incomplete",
+                      "unsupported_encoding", "corrupt_encoding", "paths_matched_nothing")
 
 
 # ---- JSONPath subset: $, .key, ['key'], [n], [*] ----------------------------------------------
@@ -142,20 +162,24 @@ class CompareSpec:
     abs_tol: float
     rel_tol: float
     max_values: int = MAX_VALUES
+    agree: Agree = "fields"  # what "agree" means for the rollout gate
 
     @classmethod
     def build(cls, format: str = "json", paths: Sequence[str] = (), ignore: Sequence[str] = (),
-              abs_tol: float = 1e-6, rel_tol: float = 1e-3, max_values: int = MAX_VALUES) -> CompareSpec:
+              abs_tol: float = 1e-6, rel_tol: float = 1e-3, max_values: int = MAX_VALUES,
+              agree: str = "fields") -> CompareSpec:
         """Validate config values; raises ValueError naming the bad value (`paths[1]: bad path ...`)."""
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+        if agree not in AGREE:
+            raise ValueError(f"agree: expected one of {', '.join(AGREE)}, got {agree!r}")
         for name, tol in (("abs_tol", abs_tol), ("rel_tol", rel_tol)):
             if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < math.inf:
                 raise ValueError(f"{name}: expected a finite number >= 0, got {tol!r}")
         if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
             raise ValueError(f"max_values: expected an integer >= 1, got {max_values!r}")
         return cls(cast(Format, format), _parse_paths("paths", paths), _parse_paths("ignore", ignore),
-                   float(abs_tol), float(rel_tol), max_values)
+                   float(abs_tol), float(rel_tol), max_values, cast(Agree, agree))
 
 
 def _parse_paths(name: str, texts: Sequence[str]) -> tuple[JsonPath, ...]:
@@ -170,6 +194,17 @@ def _parse_paths(name: str, texts: Sequence[str]) -> tuple[JsonPath, ...]:
         except ValueError as exc:
             raise ValueError(f"{name}[{i}]: {exc}") from None
     return tuple(parsed)
+
+
+class InstanceCounts(NamedTuple):
+    """Per-instance (row) agreement of one pair: of `n` instances, `agree` matched in every field;
+    of `label_n` with a label, `label_agree` had the same one. An instance on one side only counts
+    as disagreeing."""
+
+    n: int
+    agree: int
+    label_n: int
+    label_agree: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,27 +222,55 @@ class Comparison:
     text_similarity: float | None = None
     error: str | None = None
     truncated: bool = False
+    error_reason: str | None = None  # one of EXTRACTION_REASONS, or DECODED_TOO_LARGE
+    instances: InstanceCounts | None = None
 
 
 def compare(live: bytes, shadow: bytes, spec: CompareSpec, content_type: str = "application/json",
-            shadow_content_type: str | None = None) -> Comparison:
-    """Compare the live (primary) response with the shadow's. Never raises on bad bodies."""
+            shadow_content_type: str | None = None, *, live_encoding: str | None = None,
+            shadow_encoding: str | None = None, max_decoded: int = MAX_DECODED) -> Comparison:
+    """Compare the live (primary) response with the shadow's. Never raises on bad bodies.
+
+    Compressed bodies (`*_encoding`: the Content-Encoding header) are decoded first, up to
+    `max_decoded` bytes each; beyond, the pair is not compared (`error_reason` DECODED_TOO_LARGE).
+    """
+    docs = read_pair(live, shadow, spec, content_type, shadow_content_type, live_encoding=live_encoding,
+                     shadow_encoding=shadow_encoding, max_decoded=max_decoded)
+    return docs if isinstance(docs, Comparison) else compare_documents(spec, *docs)
+
+
+def read_pair(live: bytes, shadow: bytes, spec: CompareSpec, content_type: str = "application/json",
+              shadow_content_type: str | None = None, *, live_encoding: str | None = None,
+              shadow_encoding: str | None = None, max_decoded: int = MAX_DECODED) -> tuple[object, object] | Comparison:
+    """Both canonical documents, or the failed Comparison saying why one could not be read."""
     docs = []
-    for side, body, ctype in (("live", live, content_type), ("shadow", shadow, shadow_content_type or content_type)):
+    for side, body, ctype, encoding in (("live", live, content_type, live_encoding),
+                                        ("shadow", shadow, shadow_content_type or content_type, shadow_encoding)):
         try:
-            docs.append(extract(body, spec.format, ctype))
+            docs.append(extract(decode(body, encoding, max_decoded), spec.format, ctype))
+        except DecodeError as exc:
+            return _failed(f"{side}: {exc}", _DECODE_REASONS[exc.reason])
         except ExtractionError as exc:
-            return _failed(f"{side}: {exc}")
+            return _failed(f"{side}: {exc}", exc.reason)
+    return docs[0], docs[1]
+
+
+def compare_documents(spec: CompareSpec, live: object, shadow: object) -> Comparison:
+    """Compare two canonical documents (see `extract`)."""
     tally = _Tally(spec, spec.max_values)
-    roots = _root_pairs(tally, docs[0], docs[1])
+    roots = _root_pairs(tally, live, shadow)
     if spec.paths and not roots:
-        return _failed("paths matched nothing (or only ignored values) in either response")
+        return _failed("paths matched nothing (or only ignored values) in either response", "paths_matched_nothing")
     _walk(tally, roots)
     return tally.result()
 
 
-def _failed(error: str) -> Comparison:
-    return Comparison(agree=False, fields=MappingProxyType({}), error=error)
+_DECODE_REASONS = {"too_large": DECODED_TOO_LARGE, "unsupported_encoding": "unsupported_encoding",
+                   "corrupt": "corrupt_encoding"}
+
+
+def _failed(error: str, reason: str) -> Comparison:
+    return Comparison(agree=False, fields=MappingProxyType({}), error=error, error_reason=reason)
 
 
 # ---- extraction ---------------------------------------------------------------------------------
@@ -224,9 +287,9 @@ def _load_json(body: bytes | str) -> object:
     try:
         return json.loads(body)
     except RecursionError:
-        raise ExtractionError("body is not usable JSON: nested too deeply") from None
+        raise ExtractionError("body is not usable JSON: nested too deeply", "not_json") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ExtractionError(f"body is not JSON: {exc}") from None
+        raise ExtractionError(f"body is not JSON: {exc}", "not_json") from None
 
 
 def _short(value: object) -> str:
@@ -241,9 +304,9 @@ def _member(doc: object, *keys: str) -> tuple[str, object]:
         if key in doc:
             return key, doc[key]
     if "error" in doc:
-        raise ExtractionError(f"error response: {_short(doc['error'])}")
+        raise ExtractionError(f"error response: {_short(doc['error'])}", "error_response")
     wanted = " or ".join(repr(k) for k in keys)
-    raise ExtractionError(f"no {wanted} in the response (keys: {_short(list(doc)[:10])})")
+    raise ExtractionError(f"no {wanted} in the response (keys: {_short(list(doc)[:10])})", "missing_output")
 
 
 def _kserve_v1(doc: object) -> object:
@@ -257,7 +320,7 @@ def _tfserving(doc: object) -> object:
 
 def _mlflow(doc: object) -> object:
     if isinstance(doc, dict) and "predictions" not in doc and "error_code" in doc:
-        raise ExtractionError(f"error response: {_short(doc.get('message', doc['error_code']))}")
+        raise ExtractionError(f"error response: {_short(doc.get('message', doc['error_code']))}", "error_response")
     if isinstance(doc, dict) and "predictions" in doc:
         return {"predictions": doc["predictions"]}
     if isinstance(doc, list | dict):  # MLflow 1.x returned the bare output
@@ -367,7 +430,7 @@ def _openai_stream(body: bytes) -> object:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ExtractionError(f"event stream is not UTF-8: {exc}") from None
+        raise ExtractionError(f"event stream is not UTF-8: {exc}", "not_json") from None
     choices: dict[int, _StreamedChoice] = {}
     for data in _sse_data(text):
         if data.strip() == "[DONE]":
@@ -375,7 +438,7 @@ def _openai_stream(body: bytes) -> object:
         _absorb(choices, _load_json(data))
     # Without [DONE] the stream was cut (by a byte cap or a dropped connection): partial text
     # would look like a disagreement.
-    raise ExtractionError("event stream ended without 'data: [DONE]'")
+    raise ExtractionError("event stream ended without 'data: [DONE]'", "stream_incomplete")
 
 
 def _sse_data(text: str) -> Iterator[str]:
@@ -396,7 +459,7 @@ def _sse_data(text: str) -> Iterator[str]:
 
 def _absorb(choices: dict[int, _StreamedChoice], chunk: object) -> None:
     if isinstance(chunk, dict) and "error" in chunk:
-        raise ExtractionError(f"error event: {_short(chunk['error'])}")
+        raise ExtractionError(f"error event: {_short(chunk['error'])}", "error_response")
     deltas = chunk.get("choices", []) if isinstance(chunk, dict) else None
     if not isinstance(deltas, list):
         raise ExtractionError(f"stream chunk without a 'choices' list: {_short(chunk)}")
@@ -437,6 +500,10 @@ _KINDS: Mapping[type, str] = {type(None): "null", bool: "bool", int: "number", f
                               str: "string", list: "list", dict: "object", _Missing: "missing"}
 _PROB_KEY = re.compile(r"prob|score|logit|softmax", re.IGNORECASE)
 _LABEL_KEY = re.compile(r"(?:^|_)(?:labels?|class(?:es)?|class_ids?|class_names?|categor(?:y|ies))$", re.IGNORECASE)
+# Integers under these keys are class labels: a classifier's `predictions` in KServe V1, MLflow and
+# TF Serving, and the `predict` output of MLServer's sklearn and xgboost runtimes. (Regressors
+# answer floats, which stay numbers.)
+_INT_LABEL_KEYS = frozenset({"predictions", "predict"})
 _STRING_LABEL_FORMATS = frozenset({"kserve-v1", "open-inference-v2", "tfserving", "mlflow"})
 # Where the batch lives: that list holds one value per instance, so its summing to 1 is chance.
 _BATCH_DEPTH: Mapping[str, int] = {"kserve-v1": 1, "tfserving": 1, "mlflow": 1, "open-inference-v2": 2}
@@ -573,8 +640,11 @@ def _object_pairs(t: _Tally, p: _Pair, live: dict[str, object], shadow: dict[str
 
 def _list_pairs(t: _Tally, p: _Pair, live: list[object], shadow: list[object]) -> list[_Pair]:
     t.record(p.name, len(live) == len(shadow))
+    if len(live) != len(shadow) and len(p.location) == _BATCH_DEPTH.get(t.spec.format, -1):
+        t.labels.append(False)  # a row answered on one side only: its label cannot agree
     name = p.name + "[*]"
-    if _numbers(live) and _numbers(shadow) and not _is_label_key(p.key) and not _ignores_below(t.spec, p.location):
+    if _numbers(live) and _numbers(shadow) and not _is_label_key(p.key) and not _ignores_below(t.spec, p.location) \
+            and not (_int_labels(p.key, live) and _int_labels(p.key, shadow)):
         _compare_numbers(t, p, name, live, shadow)
         return []
     count = min(len(live), len(shadow))
@@ -653,6 +723,10 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)  # the first maximum, as numpy.argmax
 
 
+def _int_labels(key: str | None, values: list[float]) -> bool:
+    return key in _INT_LABEL_KEYS and all(type(x) is int for x in values)
+
+
 def _is_label_key(key: str | None) -> bool:
     return key is not None and _LABEL_KEY.search(key) is not None
 
@@ -662,7 +736,8 @@ def _leaf_match(t: _Tally, p: _Pair) -> bool:
     if isinstance(live, str) and isinstance(shadow, str) and t.spec.format == "openai":
         return _text_match(t, live, shadow)
     string_label = isinstance(live, str) and t.spec.format in _STRING_LABEL_FORMATS
-    if live is not None and (string_label or _is_label_key(p.key)):
+    int_label = type(live) is int and p.key in _INT_LABEL_KEYS
+    if live is not None and (string_label or int_label or _is_label_key(p.key)):
         t.labels.append(live == shadow)
         return live == shadow
     if isinstance(live, int | float) and isinstance(shadow, int | float) and _kind(live) == "number":

@@ -20,6 +20,7 @@ from router.alerts import AlertConfig
 from router.compare import CompareSpec
 from router.decision import Action, Gates, RolloutPolicy
 from router.predlog import PredictionLogConfig
+from router.protocols import EVERY_PATH, PROTOCOLS, MirrorPaths, default_mirror_paths, mirror_paths
 from router.units import parse_duration, parse_size
 from router.yamlsrc import ConfigError, ConfigIssue, Reader, join
 
@@ -218,6 +219,7 @@ class ShadowConfig:
     noise_percent: float = 0.0
     timeout: float | None = None  # default: the route's timeout
     after_rollout: str = "stop"  # "stop": no more copies once a rollout of this backend ends; "continue"
+    paths: MirrorPaths = EVERY_PATH  # which request paths are mirrored
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +228,13 @@ class RolloutConfig:
 
     policy: RolloutPolicy
     notify: str | None = None
+    count_4xx: bool = False  # client errors (4xx) count as the model's errors in the gates
+
+
+# label: a class (an integer or string, or the argmax of a score vector); scores: a vector of class
+# scores, scored by its argmax; value: a regression value; auto: inferred from the response.
+PredictionKind = Literal["auto", "label", "scores", "value"]
+PREDICTION_KINDS: tuple[str, ...] = ("auto", "label", "scores", "value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +251,8 @@ class RouteConfig:
     retries: int = 1  # extra attempts where safe, within the route's timeout and the retry budget
     shadow: ShadowConfig | None = None
     rollout: RolloutConfig | None = None
+    protocol: str | None = None  # explicit `protocol:`, else the shadow's compare.format
+    prediction: PredictionKind = "auto"  # how feedback reads a prediction from a response
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,7 +656,7 @@ def _outlier(r: Reader, node: yaml.Node, path: str) -> Outlier | None:
 
 
 _ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "retries",
-                         "shadow", "rollout"})
+                         "shadow", "rollout", "protocol", "prediction"})
 
 
 def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[RouteConfig, ...] | None:
@@ -712,7 +723,9 @@ def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> R
         r.error(m["split"], join(path, "split.candidate_percent"), "a split needs a candidate backend")
     overrides = _overrides(r, m["overrides"], join(path, "overrides"), backends) if "overrides" in m else ()
     timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
-    shadow = _shadow(r, m["shadow"], join(path, "shadow"), backends) if "shadow" in m else None
+    protocol = r.get(m, "protocol", path, _choice(r, PROTOCOLS), None)
+    prediction = r.get(m, "prediction", path, _choice(r, PREDICTION_KINDS), "auto")
+    shadow = _shadow(r, m["shadow"], join(path, "shadow"), backends, protocol) if "shadow" in m else None
     if shadow is not None and shadow.backend == primary:
         r.error(m["shadow"], join(path, "shadow.backend"), "must differ from primary (mirror to another model)")
     rollout = _rollout(r, m["rollout"], join(path, "rollout")) if "rollout" in m else None
@@ -725,11 +738,14 @@ def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> R
         r.error(m["retries"], join(path, "retries"), "must be within 0..5")
     if len(r.issues) > before or retries is None:
         return None
-    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, retries, shadow, rollout)
+    if protocol is None and shadow is not None and shadow.compare.format != "json":
+        protocol = shadow.compare.format
+    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, retries, shadow, rollout,
+                       protocol, prediction or "auto")  # type: ignore[arg-type]
 
 
 _ROLLOUT_KEYS = frozenset({"steps", "interval", "min_samples", "max_duration", "gates", "confidence", "on_failure",
-                           "on_timeout", "approval", "notify"})
+                           "on_timeout", "approval", "notify", "count_4xx"})
 _GATE_KEYS = ("min_agreement", "max_latency_ratio", "max_error_rate_increase", "min_accuracy_delta")
 
 
@@ -748,6 +764,7 @@ def _rollout(r: Reader, node: yaml.Node, path: str) -> RolloutConfig | None:
     on_timeout = r.get(m, "on_timeout", path, _choice(r, ("rollback", "pause")), "pause")
     approval = r.get(m, "approval", path, r.boolean, False)
     notify = r.get(m, "notify", path, r.string, None)
+    count_4xx = r.get(m, "count_4xx", path, r.boolean, False)
     if notify is not None and not re.match(r"^https?://[^/\s]+", notify):
         r.error(m["notify"], join(path, "notify"), f"bad URL {notify!r}: give http://host:port/path")
     gates = _gates(r, m["gates"], join(path, "gates")) if "gates" in m else Gates()
@@ -763,7 +780,7 @@ def _rollout(r: Reader, node: yaml.Node, path: str) -> RolloutConfig | None:
                         if problem.startswith(k)), None)
             r.error(m.get(key, node) if key else node, join(path, key) if key else path, problem)
         return None
-    return RolloutConfig(policy, notify)
+    return RolloutConfig(policy, notify, bool(count_4xx))
 
 
 _ZONE_KEYS = ("agreement_indifference", "error_indifference", "accuracy_indifference", "latency_indifference")
@@ -815,11 +832,12 @@ def _choice(r: Reader, allowed: tuple[str, ...]) -> Callable[[yaml.Node, str], s
 
 
 _SHADOW_KEYS = frozenset({"backend", "percent", "methods", "max_concurrency", "max_body", "max_response",
-                          "timeout", "compare", "after_rollout"})
-_COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent"})
+                          "timeout", "compare", "after_rollout", "paths"})
+_COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent", "agree"})
 
 
-def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> ShadowConfig | None:
+def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str],
+            protocol: str | None) -> ShadowConfig | None:
     m = r.mapping(node, path, _SHADOW_KEYS)
     if m is None:
         return None
@@ -837,13 +855,26 @@ def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> 
     timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
     spec, noise = _compare(r, m.get("compare"), join(path, "compare"))
     after = r.get(m, "after_rollout", path, _choice(r, ("stop", "continue")), "stop")
+    paths = _mirror_paths(r, m["paths"], join(path, "paths")) if "paths" in m else \
+        default_mirror_paths(protocol or (spec.format if spec else None))
     if len(r.issues) > before or None in (backend, percent, methods, max_conc, max_body, max_response, spec, noise,
-                                          after):
+                                          after, paths):
         return None
-    assert backend and spec and methods is not None
+    assert backend and spec and methods is not None and paths is not None
     return ShadowConfig(backend, spec, float(percent or 0), frozenset(x.encode() for x in methods),
                         int(max_conc or 1), int(max_body or 0), int(max_response or 0), float(noise or 0), timeout,
-                        str(after))
+                        str(after), paths)
+
+
+def _mirror_paths(r: Reader, node: yaml.Node, path: str) -> MirrorPaths | None:
+    globs = r.string_list(node, path)
+    if globs is None:
+        return None
+    try:
+        return mirror_paths(globs)
+    except ValueError as exc:
+        r.error(node, path, str(exc))
+        return None
 
 
 def _compare(r: Reader, node: yaml.Node | None, path: str) -> tuple[CompareSpec | None, float | None]:
@@ -859,14 +890,16 @@ def _compare(r: Reader, node: yaml.Node | None, path: str) -> tuple[CompareSpec 
     abs_tol = r.get(m, "abs_tol", path, r.number, 1e-6)
     rel_tol = r.get(m, "rel_tol", path, r.number, 1e-3)
     noise = r.get(m, "noise_percent", path, lambda n, p: _percent(r, n, p), 0.0)
+    agree = r.get(m, "agree", path, _choice(r, ("fields", "labels")), "fields")
     for key, value in (("abs_tol", abs_tol), ("rel_tol", rel_tol)):
         if value is not None and value < 0:
             r.error(m[key], join(path, key), "must be 0 or more")
             return None, None
-    if fmt is None or paths is None or ignore is None or abs_tol is None or rel_tol is None:
+    if fmt is None or paths is None or ignore is None or abs_tol is None or rel_tol is None or agree is None:
         return None, None
     try:
-        spec = CompareSpec.build(format=fmt, paths=paths, ignore=ignore, abs_tol=abs_tol, rel_tol=rel_tol)
+        spec = CompareSpec.build(format=fmt, paths=paths, ignore=ignore, abs_tol=abs_tol, rel_tol=rel_tol,
+                                 agree=agree)
     except ValueError as exc:
         # Path errors start with "paths[i]: " or "ignore[i]: "; anything else is about the format.
         where, sep, what = str(exc).partition(": ")

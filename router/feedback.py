@@ -44,22 +44,27 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 from router.stats_tests import wilson_interval
 
-Kind = Literal["label", "value"]
+# label: a class; value: a regression value; number: an integer read where the route did not say
+# which (scored as a label when the feedback is a label, as a value when it is a value); none: no
+# prediction could be read (the row keeps why, so feedback can say it).
+Kind = Literal["label", "value", "number", "none"]
+KINDS = ("label", "value", "number", "none")
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ID = 256
 MAX_LABEL = 1024
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _T = TypeVar("_T")
 _ITEM_KEYS = frozenset({"request_id", "label", "value"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT PRIMARY KEY, route TEXT NOT NULL, backend TEXT NOT NULL, time REAL NOT NULL,
-    kind TEXT NOT NULL, prediction, truth, answered_at REAL);
+    kind TEXT NOT NULL, prediction, truth, answered_at REAL,
+    note TEXT, client_id TEXT, shadow_backend TEXT, shadow_kind TEXT, shadow_prediction, shadow_note TEXT);
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
 CREATE TABLE IF NOT EXISTS quality (
     route TEXT NOT NULL, backend TEXT NOT NULL, labelled INTEGER NOT NULL, correct INTEGER NOT NULL,
@@ -86,8 +91,14 @@ class FeedbackStoreError(Exception):
         self.reason = reason
 
 
+# Version 1 files gain the columns added in 2; nothing else changed.
+_MIGRATE_1 = [f"ALTER TABLE predictions ADD COLUMN {c}" for c in (
+    "note TEXT", "client_id TEXT", "shadow_backend TEXT", "shadow_kind TEXT", "shadow_prediction", "shadow_note TEXT")]
+
+
 class Prediction(NamedTuple):
-    """A prediction awaiting feedback: a class label ("label") or a regression value ("value")."""
+    """A prediction awaiting feedback (see Kind). `request_id` is the router's own id for the
+    request (a client cannot choose it); `client_id` is the client's X-Request-Id, kept for reference."""
 
     request_id: str
     route: str
@@ -95,6 +106,19 @@ class Prediction(NamedTuple):
     time: float
     prediction: str | float | None
     kind: Kind = "label"
+    note: str | None = None  # why there is no prediction
+    client_id: str | None = None
+
+
+class ShadowPrediction(NamedTuple):
+    """The shadow's prediction for the same request, stored beside the live one so that feedback
+    scores both (a shadow-only rollout step then has accuracy evidence)."""
+
+    request_id: str
+    backend: str
+    prediction: str | float | None
+    kind: Kind = "label"
+    note: str | None = None
 
 
 class Scored(NamedTuple):
@@ -135,10 +159,12 @@ class FeedbackResult:
         item was invalid, else 404 if any id was unknown, else 409 (all duplicates)."""
         if self.count("accepted"):
             return 200
-        return 422 if self.count("invalid") else 404 if self.count("unknown_request_id") else 409
+        if self.count("invalid") or self.count("unscorable"):
+            return 422
+        return 404 if self.count("unknown_request_id") else 409
 
     def to_json(self) -> dict[str, Any]:
-        counts = {k: self.count(k) for k in ("accepted", "unknown_request_id", "duplicate", "invalid")}
+        counts = {k: self.count(k) for k in ("accepted", "unscorable", "unknown_request_id", "duplicate", "invalid")}
         return {**counts, "items": [{"request_id": rid, "outcome": o} for rid, o in self.outcomes]}
 
 
@@ -178,6 +204,7 @@ class FeedbackStore:
         self.path, self.retention_s, self.max_rows = path, retention_s, max_rows
         self.accepted = self.unknown = self.duplicate = self.invalid = 0
         self.remembered = self.conflicts = self.pruned = 0
+        self.unscorable = self.shadow_unjoined = 0
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-sqlite")
         try:
@@ -196,10 +223,13 @@ class FeedbackStore:
     def _setup(self) -> None:
         with self._guard():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise FeedbackStoreError(self.path, f"schema version {version}; this router knows {SCHEMA_VERSION}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: safe against crashes, not power cuts
+            if version == 1:
+                for statement in _MIGRATE_1:
+                    self._db.execute(statement)
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -225,15 +255,26 @@ class FeedbackStore:
                  kind: Kind = "label") -> None:
         self.remember_many([Prediction(request_id, route, backend, time, prediction, kind)])
 
-    def remember_many(self, predictions: Iterable[Prediction]) -> None:
-        rows = [(p.request_id, p.route, p.backend, p.time, p.kind, _stored(p.prediction, p.kind)) for p in predictions]
-        if not rows:
+    def remember_many(self, predictions: Iterable[Prediction], shadows: Iterable[ShadowPrediction] = ()) -> None:
+        """Store live predictions, then attach shadow predictions to rows already stored (in the
+        same call or earlier); a shadow prediction whose live row is not there is counted."""
+        rows = [(p.request_id, p.route, p.backend, p.time, p.kind, _stored(p.prediction, p.kind), p.note, p.client_id)
+                for p in predictions]
+        shadow_rows = [(s.backend, s.kind, _stored(s.prediction, s.kind), s.note, s.request_id) for s in shadows]
+        if not rows and not shadow_rows:
             return
         with self._guard(), self._db:
             cur = self._db.executemany("INSERT OR IGNORE INTO predictions (request_id, route, backend, time, kind, "
-                                       "prediction) VALUES (?, ?, ?, ?, ?, ?)", rows)
-        self.remembered += cur.rowcount
-        self.conflicts += len(rows) - cur.rowcount
+                                       "prediction, note, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            inserted = cur.rowcount if rows else 0
+            joined = 0
+            for row in shadow_rows:
+                joined += self._db.execute("UPDATE predictions SET shadow_backend = ?, shadow_kind = ?, "
+                                           "shadow_prediction = ?, shadow_note = ? WHERE request_id = ? AND "
+                                           "shadow_backend IS NULL", row).rowcount
+        self.remembered += inserted
+        self.conflicts += len(rows) - inserted
+        self.shadow_unjoined += len(shadow_rows) - joined
 
     # -- feedback in
     def feedback(self, items: list[Any], now: float | None = None) -> FeedbackResult:
@@ -252,6 +293,8 @@ class FeedbackStore:
                 self.unknown += 1
             elif outcome == "duplicate":
                 self.duplicate += 1
+            elif outcome.startswith("unscorable"):
+                self.unscorable += 1
             else:
                 self.invalid += 1
         return FeedbackResult(tuple(outcomes), tuple(scored))
@@ -261,27 +304,25 @@ class FeedbackStore:
         rid = item.get("request_id") if isinstance(item, dict) and isinstance(item.get("request_id"), str) else None
         if problem is not None or rid is None:
             return rid, f"invalid: {problem}"
-        row = self._db.execute("SELECT route, backend, time, kind, prediction, answered_at FROM predictions "
-                               "WHERE request_id = ?", (rid,)).fetchone()
+        row = self._db.execute("SELECT route, backend, time, kind, prediction, answered_at, note, shadow_backend, "
+                               "shadow_kind, shadow_prediction, shadow_note FROM predictions WHERE request_id = ?",
+                               (rid,)).fetchone()
         if row is None:
             return rid, "unknown_request_id"
-        route, backend, predicted_at, kind, prediction, answered_at = row
+        route, backend, predicted_at, kind, prediction, answered_at, note, *shadow = row
         if answered_at is not None:
             return rid, "duplicate"
-        truth = item.get("value", item.get("label"))
-        if kind == "value":
-            if not _is_number(truth):
-                return rid, f"invalid: request {rid!r} predicted a value; send a numeric label or value"
-            error = None if prediction is None else float(truth) - float(prediction)
-            scored.append(Scored(route, backend, predicted_at, None, error))
-        else:
-            if "value" in item:
-                return rid, f"invalid: request {rid!r} predicted a class label; send 'label', not 'value'"
-            truth = _label_text(truth)
-            scored.append(Scored(route, backend, predicted_at, None if prediction is None else truth == prediction,
-                                 None))
+        live = _score(item, kind, prediction, note)
+        if isinstance(live, str) and live.startswith("invalid"):
+            return rid, live.replace("this request", f"request {rid!r}")
+        scored.append(Scored(route, backend, predicted_at, *(live if isinstance(live, tuple) else (None, None))))
+        if shadow[0] is not None:  # the shadow's prediction, scored with the same truth
+            theirs = _score(item, *shadow[1:])
+            scored.append(Scored(route, shadow[0], predicted_at, *(theirs if isinstance(theirs, tuple) else
+                                                                   (None, None))))
+        truth = item["value"] if "value" in item else _label_text(item["label"])
         self._db.execute("UPDATE predictions SET truth = ?, answered_at = ? WHERE request_id = ?", (truth, now, rid))
-        return rid, "accepted"
+        return rid, "accepted" if isinstance(live, tuple) else live
 
     def _add(self, scored: list[Scored]) -> None:
         sums: dict[tuple[str, str], list[float]] = {}
@@ -316,6 +357,10 @@ class FeedbackStore:
         with self._guard():
             pending = dict(self._db.execute("SELECT backend, COUNT(*) FROM predictions WHERE route = ? AND "
                                             "answered_at IS NULL GROUP BY backend", (route,)).fetchall())
+            for name, n in self._db.execute("SELECT shadow_backend, COUNT(*) FROM predictions WHERE route = ? AND "
+                                            "answered_at IS NULL AND shadow_backend IS NOT NULL GROUP BY "
+                                            "shadow_backend", (route,)).fetchall():
+                pending[name] = pending.get(name, 0) + n
         backends = {name: _scores(aggs.get(name), pending.get(name, 0)) for name in sorted({*aggs, *pending})}
         delta = None
         if primary is not None and candidate is not None and primary in aggs and candidate in aggs:
@@ -373,13 +418,35 @@ def _label_text(x: object) -> str:
 
 
 def _stored(prediction: str | float | None, kind: Kind) -> str | float | None:
-    if kind not in ("label", "value"):
-        raise ValueError(f"kind must be 'label' or 'value', got {kind!r}")
-    if prediction is None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if prediction is None or kind == "none":
         return None
-    if kind == "value":
+    if kind in ("value", "number"):
         return float(prediction)
     return _label_text(prediction)
+
+
+Score = tuple[bool | None, float | None]  # (correct, error), as in Scored
+
+
+def _score(item: dict[str, Any], kind: str, prediction: object, note: str | None) -> Score | str:
+    """How the truth in `item` scores one stored prediction: (correct, error), or the outcome
+    ("invalid: ..." for feedback of the wrong kind, "unscorable: ..." when nothing can be scored)."""
+    if prediction is None or kind == "none":
+        why = note or "no prediction was read from the response"
+        return f"unscorable: {why}"
+    truth = item.get("value", item.get("label"))
+    if kind == "label":
+        if "value" in item:
+            return "invalid: this request predicted a class label; send 'label', not 'value'"
+        return _label_text(truth) == prediction, None
+    if "label" in item and kind == "number":  # an integer read without a declared kind: a class
+        return _label_text(truth) == _label_text(prediction), None
+    if not _is_number(truth):
+        return "invalid: this request predicted a value; send a numeric label or value"
+    assert isinstance(prediction, int | float)
+    return None, float(cast(float, truth)) - float(prediction)
 
 
 def _item_problem(item: object) -> str | None:

@@ -21,7 +21,7 @@ REQUEST_OWN = frozenset({
     b"x-forwarded-host", b"x-request-id", b"via",
     b"x-shadow-request",  # marks the router's own mirrored copies; a client must not forge it
 })
-RESPONSE_OWN = frozenset({b"content-length", b"x-request-id", b"x-model-backend"})
+RESPONSE_OWN = frozenset({b"content-length", b"x-request-id", b"x-router-request-id", b"x-model-backend"})
 
 # What the proxy skips when copying headers: hop-by-hop, plus those it writes itself.
 SKIP_REQUEST = HOP_BY_HOP | REQUEST_OWN
@@ -93,19 +93,39 @@ def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     return frozenset(out)
 
 
-def error_body(status: int, message: str, request_id: bytes | None = None) -> bytes:
-    body = {"error": {"status": status, "reason": REASONS.get(status, b"").decode(), "message": message}}
-    if request_id is not None:
-        body["error"]["request_id"] = request_id.decode()
+def error_body(status: int, message: str, request_id: bytes | None = None, protocol: str | None = None) -> bytes:
+    """The error body in the shape the route's protocol defines, so its clients can read it.
+
+    Open Inference V2, KServe V1 and TF Serving: `{"error": "<message>"}` (tritonclient and the
+    KServe SDK concatenate it into their exception text); OpenAI: `{"error": {"message", "type",
+    "code", "param"}}`; otherwise the router's own `{"error": {"status", "reason", "message",
+    "request_id"}}`. The request id is in the X-Request-Id header whatever the shape.
+    """
+    reason = REASONS.get(status, b"").decode()
+    body: dict[str, object]
+    if protocol in _STRING_ERROR:
+        body = {"error": message}
+    elif protocol == "openai":
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        code = reason.lower().replace(" ", "_").replace("-", "_") or str(status)
+        body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    else:
+        own: dict[str, object] = {"status": status, "reason": reason, "message": message}
+        if request_id is not None:
+            own["request_id"] = request_id.decode()
+        body = {"error": own}
     return json.dumps(body).encode()
+
+
+_STRING_ERROR = frozenset({"open-inference-v2", "kserve-v1", "tfserving"})
 
 
 def error_response(
     status: int, message: str, request_id: bytes | None = None, *, close: bool = False,
-    extra: list[tuple[bytes, bytes]] | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None, protocol: str | None = None,
 ) -> bytes:
-    """A complete JSON error response, ready to write."""
-    body = error_body(status, message, request_id)
+    """A complete JSON error response, ready to write; `protocol` picks the body's shape."""
+    body = error_body(status, message, request_id, protocol)
     parts = [status_line(status), b"Content-Type: application/json\r\n",
              b"Content-Length: %d\r\n" % len(body)]
     if request_id is not None:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from router.compare import Comparison
+from router.compare import DECODED_TOO_LARGE, Comparison
 from router.config import Config, RouteConfig
 from router.decision import StepEvidence
 from router.feedback import FeedbackResult
@@ -44,18 +44,26 @@ class LiveOutcome(NamedTuple):
 
 
 class PairOutcome(NamedTuple):
-    """A mirrored request ended on every side; `*_ok` is a 2xx that arrived whole."""
+    """A mirrored request ended on every side: each side's status, transport error and latency."""
 
     route: str
     shadow_backend: str
-    live_ok: bool
-    live_incomplete: bool  # the live response was cut: says nothing about either model
+    live_status: int
+    live_error: str | None  # "incomplete": the live response was cut; says nothing about either model
     live_s: float
-    shadow_ok: bool
-    shadow_error: str | None  # transport error kind, or None with a non-2xx status below
     shadow_status: int
+    shadow_error: str | None  # transport error kind (timeout, connect_refused, ...)
     shadow_s: float
     truncated: bool  # a body was over the capture cap: not comparable
+
+    @property
+    def live_ok(self) -> bool:
+        """A 2xx that arrived whole: comparable."""
+        return self.live_error is None and 200 <= self.live_status < 300
+
+    @property
+    def shadow_ok(self) -> bool:
+        return self.shadow_error is None and 200 <= self.shadow_status < 300
 
 
 class ComparedOutcome(NamedTuple):
@@ -66,6 +74,7 @@ class ComparedOutcome(NamedTuple):
     main: Comparison
     repeat: Comparison | None
     diff: dict[str, Any] | None  # the disagreement as kept for /diffs, when they disagreed
+    by_labels: bool = False  # compare.agree: labels, the gate counts label agreement only
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +161,12 @@ class Ledger:
         if stats is not None:
             stats.mirrored += 1
 
+    def not_mirrored(self, route: str, reason: str) -> None:
+        """A request the shadow never saw by design (not an inference call: shadow.paths)."""
+        stats = self.shadow.get(route)
+        if stats is not None:
+            stats.not_mirrored[reason] += 1
+
     def compare_skipped(self, route: str, reason: str) -> None:
         stats = self.shadow.get(route)
         if stats is not None:
@@ -161,15 +176,16 @@ class Ledger:
         stats = self.shadow.get(o.route)
         if stats is None:
             return
+        incomplete = o.live_error == "incomplete"
         if not o.live_ok:
-            stats.live_errors += not o.live_incomplete
+            stats.live_errors += not incomplete
             stats.skipped["live_failed"] += 1
         if not o.shadow_ok:
             stats.shadow_errors += 1
             stats.shadow_error_kinds[o.shadow_error or f"status_{o.shadow_status // 100}xx"] += 1
         window = self._window_for(o.route, o.shadow_backend)
-        if window is not None and not o.live_incomplete:
-            window.pair(o.live_ok, o.live_s, o.shadow_ok, o.shadow_s)
+        if window is not None and not incomplete:
+            window.pair(o.live_status, o.live_error, o.live_s, o.shadow_status, o.shadow_error, o.shadow_s)
         if not (o.live_ok and o.shadow_ok):
             return
         stats.live_latency.observe(o.live_s)
@@ -178,16 +194,22 @@ class Ledger:
         if o.truncated:
             stats.skipped["response_too_large"] += 1
 
-    def compared(self, o: ComparedOutcome) -> None:
+    def compared(self, o: ComparedOutcome) -> bool:
+        """Count a comparison; True when it failed in a way worth a log line (the first of each
+        reason, then the 10th, 100th, ...)."""
         stats = self.shadow.get(o.route)
         if stats is None:
-            return
+            return False
         main = o.main
         if main.error is not None:
-            stats.extraction_errors += 1
-            return
+            if main.error_reason == DECODED_TOO_LARGE:
+                stats.skipped[DECODED_TOO_LARGE] += 1  # a decompression bomb, or just too big
+                return False
+            return stats.extraction_error(main.error_reason or "unexpected_shape")
         stats.compared += 1
         stats.agreements += main.agree
+        if main.instances is not None:
+            stats.count_instances(main.instances)
         fields = dict(main.fields)
         stats.field_counts(stats.fields, fields)
         stats.mismatch_set(fields)
@@ -201,12 +223,16 @@ class Ledger:
             stats.noise_samples += 1
             stats.field_counts(stats.noise_fields, dict(o.repeat.fields))
         window = self._window_for(o.route, o.shadow_backend)
-        if window is not None:
+        if window is not None and o.by_labels:
+            if main.label_agree is not None:  # no label in the response: no evidence either way
+                window.compared(main.label_agree)
+        elif window is not None:
             # Agreement for the rollout gate leaves out fields already known to be noise.
             noise = stats.noise_set()
             window.compared(all(ok or name in noise for name, ok in fields.items()))
         if o.diff is not None:
             stats.recent.append(o.diff)
+        return False
 
     def scored(self, result: FeedbackResult) -> None:
         """Feedback for predictions made during a route's current step counts for the accuracy gate."""

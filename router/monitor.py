@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -21,8 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from router.alerts import Alert, AnomalyDetector
+from router.compare import MAX_DECODED
 from router.config import Config, MonitoringConfig
-from router.feedback import FeedbackResult, FeedbackStore, FeedbackStoreError, Kind, Prediction
+from router.decoding import DecodeError, decode
+from router.feedback import FeedbackResult, FeedbackStore, FeedbackStoreError, Prediction, ShadowPrediction
+from router.predictions import Read, read_prediction
 from router.predlog import PredictionLog, record
 from router.webhook import Webhook
 
@@ -35,8 +37,6 @@ QUEUE_BYTES = 32 * 1024 * 1024  # captured bodies held between the request path 
 BATCH_BYTES = 4 * 1024 * 1024  # taken per background turn, so one turn's parsing stays short
 ITEM_OVERHEAD = 256  # the record's own objects, roughly
 DRIFT_SAMPLES_PER_S = 100
-LABEL_KEYS = ("label", "class", "class_name", "predicted_label", "prediction")
-SCORE_KEYS = ("scores", "probabilities", "probs", "score", "probability")
 
 
 class Finished(NamedTuple):
@@ -52,6 +52,8 @@ class Finished(NamedTuple):
     response_body: bytes | None
     log: bool
     shadow: dict[str, Any] | None = None
+    client_request_id: str | None = None  # the client's X-Request-Id; `request_id` is the router's
+    encoding: str | None = None  # the response's Content-Encoding
 
     @property
     def size(self) -> int:
@@ -73,8 +75,10 @@ class Monitor:
         self.queue: deque[Finished] = deque()
         self.queued_bytes = 0
         self.dropped = 0
-        self.feedback_counts: dict[str, int] = {"accepted": 0, "unknown_request_id": 0, "duplicate": 0,
-                                                "invalid": 0, "malformed": 0}
+        self.feedback_counts: dict[str, int] = {"accepted": 0, "unscorable": 0, "unknown_request_id": 0,
+                                                "duplicate": 0, "invalid": 0, "malformed": 0}
+        self.undecodable = 0  # responses whose Content-Encoding could not be undone (or too large)
+        self.kinds: dict[str, str] = {}  # route -> its `prediction:` kind
         self.accuracy: list[Any] = []  # Aggregate rows, refreshed in the background for metrics
         self.alerts_fired: dict[str, int] = {}
         self.on_scored: Callable[[FeedbackResult], None] | None = None
@@ -84,6 +88,11 @@ class Monitor:
         self._refilled = time.monotonic()
         if self.config.feedback is not None:
             self._open_store(self.config.feedback.retention, self.config.feedback.max_rows)
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Per-route settings that follow reloads (the rest takes effect at restart)."""
+        self.kinds = {route.name: route.prediction for route in config.routes}
 
     def _open_store(self, retention: float, max_rows: int) -> None:
         path = self.state_dir / "feedback.sqlite3"
@@ -117,21 +126,26 @@ class Monitor:
         return False
 
     def finished(self, request_id: bytes, route: str, backend: str, status: int, latency: float,
-                 request_body: bytes | None, response_body: bytes | None, *, shadowed: bool) -> None:
+                 request_body: bytes | None, response_body: bytes | None, *, shadowed: bool,
+                 client_request_id: bytes | None = None, encoding: str | None = None) -> None:
         """A live request ended. O(1): a bounded append; the rest happens in the background."""
         to_log = self.log is not None and not shadowed and self.log.wants(request_id)
         if response_body is None and not to_log:
             if self.detector is not None:
                 self.detector.observe(backend, route, latency, status >= 500, None, None, time.time())
             return
+        client = client_request_id.decode("latin-1") if client_request_id and client_request_id != request_id \
+            else None
         if not self._enqueue(Finished(request_id.decode("latin-1"), time.time(), route, backend, status, latency,
-                                      request_body, response_body, to_log)):
+                                      request_body, response_body, to_log, None, client, encoding)):
             self.dropped += 1
 
     def joined(self, item: Finished) -> None:
-        """A shadowed request's record with both outputs, once the shadow is in (no detector pass)."""
-        if self.log is not None and self.log.wants(item.request_id):
-            self._enqueue(item)
+        """A shadowed request's record with both outputs, once the shadow is in (no detector pass):
+        for the prediction log, and for feedback to score the shadow's prediction too."""
+        to_log = self.log is not None and self.log.wants(item.request_id)
+        if (to_log or self.store is not None) and not self._enqueue(item._replace(log=to_log)):
+            self.dropped += 1
 
     def _enqueue(self, item: Finished) -> bool:
         size = item.size
@@ -183,32 +197,69 @@ class Monitor:
         if not batch:
             return
         remembered: list[Prediction] = []
+        shadows: list[ShadowPrediction] = []
         for item in batch:
+            body = self._decoded(item.response_body, item.encoding)
             if item.shadow is None:  # joined records were counted when their live side ended
-                label, score, kind = extract_prediction(item.response_body) if item.response_body else (None, None,
-                                                                                                        "label")
+                read = self._read(item.route, body)
                 if self.detector is not None:
-                    self.detector.observe(item.backend, item.route, item.latency, item.status >= 500, label, score,
-                                          item.time)
+                    self.detector.observe(item.backend, item.route, item.latency, item.status >= 500, read.label,
+                                          read.score, item.time)
                 if self.store is not None and 200 <= item.status < 300:
-                    value = label if kind == "label" else score
-                    remembered.append(Prediction(item.request_id, item.route, item.backend, item.time, value, kind))
+                    remembered.append(Prediction(item.request_id, item.route, item.backend, item.time,
+                                                 read.prediction, read.kind, read.note, item.client_request_id))
+            elif self.store is not None:
+                shadows.append(self._shadow_prediction(item))
             if item.log and self.log is not None:
-                self.log.offer(record(item.request_id, item.time, item.route, item.backend, item.status,
-                                      item.latency, item.request_body, item.response_body, item.shadow))
+                shadow = self._logged_shadow(item.shadow)
+                rec = record(item.request_id, item.time, item.route, item.backend, item.status, item.latency,
+                             item.request_body, body, shadow)
+                if item.client_request_id is not None:
+                    rec["client_request_id"] = item.client_request_id
+                self.log.offer(rec)
         del batch, item  # the bodies: a slow store must not hold a batch of them beyond QUEUE_BYTES
-        if remembered and self.store is not None:
+        if (remembered or shadows) and self.store is not None:
             try:
-                await self.store.run(self.store.remember_many, remembered)
+                await self.store.run(self.store.remember_many, remembered, shadows)
             except FeedbackStoreError as exc:
                 self.problem = f"feedback store: {exc.reason}"
                 log.error("%s", self.problem)
+
+    def _decoded(self, body: bytes | None, encoding: str | None) -> bytes | None:
+        if body is None or not encoding:
+            return body
+        try:
+            return decode(body, encoding, MAX_DECODED)
+        except DecodeError:
+            self.undecodable += 1
+            return None
+
+    def _read(self, route: str, body: bytes | None) -> Read:
+        if body is None:
+            return Read(None, "none", "the response was not kept (larger than monitoring.capture_bytes, "
+                                      "or its Content-Encoding could not be decoded)")
+        return read_prediction(body, self.kinds.get(route, "auto"))
+
+    def _shadow_prediction(self, item: Finished) -> ShadowPrediction:
+        s = item.shadow or {}
+        if s.get("error") is not None or not 200 <= int(s.get("status") or 0) < 300:
+            why = f"the shadow failed ({s.get('error') or 'status ' + str(s.get('status'))})"
+            return ShadowPrediction(item.request_id, s["backend"], None, "none", why)
+        read = self._read(item.route, self._decoded(s.get("response_body"), s.get("encoding")))
+        return ShadowPrediction(item.request_id, s["backend"], read.prediction, read.kind, read.note)
+
+    def _logged_shadow(self, shadow: dict[str, Any] | None) -> dict[str, Any] | None:
+        if shadow is None:
+            return None
+        out = {k: v for k, v in shadow.items() if k != "encoding"}
+        out["response_body"] = self._decoded(shadow.get("response_body"), shadow.get("encoding"))
+        return out
 
     async def feedback(self, items: list[dict[str, Any]]) -> FeedbackResult:
         assert self.store is not None
         await self._drain()  # predictions still queued must be findable
         result = await self.store.run(self.store.feedback, items)
-        for key in ("accepted", "unknown_request_id", "duplicate", "invalid"):
+        for key in ("accepted", "unscorable", "unknown_request_id", "duplicate", "invalid"):
             self.feedback_counts[key] += result.count(key)
         self.accuracy = await self.store.run(self.store.aggregates)
         if self.on_scored is not None:
@@ -224,66 +275,6 @@ class Monitor:
             await self.log.close()
         if self.store is not None:
             self.store.close()
-
-
-def extract_prediction(body: bytes) -> tuple[str | None, float | None, Kind]:
-    """(label, score, kind) of the first prediction in a response, for the common protocols.
-
-    kind is "label" for classifiers and "value" for a bare number (regression). KServe V1,
-    MLflow, TF Serving: `predictions[0]` as an object with a label and/or scores, a string, a
-    number, or a score vector (argmax). Open Inference V2: the outputs named like label / scores.
-    """
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None, None, "label"
-    if not isinstance(doc, dict):
-        return None, None, "label"
-    if isinstance(doc.get("outputs"), list):
-        return _from_v2(doc["outputs"])
-    preds = doc.get("predictions")
-    first = preds[0] if isinstance(preds, list) and preds else preds
-    return _from_item(first)
-
-
-def _from_item(item: object) -> tuple[str | None, float | None, Kind]:
-    if isinstance(item, str):
-        return item, None, "label"
-    if isinstance(item, bool):
-        return str(item).lower(), None, "label"
-    if isinstance(item, int | float):
-        return None, float(item), "value"
-    if isinstance(item, list) and item and all(isinstance(x, int | float) for x in item):
-        best = max(range(len(item)), key=lambda i: item[i])
-        return str(best), float(item[best]), "label"
-    if isinstance(item, dict):
-        label = next((item[k] for k in LABEL_KEYS if isinstance(item.get(k), str | int)), None)
-        score = _top_score(next((item[k] for k in SCORE_KEYS if k in item), None))
-        return (str(label) if label is not None else None), score, "label"
-    return None, None, "label"
-
-
-def _top_score(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, list) and value and all(isinstance(x, int | float) for x in value):
-        return float(max(value))
-    return None
-
-
-def _from_v2(outputs: list[Any]) -> tuple[str | None, float | None, Kind]:
-    label = score = None
-    for out in outputs:
-        if not isinstance(out, dict) or not isinstance(out.get("data"), list) or not out["data"]:
-            continue
-        name = str(out.get("name", "")).lower()
-        if any(k in name for k in ("label", "class")):
-            label = str(out["data"][0])
-        elif any(k in name for k in ("score", "prob")):
-            shape = out.get("shape") or []
-            width = shape[-1] if isinstance(shape, list) and len(shape) > 1 and isinstance(shape[-1], int) else 1
-            score = _top_score(out["data"][:width])
-    return label, score, "label"
 
 
 class AlertNotifier:

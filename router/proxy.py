@@ -25,6 +25,7 @@ from router.http11 import (
 )
 from router.ledger import LiveOutcome
 from router.policy import RequestView, choose
+from router.protocols import protocol_of_path
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
@@ -72,9 +73,9 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
 class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
-    __slots__ = ("attempts_left", "backend", "captured", "captured_size", "chunked", "client", "close_after",
-                 "deadline", "done", "fell_back", "group", "head_sent", "out", "pair", "pool", "req", "route_name",
-                 "rt", "status", "task", "timeout", "upstream")
+    __slots__ = ("attempts_left", "backend", "captured", "captured_encoding", "captured_size", "chunked", "client",
+                 "close_after", "deadline", "done", "fell_back", "group", "head_sent", "out", "pair", "pool", "req",
+                 "route_name", "rt", "status", "task", "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -99,12 +100,16 @@ class Exchange:
         self.deadline = 0.0
         self.captured: list[bytes] | None = None  # response bytes kept for monitoring
         self.captured_size = 0
+        self.captured_encoding: str | None = None  # its Content-Encoding, to decode before reading
 
     # -- phase 1: decide where the request goes
     def start(self) -> None:
         req, rt = self.req, self.rt
         rid = req.index.get(b"x-request-id")
-        req.request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
+        # The router's own id keys feedback to this prediction: a client-chosen id could be chosen
+        # to claim another's (or a future) prediction. The client's id is still forwarded and logged.
+        req.own_id = new_request_id()
+        req.request_id = rid if rid is not None and valid_request_id(rid) else req.own_id
         via = req.index.get(b"via")
         if via is not None and rt.config.proxy.via.encode() in via_names(via):
             # Our own Via entry: a route points back at this router (or a sibling with the same name).
@@ -144,7 +149,7 @@ class Exchange:
         if rc.shadow is not None:
             self.pair = rt.mirror.begin(rt, rc, req, group.name)
         monitor = rt.monitor
-        if monitor is not None and monitor.wants_body(req.request_id):
+        if monitor is not None and monitor.wants_body(req.own_id):
             self.captured = []
         self.timeout = rc.timeout or rt.config.limits.request_timeout
         self.deadline = perf_counter() + self.timeout
@@ -207,7 +212,7 @@ class Exchange:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.close_after = True  # HTTP/1.0 client: the close marks the end of the body
-        parts += (b"X-Request-Id: ", req.request_id, b"\r\n")
+        parts += (b"X-Request-Id: ", req.request_id, b"\r\nX-Router-Request-Id: ", req.own_id, b"\r\n")
         if self.rt.config.proxy.backend_header:
             parts += (b"X-Model-Backend: ", self.backend.encode(), b"\r\n")
         if self.close_after or self.client.draining:
@@ -220,6 +225,9 @@ class Exchange:
         self.head_sent = True
         if self.pair is not None:
             self.pair.live_head(status, headers)
+        if self.captured is not None:
+            self.captured_encoding = next((v.decode("latin-1") for n, _, v in headers if n == b"content-encoding"),
+                                          None)
 
     def on_body(self, data: bytes) -> None:
         if self.done or not data:
@@ -324,7 +332,11 @@ class Exchange:
         extra = [(b"X-Model-Backend", self.backend.encode())] if self.backend and \
             self.rt.config.proxy.backend_header else None
         self.close_after = self.close_after or self.client.draining
-        self.out.append(error_response(status, message, self.req.request_id, close=self.close_after, extra=extra))
+        route = self.rt.table.by_name.get(self.route_name) if self.route_name else None
+        protocol = route.config.protocol if route is not None and route.config.protocol else \
+            protocol_of_path(self.req.path)
+        self.out.append(error_response(status, message, self.req.request_id, close=self.close_after, extra=extra,
+                                       protocol=protocol))
         self._finish(status)
 
     def _finish(self, status: int, *, broken: bool = False, write: bool = True) -> None:
@@ -338,6 +350,7 @@ class Exchange:
         monitor = self.rt.monitor
         if monitor is not None and self.route_name and status != 499:
             body = b"".join(self.captured) if self.captured else None
-            monitor.finished(self.req.request_id, self.route_name, self.backend, status, seconds, self.req.body, body,
-                             shadowed=self.pair is not None)
+            monitor.finished(self.req.own_id, self.route_name, self.backend, status, seconds, self.req.body, body,
+                             shadowed=self.pair is not None, client_request_id=self.req.request_id,
+                             encoding=self.captured_encoding)
         self.client.exchange_done(self, keep_alive=not (self.close_after or broken))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from router.http11 import error_response
+from router.protocols import protocol_of_path
 from router.proxy import Exchange
 from router.reqparse import Rejected, RequestReader
 from router.request import Request
@@ -294,7 +295,8 @@ class ClientConnection(RequestReader, asyncio.Protocol):
     def _reject(self, status: int, message: str) -> None:
         if self.pending_reject is not None:
             return
-        response = error_response(status, message, close=True)
+        # No route was matched yet: the error's shape follows the protocol the path shows.
+        response = error_response(status, message, close=True, protocol=protocol_of_path(self._url))
         if self.exchange is not None or self.queue:
             # Earlier requests are still to be answered: send this after them, never interleaved.
             self.pending_reject = response

@@ -19,8 +19,10 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from router.balancer import BackendGroup
-from router.compare import Comparison, compare
+from router.compare import Comparison
 from router.config import RouteConfig, ShadowConfig
+from router.decoding import DecodeError, decode
+from router.instances import compare_instances
 from router.ledger import ComparedOutcome, PairOutcome
 from router.monitor import Finished
 from router.proxy import upstream_request
@@ -42,12 +44,14 @@ PREVIEW_BYTES = 2048
 class Capture:
     """One response of a mirrored request: the live one, the shadow's, or the primary's repeat."""
 
-    __slots__ = ("body", "content_type", "done", "error", "latency", "size", "started", "status", "truncated")
+    __slots__ = ("body", "content_type", "done", "encoding", "error", "latency", "size", "started", "status",
+                 "truncated")
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.status = 0
         self.content_type = "application/json"
+        self.encoding: str | None = None  # Content-Encoding: decoded for comparison, relayed as sent
         self.body: list[bytes] = []
         self.size = 0
         self.truncated = False
@@ -60,6 +64,8 @@ class Capture:
         for lname, _, value in headers:
             if lname == b"content-type":
                 self.content_type = value.decode("latin-1")
+            elif lname == b"content-encoding":
+                self.encoding = value.decode("latin-1")
 
     def capture(self, data: bytes, cap: int) -> None:
         if self.truncated:
@@ -206,6 +212,9 @@ class Mirror:
         if cfg.percent < 100 and _draw() * 100 >= cfg.percent:
             return None
         ledger = rt.ledger
+        if not cfg.paths.mirrors(req.path):
+            ledger.not_mirrored(route.name, "path")  # not an inference call (shadow.paths)
+            return None
         if len(req.body) > cfg.max_body:
             ledger.mirror_skipped(route.name, "body_too_large")
             return None
@@ -284,13 +293,14 @@ class Mirror:
         if rt.monitor is not None:
             rt.monitor.joined(_joined_record(pair))
         truncated = live.truncated or shadow.truncated
-        rt.ledger.pair(PairOutcome(pair.route.name, pair.cfg.backend, live.ok, live.error == "incomplete",
-                                   live.latency, shadow.ok, shadow.error, shadow.status, shadow.latency, truncated))
+        rt.ledger.pair(PairOutcome(pair.route.name, pair.cfg.backend, live.status, live.error, live.latency,
+                                   shadow.status, shadow.error, shadow.latency, truncated))
         if not (live.ok and shadow.ok) or truncated:
             return
         noise = pair.noise if pair.noise is not None and pair.noise.ok and not pair.noise.truncated else None
         job = _CompareJob(pair, noise)
-        if live.size + shadow.size <= INLINE_COMPARE_BYTES:
+        # A compressed body may decode to many times its size: decoding goes off the loop too.
+        if live.size + shadow.size <= INLINE_COMPARE_BYTES and not (live.encoding or shadow.encoding):
             job.record(job.run())
         else:
             future = asyncio.get_running_loop().run_in_executor(None, job.run)
@@ -303,43 +313,63 @@ class _CompareJob:
     def __init__(self, pair: MirroredRequest, noise: Capture | None) -> None:
         self.pair = pair
         self.noise = noise
+        self.bodies: tuple[bytes, bytes] | None = None  # decoded, for the diff preview of a disagreement
 
     def run(self) -> tuple[Comparison, Comparison | None]:
         p = self.pair
-        spec = p.cfg.compare
+        spec, cap = p.cfg.compare, p.cfg.max_response
         live = p.live.text()
-        main = compare(live, p.shadow.text(), spec, p.live.content_type, shadow_content_type=p.shadow.content_type)
+        main = compare_instances(live, p.shadow.text(), spec, p.live.content_type, p.shadow.content_type,
+                                 live_encoding=p.live.encoding, shadow_encoding=p.shadow.encoding, max_decoded=cap)
         repeat = None
         if self.noise is not None:
-            repeat = compare(live, self.noise.text(), spec, p.live.content_type,
-                             shadow_content_type=self.noise.content_type)
+            repeat = compare_instances(live, self.noise.text(), spec, p.live.content_type, self.noise.content_type,
+                                       live_encoding=p.live.encoding, shadow_encoding=self.noise.encoding,
+                                       max_decoded=cap)
+        if main.error is None and not main.agree:
+            self.bodies = (_readable(p.live, cap), _readable(p.shadow, cap))
         return main, repeat
 
     def record(self, result: tuple[Comparison, Comparison | None]) -> None:
         main, repeat = result
         p = self.pair
-        diff = _diff_entry(p, main.fields) if main.error is None and not main.agree else None
-        p.rt.ledger.compared(ComparedOutcome(p.route.name, p.cfg.backend, main, repeat, diff))
+        diff = _diff_entry(p, main.fields, self.bodies) if main.error is None and not main.agree else None
+        outcome = ComparedOutcome(p.route.name, p.cfg.backend, main, repeat, diff, p.cfg.compare.agree == "labels")
+        if p.rt.ledger.compared(outcome):
+            log.warning("route %s: shadow pair not compared (%s): %s", p.route.name, main.error_reason, main.error)
 
 
 def _joined_record(p: MirroredRequest) -> Finished:
     """The prediction log's record of a mirrored request: both outputs side by side."""
     live, shadow = p.live, p.shadow
-    return Finished(p.req.request_id.decode("latin-1"), time.time(), p.route.name, p.route.primary, live.status,
+    return Finished(p.req.own_id.decode("latin-1"), time.time(), p.route.name, p.route.primary, live.status,
                     live.latency, p.req.body, live.text() if not live.truncated else None, True,
                     shadow={"backend": p.cfg.backend, "status": shadow.status, "latency_s": shadow.latency,
-                            "error": shadow.error, "response_body": shadow.text() if not shadow.truncated else None})
+                            "error": shadow.error, "response_body": shadow.text() if not shadow.truncated else None,
+                            "encoding": shadow.encoding},
+                    client_request_id=p.req.request_id.decode("latin-1") if p.req.request_id != p.req.own_id else None,
+                    encoding=live.encoding)
 
 
-def _diff_entry(p: MirroredRequest, fields: Mapping[str, bool]) -> dict[str, Any]:
+def _readable(side: Capture, cap: int) -> bytes:
+    """The body as a person reads it: decoded when it was compressed (it decoded once already)."""
+    try:
+        return decode(side.text(), side.encoding, cap)
+    except DecodeError:
+        return side.text()
+
+
+def _diff_entry(p: MirroredRequest, fields: Mapping[str, bool],
+                bodies: tuple[bytes, bytes] | None = None) -> dict[str, Any]:
+    live, shadow = bodies or (p.live.text(), p.shadow.text())
     return {
         "time": time.time(),
         "request_id": p.req.request_id.decode("latin-1"),
         "method": p.req.method.decode("latin-1"),
         "path": p.req.path,
         "fields": sorted(name for name, ok in fields.items() if not ok),
-        "live": _preview(p.live.text()),
-        "shadow": _preview(p.shadow.text()),
+        "live": _preview(live),
+        "shadow": _preview(shadow),
     }
 
 

@@ -8,10 +8,13 @@ to be noise after the fact can still be taken out.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict, deque
+from statistics import NormalDist
 from typing import Any
 
+from router.compare import InstanceCounts
 from router.histogram import Histogram, SignedHistogram
 from router.stats_tests import classify_field, wilson_interval
 
@@ -35,6 +38,10 @@ class ShadowStats:
         self.compared = 0
         self.agreements = 0
         self.extraction_errors = 0
+        self.extraction_reasons: defaultdict[str, int] = defaultdict(int)  # why, for the report and the log
+        self.not_mirrored: defaultdict[str, int] = defaultdict(int)  # requests the shadow never saw: why
+        self.instances = ClusteredRate()  # per instance (row) agreement, every field
+        self.instance_labels = ClusteredRate()  # per instance, the predicted label
         self.skipped: defaultdict[str, int] = defaultdict(int)  # not compared: why
         self.live_errors = 0
         self.shadow_errors = 0
@@ -55,6 +62,18 @@ class ShadowStats:
         self.next_send = 0.0
         self._noise: frozenset[str] = frozenset()
         self._noise_at = -1e9
+
+    def extraction_error(self, reason: str) -> bool:
+        """Count one; True when it should be logged: the first of each reason, then at 10, 100, ..."""
+        self.extraction_errors += 1
+        self.extraction_reasons[reason] += 1
+        n = self.extraction_reasons[reason]
+        return str(n).rstrip("0") == "1"
+
+    def count_instances(self, counts: InstanceCounts) -> None:
+        self.instances.add(counts.agree, counts.n)
+        if counts.label_n:
+            self.instance_labels.add(counts.label_agree, counts.label_n)
 
     def field_counts(self, table: dict[str, list[int]], fields: dict[str, bool]) -> None:
         for name, ok in _folded(table, fields).items():
@@ -98,6 +117,10 @@ class ShadowStats:
             "compared": self.compared,
             "not_compared": dict(self.skipped),
             "extraction_errors": self.extraction_errors,
+            "extraction_error_reasons": dict(self.extraction_reasons),
+            "not_mirrored": dict(self.not_mirrored),
+            "instance_agreement": self.instances.report(confidence),
+            "instance_label_agreement": self.instance_labels.report(confidence),
             "agreement": _rate(agree_wo_noise, self.compared, confidence),
             "agreement_raw": _rate(self.agreements, self.compared, confidence),
             "label_agreement": _rate(self.label_agree, self.label_n, confidence) if self.label_n else None,
@@ -148,3 +171,40 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _rate(k: int, n: int, confidence: float) -> dict[str, Any]:
     low, high = wilson_interval(k, n, confidence) if n else (None, None)
     return {"rate": k / n if n else None, "low": low, "high": high, "n": n, "k": k, "confidence": confidence}
+
+
+class ClusteredRate:
+    """A rate over instances (rows) that come in clusters (requests), with its interval.
+
+    Rows of one request share a model call, so they are not independent: the interval is the
+    ratio estimator's, with the request as the sampling unit (the usual cluster-robust variance),
+    not a Wilson interval over rows, which would be too narrow. Sums only, so processes add up.
+    """
+
+    __slots__ = ("k", "kk", "kn", "m", "n", "nn")
+
+    def __init__(self) -> None:
+        self.m = 0  # requests
+        self.n = self.k = 0  # instances, and those that agree
+        self.kk = self.kn = self.nn = 0  # sums of squares and products, for the variance
+
+    def add(self, k: int, n: int) -> None:
+        self.m += 1
+        self.n += n
+        self.k += k
+        self.kk += k * k
+        self.kn += k * n
+        self.nn += n * n
+
+    def report(self, confidence: float) -> dict[str, Any] | None:
+        if not self.n:
+            return None
+        p = self.k / self.n
+        low = high = None
+        if self.m > 1:
+            spread = max(0.0, self.kk - 2 * p * self.kn + p * p * self.nn)
+            se = math.sqrt(self.m / (self.m - 1) * spread) / self.n
+            z = NormalDist().inv_cdf(0.5 + confidence / 2)
+            low, high = max(0.0, p - z * se), min(1.0, p + z * se)
+        return {"rate": p, "low": low, "high": high, "k": self.k, "n": self.n, "requests": self.m,
+                "confidence": confidence, "unit": "request"}

@@ -15,6 +15,7 @@ from router.feedback import (
     FeedbackStore,
     FeedbackStoreError,
     Prediction,
+    ShadowPrediction,
     parse_feedback_body,
 )
 
@@ -104,10 +105,50 @@ def test_unknown_duplicate_and_invalid(store: FeedbackStore) -> None:
     assert result.to_json()["invalid"] == 8
 
 
-def test_missing_prediction_is_accepted_unscored(store: FeedbackStore) -> None:
-    store.remember("x", "r", "v1", T0, None)
-    assert store.feedback([{"request_id": "x", "label": "a"}], now=T0).count("accepted") == 1
+def test_feedback_that_cannot_be_scored_says_so(store: FeedbackStore) -> None:
+    store.remember_many([Prediction("x", "r", "v1", T0, None, "none", note="outputs 'foo' not recognised")])
+    result = store.feedback([{"request_id": "x", "label": "a"}], now=T0)
+    assert result.outcomes == (("x", "unscorable: outputs 'foo' not recognised"),)
+    assert result.status == 422 and result.to_json()["unscorable"] == 1 and result.count("accepted") == 0
     assert store.quality("r")["backends"]["v1"]["unscored"] == 1
+    assert store.feedback([{"request_id": "x", "label": "a"}], now=T0).status == 409  # recorded all the same
+
+
+def test_integer_predictions_score_as_labels_or_values_by_the_feedback(store: FeedbackStore) -> None:
+    store.remember_many([Prediction(f"n{i}", "r", "v1", T0, p, "number") for i, p in enumerate([0, 1, 1, 3])])
+    result = store.feedback([{"request_id": "n0", "label": 0}, {"request_id": "n1", "label": "1"},
+                             {"request_id": "n2", "label": 0}, {"request_id": "n3", "value": 2.5}], now=T0)
+    assert result.count("accepted") == 4
+    v1 = store.quality("r")["backends"]["v1"]
+    assert (v1["labelled"], v1["correct"], v1["valued"], v1["mae"]) == (3, 2, 1, 0.5)
+
+
+def test_shadow_predictions_are_scored_beside_the_live_ones(store: FeedbackStore) -> None:
+    store.remember_many([Prediction(f"s{i}", "r", "v1", T0, "a") for i in range(4)],
+                        [ShadowPrediction(f"s{i}", "v2", "a" if i < 3 else "b") for i in range(4)])
+    store.remember_many([], [ShadowPrediction("never-live", "v2", "a")])
+    assert store.shadow_unjoined == 1
+    assert store.quality("r")["backends"]["v2"]["pending"] == 4
+    result = store.feedback([{"request_id": f"s{i}", "label": "a"} for i in range(4)], now=T0)
+    assert result.count("accepted") == 4 and {s.backend for s in result.scored} == {"v1", "v2"}
+    backends = store.quality("r", "v1", "v2")["backends"]
+    assert (backends["v1"]["correct"], backends["v2"]["correct"]) == (4, 3)
+
+
+def test_a_version_1_file_is_migrated(db: Path) -> None:
+    import sqlite3
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.executescript("""CREATE TABLE predictions (request_id TEXT PRIMARY KEY, route TEXT NOT NULL,
+            backend TEXT NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL, prediction, truth, answered_at REAL);
+            INSERT INTO predictions VALUES ('old', 'r', 'v1', 1700000000, 'label', 'a', NULL, NULL);
+            PRAGMA user_version=1;""")
+    conn.close()
+    store = FeedbackStore(db)
+    try:
+        assert store.feedback([{"request_id": "old", "label": "a"}], now=T0).count("accepted") == 1
+    finally:
+        store.close()
 
 
 def test_first_prediction_for_a_request_id_wins(store: FeedbackStore) -> None:

@@ -361,7 +361,7 @@ def test_zone_key_errors(lines: str, message: str) -> None:
 def test_window_counts_discordant_pairs_and_reads_old_windows() -> None:
     w = WindowCounters(("v1", "v2"), True, 0.0)
     for live_ok, shadow_ok in [(True, True), (True, False), (False, True), (False, False), (True, False)]:
-        w.pair(live_ok, 0.01, shadow_ok, 0.02)
+        w.pair(200 if live_ok else 503, None, 0.01, 200 if shadow_ok else 503, None, 0.02)
     ev = w.evidence()
     assert (ev.pairs, ev.discordant_candidate, ev.discordant_primary) == (5, 2, 1)
     assert (ev.candidate.errors, ev.primary.errors) == (3, 2) and ev.paired

@@ -195,7 +195,7 @@ def controller(tmp_path: Path) -> tuple[RolloutController, Ledger, Config]:
 
 def feed(ledger: Ledger, n: int, agree: bool) -> None:
     for _ in range(n):
-        ledger.pair(PairOutcome("fraud", "v2", True, False, 0.01, True, None, 200, 0.01, False))
+        ledger.pair(PairOutcome("fraud", "v2", 200, None, 0.01, 200, None, 0.01, False))
         ledger.compared(ComparedOutcome("fraud", "v2", Comparison(agree, {"$.label": agree}), None, None))
 
 
@@ -220,7 +220,7 @@ def test_rollout_loop_rolls_back_on_disagreeing_records(tmp_path: Path) -> None:
 
 def test_records_for_another_backend_are_not_rollout_evidence(tmp_path: Path) -> None:
     _, ledger, _ = controller(tmp_path)
-    ledger.pair(PairOutcome("fraud", "v3", True, False, 0.01, False, None, 500, 0.01, False))
+    ledger.pair(PairOutcome("fraud", "v3", 200, None, 0.01, 500, None, 0.01, False))
     ledger.live(LiveOutcome("fraud", "v1", 200, 0.01))  # a shadowed step: live requests are not its evidence
     ev = ledger.evidence("fraud")
     assert ev is not None and ev.primary.requests == 0 and ev.candidate.requests == 0

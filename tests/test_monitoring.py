@@ -43,7 +43,10 @@ async def test_prediction_log_with_redaction_and_joined_shadow(
             assert (await predict(s, r.url, rng, f"log-{i}"))[0] == 200
     r.stop()  # drains the monitor's queue and flushes the log
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert sorted(rec["request_id"] for rec in records) == sorted(f"log-{i}" for i in range(20))  # one each
+    # one each, under the router's own id, with the client's id beside it
+    assert sorted(rec["client_request_id"] for rec in records) == sorted(f"log-{i}" for i in range(20))
+    assert len({rec["request_id"] for rec in records}) == 20 and not any(rec["request_id"].startswith("log-")
+                                                                          for rec in records)
     rec = records[0]
     assert rec["route"] == "fraud" and rec["backend"] == "v1" and rec["status"] == 200 and rec["latency_s"] > 0
     assert rec["request_body"]["instances"] == "[REDACTED]"
@@ -61,9 +64,13 @@ async def test_feedback_loop_accuracy_survives_restart(
     async with aiohttp.ClientSession() as s:
         predicted = {}
         for i in range(10):
-            status, body = await predict(s, r.url, rng, f"fb-{i}")
-            assert status == 200
-            predicted[f"fb-{i}"] = body["predictions"][0]["label"]
+            body = {"instances": [[rng.gauss(0, 1) for _ in range(4)]]}
+            async with s.post(r.url + "/v1/models/fraud:predict", json=body, headers={"X-Request-Id": f"fb-{i}"}) as resp:
+                assert resp.status == 200 and resp.headers["X-Request-Id"] == f"fb-{i}"
+                predicted[resp.headers["X-Router-Request-Id"]] = (await resp.json())["predictions"][0]["label"]
+        # Feedback joins on the router's own id: the id a client chose claims nothing.
+        async with s.post(r.admin + "/-/feedback", json={"request_id": "fb-0", "label": "x"}, headers=AUTH) as resp:
+            assert resp.status == 404
         # 7 right, 3 wrong
         items = [{"request_id": rid, "label": label if i < 7 else label + "-not"}
                  for i, (rid, label) in enumerate(predicted.items())]

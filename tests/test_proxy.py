@@ -102,7 +102,11 @@ async def test_route_order_and_match_kinds(make_router: RouterFactory, make_back
         async with s.post(r.url + "/v2/models/ABC/infer") as resp:
             assert resp.status == 404
             body = await resp.json()
-            assert body["error"]["status"] == 404 and "/v2/models/ABC/infer" in body["error"]["message"]
+            # An Open Inference path: the protocol's error shape, a string (tritonclient reads it)
+            assert "/v2/models/ABC/infer" in body["error"] and resp.headers["X-Request-Id"]
+        async with s.post(r.url + "/nowhere") as resp:
+            body = await resp.json()
+            assert body["error"]["status"] == 404 and "/nowhere" in body["error"]["message"]
     assert not bs["catch"].seen
 
 

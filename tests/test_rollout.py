@@ -235,9 +235,10 @@ async def test_feedback_accuracy_gate_rolls_back_a_less_accurate_candidate(
             async with s.post(r.url + "/v1/models/fraud:predict", json=body, headers={"X-Request-Id": f"q{i}"}) as resp:
                 label = (await resp.json())["predictions"][0]["label"]
                 backend = resp.headers["X-Model-Backend"]
+                rid = resp.headers["X-Router-Request-Id"]  # feedback joins on the router's own id
             async with s.post(v1 + "/v1/models/fraud:predict", json=body) as resp:
                 right = (await resp.json())["predictions"][0]["label"]  # the truth: what v1 says
-            truth.append({"request_id": f"q{i}", "label": right})
+            truth.append({"request_id": rid, "label": right})
             assert backend in ("v1", "v2") and label
         async with s.post(r.admin + "/-/feedback", json=truth, headers=AUTH) as resp:
             assert resp.status == 200 and (await resp.json())["accepted"] == 400

@@ -303,11 +303,23 @@
           num(`${id}-mirrored`, report.mirrored, fmtInt(report.mirrored)), " mirrored to ", h("code", null, route.shadow), ", ",
           num(`${id}-dropped`, dropped, fmtInt(dropped)), " dropped",
           label ? ["; labels agree ", num(`${id}-label-agreement`, label.rate, fmtRate(label.rate))] : null,
-          (report.noise_fields || []).length ? `; noise fields: ${report.noise_fields.join(", ")}` : null)),
+          (report.noise_fields || []).length ? `; noise fields: ${report.noise_fields.join(", ")}` : null),
+        notCompared(report, id)),
       section("Latency: live vs shadow", latencyChart(report.latency_seconds || {}, id), latencyTable(report.latency_seconds || {}, id)),
       section("Error rates", errorTable(report.errors || {}, id)),
       section("Recent disagreements", diffList(route.name, detail.diffs, id)),
     ];
+  }
+
+  // Why mirrored pairs were not compared (an unreadable body, a compressed one beyond the cap, ...):
+  // without it a comparison that silently stopped looks like a quiet shadow.
+  function notCompared(report, id) {
+    const reasons = [...Object.entries(report.extraction_error_reasons || {}),
+      ...Object.entries(report.not_compared || {})].filter(([, n]) => n > 0);
+    if (!reasons.length) return null;
+    return h("p", { class: "muted", testid: `${id}-not-compared` }, "not compared: ",
+      reasons.map(([reason, n], i) => [i ? ", " : "", h("code", null, reason), " ",
+        num(`${id}-not-compared-${reason}`, n, `×${fmtInt(n)}`)]));
   }
 
   function latencyChart(lat, id) {
