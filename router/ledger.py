@@ -14,6 +14,7 @@ same methods, so neither the data plane nor its readers change.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from router.histogram import EXPORT_BOUNDS
 from router.policy import Choice
 from router.shadowstats import ShadowStats
 from router.splits import Splits
+from router.timeseries import TimeSeries
 from router.window import WindowCounters
 
 
@@ -111,6 +113,7 @@ class Ledger:
         self.windows: dict[str, WindowCounters] = {}
         self.shadow: dict[str, ShadowStats] = {}
         self.fallbacks: defaultdict[str, int] = defaultdict(int)
+        self.series = TimeSeries()  # the last 15 minutes per route and backend, for the status page
 
     # -- outcome records from the data plane (hot path: O(1), no I/O)
     def chosen(self, route: str, choice: Choice) -> None:
@@ -129,6 +132,7 @@ class Ledger:
 
     def live(self, o: LiveOutcome) -> None:
         self.stats.finished(o.route, o.backend, o.status, o.seconds)
+        self.series.record(o.route, o.backend, o.status, o.seconds)
         window = self.windows.get(o.route)
         if window is not None and not o.fell_back:
             window.live(o.backend, o.status, o.seconds)
@@ -174,6 +178,7 @@ class Ledger:
         stats = self.shadow.get(o.route)
         if stats is None:
             return
+        stats.last_compared_at = time.time()
         main = o.main
         if main.error is not None:
             stats.extraction_errors += 1
@@ -256,6 +261,7 @@ class Ledger:
                 prev = self.shadow.get(route.name)
                 shadow[route.name] = prev if prev is not None and prev.key == key else ShadowStats(*key)
         self.shadow = shadow
+        self.series.retain(route.name for route in config.routes)
         stale = self.splits.reconcile(config)
         return [f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}"] if stale else []
 
@@ -268,3 +274,7 @@ class Ledger:
 
     def shadow_stats(self, route: str) -> ShadowStats | None:
         return self.shadow.get(route)
+
+    def series_snapshot(self, route: str) -> dict[str, Any]:
+        """The route's requests, errors and latency per backend over the last 15 minutes (JSON-ready)."""
+        return self.series.snapshot(route)

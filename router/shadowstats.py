@@ -30,6 +30,7 @@ class ShadowStats:
         self.mirrored = 0
         self.dropped: defaultdict[str, int] = defaultdict(int)
         self.compared = 0
+        self.last_compared_at: float | None = None  # wall time of the last comparison (stale figures show it)
         self.agreements = 0
         self.extraction_errors = 0
         self.skipped: defaultdict[str, int] = defaultdict(int)  # not compared: why
@@ -96,6 +97,7 @@ class ShadowStats:
             "mirrored": self.mirrored,
             "dropped": dict(self.dropped),
             "compared": self.compared,
+            "last_compared_at": self.last_compared_at,
             "not_compared": dict(self.skipped),
             "extraction_errors": self.extraction_errors,
             "agreement": _rate(agree_wo_noise, self.compared, confidence),
