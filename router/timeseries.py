@@ -2,8 +2,8 @@
 
 Fixed 10 s buckets (aligned to the wall clock) in a ring of 90 per (route, backend): requests,
 server errors and a small latency histogram each. Memory is fixed when a series first appears
-(`MAX_BACKENDS` series per route at most, about 12 KiB each), recording is a few integer adds in
-place, and a bucket is zeroed in place when the ring comes round to it again. Quantiles and rates
+(`MAX_BACKENDS` series per route at most, about 12 KiB each); recording is a few integer adds to the
+current bucket, which is copied into its row of the ring when the next bucket starts. Quantiles and rates
 are worked out only when a reader asks (`snapshot`).
 """
 
@@ -27,39 +27,50 @@ _FACTOR = math.sqrt(2.0)
 MAX_BACKENDS = 8  # series per route: primary, candidate, override targets; more are not charted
 _REQ, _ERR, _HIST = 0, 1, 2  # layout of one bucket's row: requests, errors, histogram (+Inf last)
 WIDTH = _HIST + len(LATENCY_BOUNDS) + 1
-_ZERO_ROW = array("I", bytes(4 * WIDTH))
+_ZERO_ROW = [0] * WIDTH
 
 
 class Series:
-    """One backend's ring of buckets for one route: a flat array of rows, and each row's bucket number."""
+    """One backend's ring of buckets for one route: the bucket being filled as a short list (cheap
+    to add to), the finished ones as rows of a flat array, with each row's bucket number."""
 
-    __slots__ = ("counts", "stamps")
+    __slots__ = ("bucket", "counts", "current", "stamps")
 
     def __init__(self) -> None:
         self.counts = array("I", bytes(4 * SLOTS * WIDTH))
         self.stamps = array("q", [-1] * SLOTS)
+        self.bucket = -1
+        self.current = [0] * WIDTH
 
     def record(self, bucket: int, error: bool, seconds: float | None) -> None:
-        slot = bucket % SLOTS
-        base = slot * WIDTH
-        counts = self.counts
-        if self.stamps[slot] != bucket:  # the ring came round: this row held a bucket 15 minutes old
-            self.stamps[slot] = bucket
-            counts[base:base + WIDTH] = _ZERO_ROW
-        counts[base + _REQ] += 1
+        if bucket != self.bucket:
+            self._roll(bucket)
+        current = self.current
+        current[_REQ] += 1
         if error:
-            counts[base + _ERR] += 1
+            current[_ERR] += 1
         if seconds is not None:
-            counts[base + _HIST + bisect_left(LATENCY_BOUNDS, seconds)] += 1
+            current[_HIST + bisect_left(LATENCY_BOUNDS, seconds)] += 1
 
-    def row(self, bucket: int) -> memoryview | None:
+    def _roll(self, bucket: int) -> None:
+        """Store the finished bucket in its row (the one of 15 minutes before is overwritten)."""
+        if self.bucket >= 0:
+            slot = self.bucket % SLOTS
+            self.stamps[slot] = self.bucket
+            self.counts[slot * WIDTH:(slot + 1) * WIDTH] = array("I", self.current)
+        self.bucket = bucket
+        self.current[:] = _ZERO_ROW
+
+    def row(self, bucket: int) -> memoryview | list[int] | None:
+        if bucket == self.bucket:
+            return self.current
         slot = bucket % SLOTS
         if self.stamps[slot] != bucket:
             return None
         return memoryview(self.counts)[slot * WIDTH:(slot + 1) * WIDTH]
 
 
-def quantile(hist: memoryview, q: float) -> float | None:
+def quantile(hist: memoryview | list[int], q: float) -> float | None:
     """The q-quantile's bucket at its geometric middle (its upper bound for the first and last)."""
     n = sum(hist)
     if n == 0:
