@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from router.decision import (
     TERMINAL,
@@ -31,16 +31,31 @@ from router.decision import (
 HIGHER_IS_BETTER = frozenset({Gate.AGREEMENT, Gate.ACCURACY})
 
 
-def expected_samples(gate: GateResult, policy: RolloutPolicy, evidence: StepEvidence) -> int | None:
-    """Samples this gate is expected to need before it decides.
+class Expectation(Protocol):
+    """One gate's expected further samples before a verdict (math.inf: none in sight; 0: it has
+    one), and the seconds that takes at this step's rate so far (None before any traffic)."""
 
-    PLACEHOLDER for the integrator: another branch adds an expected-samples estimate to
-    `router.decision`; call it here. Until then the page shows nothing for it.
-    """
-    return None
+    @property
+    def gate(self) -> Gate: ...
+    @property
+    def samples(self) -> float: ...
+    @property
+    def seconds(self) -> float | None: ...
 
 
-def gate_progress(gate: GateResult, policy: RolloutPolicy, evidence: StepEvidence) -> dict[str, Any]:
+def gate_expectations(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[Expectation, ...]:
+    """PLACEHOLDER for the integrator: wire in the expected-samples estimate another branch adds
+    (h19's `router.expectation.gate_expectations(snapshot, policy)`, one per applicable gate).
+    Until then nothing is expected, and the page shows no expectation."""
+    return ()
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None  # JSON has no Infinity
+
+
+def gate_progress(gate: GateResult, policy: RolloutPolicy, evidence: StepEvidence,
+                  expected: Expectation | None = None) -> dict[str, Any]:
     """One gate: its verdict, samples against min_samples, interval against threshold, distances.
 
     `to_pass` / `to_fail`: how far the interval's deciding bound still is from the threshold, in the
@@ -58,7 +73,9 @@ def gate_progress(gate: GateResult, policy: RolloutPolicy, evidence: StepEvidenc
         "gate": str(gate.name), "verdict": str(gate.verdict), "n": gate.n, "min_samples": policy.min_samples,
         "estimate": gate.estimate, "low": low, "high": high, "threshold": t,
         "better": "higher" if higher else "lower", "to_pass": to_pass, "to_fail": to_fail,
-        "expected_samples": expected_samples(gate, policy, evidence),
+        "expected_samples": _finite(expected.samples) if expected else None,
+        "expected_seconds": _finite(expected.seconds) if expected else None,
+        "verdict_in_sight": math.isfinite(expected.samples) if expected else None,
     }
     if gate.name is Gate.AGREEMENT:
         alpha, beta = error_budget(policy)
@@ -87,8 +104,9 @@ def progress(info: Mapping[str, Any], policy: RolloutPolicy, evidence: StepEvide
     snapshot = Snapshot(state, evidence, now, step_started, rollout_started, shadowed=bool(info["shadowed"]),
                         feedback=feedback)
     gates = evaluate_gates(snapshot, policy)
+    expected = {e.gate: e for e in gate_expectations(snapshot, policy)}
     return {"final": False, "waiting_for": _waiting_for(phase, gates),
-            "gates": [gate_progress(g, policy, evidence) for g in gates], "timing": timing}
+            "gates": [gate_progress(g, policy, evidence, expected.get(g.name)) for g in gates], "timing": timing}
 
 
 def _waiting_for(phase: Phase, gates: tuple[GateResult, ...]) -> str:

@@ -55,7 +55,8 @@ def test_verdicts_are_those_the_loop_decides_on(evidence: StepEvidence, verdicts
     for shown, gate in zip(got["gates"], decision.gates, strict=True):
         assert (shown["n"], shown["estimate"], shown["low"], shown["high"]) == (gate.n, gate.estimate, gate.low,
                                                                                   gate.high)
-        assert shown["min_samples"] == 200 and shown["expected_samples"] is None  # placeholder until wired
+        assert shown["min_samples"] == 200
+        assert shown["expected_samples"] is shown["expected_seconds"] is shown["verdict_in_sight"] is None  # not wired
     assert got["waiting_for"] == waiting and got["final"] is False
     assert got["timing"]["earliest_advance_at"] == 1060.0 and got["timing"]["deadline_at"] == 4500.0
 
@@ -93,3 +94,23 @@ def test_a_promoted_rollout_has_no_gates_and_no_agreement_without_a_shadow() -> 
     assert progress(info(Phase.PROMOTED, step=2), POLICY, GOOD, False, 0.0)["gates"] == []
     live = progress(info(Phase.PROGRESSING, step=1, shadowed=False), POLICY, GOOD, False, 0.0)
     assert [g["gate"] for g in live["gates"]] == ["error_rate", "latency"]
+
+
+def test_expectations_are_shown_finite_or_as_none_in_sight() -> None:
+    from dataclasses import dataclass
+
+    from router.decision import Gate
+    from router.gateprogress import gate_progress
+
+    @dataclass
+    class Expected:
+        gate: Gate
+        samples: float
+        seconds: float | None
+
+    decision = decide(Snapshot(RolloutState(Phase.SHADOWING), EARLY, 1010.0, 1000.0, 900.0, shadowed=True), POLICY)
+    agreement = decision.gates[0]
+    shown = gate_progress(agreement, POLICY, EARLY, Expected(Gate.AGREEMENT, 420.0, 84.0))
+    assert (shown["expected_samples"], shown["expected_seconds"], shown["verdict_in_sight"]) == (420.0, 84.0, True)
+    shown = gate_progress(agreement, POLICY, EARLY, Expected(Gate.AGREEMENT, math.inf, None))
+    assert (shown["expected_samples"], shown["expected_seconds"], shown["verdict_in_sight"]) == (None, None, False)

@@ -541,8 +541,7 @@
     const samples = h("td", null,
       h("progress", { max: g.min_samples, value: Math.min(g.n, g.min_samples), "aria-label": "samples against min_samples" }), " ",
       num(`${p}-n`, g.n, fmtInt(g.n)), " / ", num(`${p}-min-samples`, g.min_samples, fmtInt(g.min_samples)),
-      g.expected_samples !== null && g.expected_samples !== undefined
-        ? [" · expected ", num(`${p}-expected-samples`, g.expected_samples, fmtInt(g.expected_samples))] : null);
+      expectation(g, p));
     const interval = h("td", null, intervalBar(g),
       h("span", { class: "num-line" }, num(`${p}-estimate`, g.estimate, fmtNum(g.estimate)), " in [",
         num(`${p}-low`, g.low, fmtNum(g.low)), ", ", num(`${p}-high`, g.high, fmtNum(g.high)), "] vs ",
@@ -556,6 +555,14 @@
       h("th", { scope: "row" }, phaseLabel(g.gate)),
       h("td", { class: g.verdict === "fail" ? "bad" : g.verdict === "pass" ? "ok" : "" }, h("span", { testid: `${p}-verdict` }, g.verdict)),
       samples, interval, evidence);
+  }
+
+  // The expected further samples before a verdict, when the router can estimate them.
+  function expectation(g, p) {
+    if (g.verdict_in_sight === false) return h("span", { class: "muted", testid: `${p}-expected-samples` }, " · no verdict in sight");
+    if (!isNum(g.expected_samples)) return null;
+    return h("span", { class: "muted" }, " · about ", num(`${p}-expected-samples`, g.expected_samples, fmtInt(Math.ceil(g.expected_samples))),
+      " more", isNum(g.expected_seconds) ? ` (~${Math.ceil(g.expected_seconds)} s)` : "");
   }
 
   // The interval [low, high] on a line with the threshold marked; an open side runs to the edge.
