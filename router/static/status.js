@@ -187,10 +187,11 @@
     const card = h("article", { class: "card", id, testid: id, "aria-labelledby": `${id}-title`, "data-route": route.name },
       h("header", { class: "card-head" },
         h("h2", { id: `${id}-title` }, route.name),
-        rollout ? h("span", { class: `badge phase-${rollout.phase}`, testid: `${id}-phase` }, phaseLabel(rollout.phase))
-          : h("span", { class: "badge", testid: `${id}-phase` }, "no rollout"),
-        stale ? h("span", { class: "badge stale-badge", testid: `${id}-stale`, "data-value": stale.since ?? "",
-          title: "the rollout is final: these figures no longer change" }, `stale since ${fmtTime(stale.since)}`) : null),
+        h("span", { class: "badges" },
+          stale ? h("span", { class: "badge stale-badge", testid: `${id}-stale`, "data-value": stale.since ?? "",
+            title: "the rollout is final: these figures no longer change" }, `stale since ${fmtTime(stale.since)}`) : null,
+          rollout ? h("span", { class: `badge phase-${rollout.phase}`, testid: `${id}-phase` }, phaseLabel(rollout.phase))
+            : h("span", { class: "badge", testid: `${id}-phase` }, "no rollout"))),
       backendsLine(route, id),
       splitBar(route, id),
       requestsTable(route, id),
