@@ -29,6 +29,8 @@ from router.decision import (
 )
 
 HIGHER_IS_BETTER = frozenset({Gate.AGREEMENT, Gate.ACCURACY})
+_MEMO_MAX = 256
+_memo: dict[tuple[StepEvidence, RolloutPolicy, bool, bool], tuple[GateResult, ...]] = {}
 
 
 class Expectation(Protocol):
@@ -103,10 +105,22 @@ def progress(info: Mapping[str, Any], policy: RolloutPolicy, evidence: StepEvide
     state = RolloutState(phase, int(info["step_index"]), bool(info["approved"]))
     snapshot = Snapshot(state, evidence, now, step_started, rollout_started, shadowed=bool(info["shadowed"]),
                         feedback=feedback)
-    gates = evaluate_gates(snapshot, policy)
+    gates = _evaluate(snapshot, policy)
     expected = {e.gate: e for e in gate_expectations(snapshot, policy)}
     return {"final": False, "waiting_for": _waiting_for(phase, gates),
             "gates": [gate_progress(g, policy, evidence, expected.get(g.name)) for g in gates], "timing": timing}
+
+
+def _evaluate(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResult, ...]:
+    """`evaluate_gates`, remembered: it reads only the evidence, the policy and whether the step is
+    shadowed or has feedback, so a quiet route's gates are worked out once, not at every poll."""
+    key = (snapshot.evidence, policy, snapshot.shadowed, snapshot.feedback)
+    gates = _memo.get(key)
+    if gates is None:
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        gates = _memo[key] = evaluate_gates(snapshot, policy)
+    return gates
 
 
 def _waiting_for(phase: Phase, gates: tuple[GateResult, ...]) -> str:

@@ -23,7 +23,7 @@ SLOTS = 90  # 15 minutes
 # Every 8th bound of the rollout gates' scheme (the same floats): 2 per octave from 1 ms to 46 s.
 # A chart shows a trend; the shadow report and the gates keep the fine resolution.
 LATENCY_BOUNDS: tuple[float, ...] = LATENCY_BUCKETS_S[::8]
-_FACTOR = math.sqrt(2.0)
+_MIDDLE = 2 ** 0.25  # a bucket's upper bound over its geometric middle (buckets are a factor sqrt(2) wide)
 MAX_BACKENDS = 8  # series per route: primary, candidate, override targets; more are not charted
 _REQ, _ERR, _HIST = 0, 1, 2  # layout of one bucket's row: requests, errors, histogram (+Inf last)
 WIDTH = _HIST + len(LATENCY_BOUNDS) + 1
@@ -61,14 +61,6 @@ class Series:
         self.bucket = bucket
         self.current[:] = _ZERO_ROW
 
-    def row(self, bucket: int) -> memoryview | list[int] | None:
-        if bucket == self.bucket:
-            return self.current
-        slot = bucket % SLOTS
-        if self.stamps[slot] != bucket:
-            return None
-        return memoryview(self.counts)[slot * WIDTH:(slot + 1) * WIDTH]
-
 
 def quantile(hist: memoryview | list[int], q: float) -> float | None:
     """The q-quantile's bucket at its geometric middle (its upper bound for the first and last)."""
@@ -80,7 +72,7 @@ def quantile(hist: memoryview | list[int], q: float) -> float | None:
         seen += count
         if seen >= rank:
             top = LATENCY_BOUNDS[min(j, len(LATENCY_BOUNDS) - 1)]
-            return top if j in (0, len(LATENCY_BOUNDS)) else top / _FACTOR
+            return top if j in (0, len(LATENCY_BOUNDS)) else top / _MIDDLE
     return None  # not reached: seen ends at n >= rank
 
 
@@ -114,39 +106,45 @@ class TimeSeries:
     def snapshot(self, route: str) -> dict[str, Any]:
         """The route's series over the last SLOTS buckets, oldest first; the last one is in progress.
 
-        Per backend: requests, errors, rate (requests per second of the bucket), error_rate and
-        p50/p99 (seconds; None for a bucket without requests), window totals and the latest bucket
-        that had requests.
+        Per backend, `points`: [index in the window (0 = oldest), requests, errors, p50, p99] for
+        each bucket that had requests (quantiles in seconds, to 4 significant digits; a request
+        rate is requests / bucket_s); the window's totals; and the latest of those buckets.
         """
         now = self.clock()
         current = int(now // BUCKET_S)
         first = current - SLOTS + 1
         backends = {name: _backend_json(series, first, current)
                     for name, series in sorted(self.routes.get(route, {}).items())}
-        return {"bucket_s": BUCKET_S, "start": first * BUCKET_S, "elapsed": now - current * BUCKET_S,
+        return {"bucket_s": BUCKET_S, "slots": SLOTS, "start": first * BUCKET_S, "elapsed": now - current * BUCKET_S,
                 "backends": {name: b for name, b in backends.items() if b["total"]["requests"]}}
 
 
+def _rows(series: Series, first: int, current: int) -> list[tuple[int, memoryview | list[int]]]:
+    """(index in the window, row) of the buckets within it that had requests, oldest first."""
+    counts = memoryview(series.counts)
+    rows: list[tuple[int, memoryview | list[int]]] = [
+        (stamp - first, counts[slot * WIDTH:(slot + 1) * WIDTH])
+        for slot, stamp in enumerate(series.stamps) if first <= stamp <= current]
+    if first <= series.bucket <= current:
+        rows.append((series.bucket - first, series.current))
+    return sorted((r for r in rows if r[1][_REQ]), key=lambda r: r[0])
+
+
 def _backend_json(series: Series, first: int, current: int) -> dict[str, Any]:
-    requests: list[int] = []
-    errors: list[int] = []
-    p50: list[float | None] = []
-    p99: list[float | None] = []
-    latest: dict[str, Any] | None = None
-    for bucket in range(first, current + 1):
-        row = series.row(bucket)
-        n, e = (row[_REQ], row[_ERR]) if row is not None else (0, 0)
-        requests.append(n)
-        errors.append(e)
-        hist = row[_HIST:] if row is not None and n else None
-        p50.append(quantile(hist, 0.5) if hist is not None else None)
-        p99.append(quantile(hist, 0.99) if hist is not None else None)
-        if n:
-            latest = {"time": bucket * BUCKET_S, "requests": n, "rate": n / BUCKET_S, "error_rate": e / n,
-                      "p50": p50[-1], "p99": p99[-1]}
-    total, total_errors = sum(requests), sum(errors)
-    return {"requests": requests, "errors": errors, "rate": [n / BUCKET_S for n in requests],
-            "error_rate": [e / n if n else None for n, e in zip(requests, errors, strict=True)],
-            "p50": p50, "p99": p99, "latest": latest,
+    points: list[list[Any]] = []
+    for i, row in _rows(series, first, current):
+        hist = row[_HIST:]
+        points.append([i, row[_REQ], row[_ERR], _round(quantile(hist, 0.5)), _round(quantile(hist, 0.99))])
+    total, total_errors = sum(p[1] for p in points), sum(p[2] for p in points)
+    latest = None
+    if points:
+        i, n, e, p50, p99 = points[-1]
+        latest = {"time": (first + i) * BUCKET_S, "requests": n, "rate": n / BUCKET_S, "error_rate": e / n,
+                  "p50": p50, "p99": p99}
+    return {"points": points, "latest": latest,
             "total": {"requests": total, "errors": total_errors,
                       "error_rate": total_errors / total if total else None}}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.4g}")

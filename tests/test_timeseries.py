@@ -23,16 +23,16 @@ def test_a_bucket_counts_requests_errors_and_latency() -> None:
     ts.record("fraud", "v1", 503, 0.002)
     snap = ts.snapshot("fraud")
     v1 = snap["backends"]["v1"]
-    assert snap["bucket_s"] == BUCKET_S and snap["start"] == (100_000 - SLOTS + 1) * BUCKET_S
+    assert snap["bucket_s"] == BUCKET_S and snap["slots"] == SLOTS and snap["start"] == (100_000 - SLOTS + 1) * BUCKET_S
     assert snap["elapsed"] == pytest.approx(3.0)
-    assert len(v1["requests"]) == SLOTS and v1["requests"][-1] == 5 and sum(v1["requests"]) == 5
-    assert v1["errors"][-1] == 1 and v1["error_rate"][-1] == pytest.approx(0.2)
-    assert v1["rate"][-1] == pytest.approx(5 / BUCKET_S)
-    assert v1["p50"][0] is None and v1["error_rate"][0] is None  # empty buckets have no quantiles
+    # Only buckets with requests are sent: [index (the last is now), requests, errors, p50, p99].
+    [(index, requests, errors, p50, p99)] = v1["points"]
+    assert (index, requests, errors) == (SLOTS - 1, 5, 1)
     # 2 ms lies in the (1.41 ms, 2 ms] bucket, 40 ms in (32 ms, 45 ms]: reported at their geometric middle
-    assert 0.0014 < v1["p50"][-1] <= 0.002 and 0.032 < v1["p99"][-1] <= 0.0453
+    assert p50 == 0.001682 and p99 == 0.03805
     assert v1["total"] == {"requests": 5, "errors": 1, "error_rate": pytest.approx(0.2)}
-    assert v1["latest"]["time"] == 100_000 * BUCKET_S and v1["latest"]["p99"] == v1["p99"][-1]
+    assert v1["latest"] == {"time": 100_000 * BUCKET_S, "requests": 5, "rate": 5 / BUCKET_S,
+                            "error_rate": pytest.approx(0.2), "p50": p50, "p99": p99}
 
 
 def test_buckets_follow_the_clock_and_the_ring_forgets_what_is_15_minutes_old() -> None:
@@ -42,13 +42,14 @@ def test_buckets_follow_the_clock_and_the_ring_forgets_what_is_15_minutes_old() 
     clock.now += BUCKET_S
     ts.record("r", "a", 200, 0.01)
     ts.record("r", "a", 200, 0.01)
-    assert ts.snapshot("r")["backends"]["a"]["requests"][-2:] == [1, 2]
+    assert [p[:2] for p in ts.snapshot("r")["backends"]["a"]["points"]] == [[SLOTS - 2, 1], [SLOTS - 1, 2]]
     clock.now += (SLOTS - 1) * BUCKET_S  # the first bucket has left the window; the second is the oldest
-    assert ts.snapshot("r")["backends"]["a"]["requests"][0] == 2
+    assert [p[:2] for p in ts.snapshot("r")["backends"]["a"]["points"]] == [[0, 2]]
     assert ts.snapshot("r")["backends"]["a"]["total"]["requests"] == 2
-    ts.record("r", "a", 500, 0.01)  # lands in the first bucket's row: zeroed in place, not added to
+    ts.record("r", "a", 500, 0.01)  # takes the first bucket's row in the ring: replaced, not added to
+    clock.now += BUCKET_S  # ... once the bucket is over
     b = ts.snapshot("r")["backends"]["a"]
-    assert b["requests"][-1] == 1 and b["errors"][-1] == 1 and b["total"]["requests"] == 3
+    assert [p[:3] for p in b["points"]] == [[SLOTS - 2, 1, 1]] and b["total"]["requests"] == 1
     clock.now += SLOTS * BUCKET_S
     assert ts.snapshot("r")["backends"] == {}  # nothing in the last 15 minutes: no series shown
 
@@ -56,8 +57,7 @@ def test_buckets_follow_the_clock_and_the_ring_forgets_what_is_15_minutes_old() 
 def test_client_gone_counts_as_a_request_without_a_latency() -> None:
     ts = TimeSeries(Clock())
     ts.record("r", "a", 499, 5.0)
-    b = ts.snapshot("r")["backends"]["a"]
-    assert b["requests"][-1] == 1 and b["errors"][-1] == 0 and b["p50"][-1] is None and b["p99"][-1] is None
+    assert ts.snapshot("r")["backends"]["a"]["points"] == [[SLOTS - 1, 1, 0, None, None]]
 
 
 def test_memory_is_bounded_and_fixed_when_a_series_appears() -> None:
@@ -80,9 +80,9 @@ def test_memory_is_bounded_and_fixed_when_a_series_appears() -> None:
 @pytest.mark.parametrize(("counts", "q", "expected"), [
     ([5] + [0] * len(LATENCY_BOUNDS), 0.5, LATENCY_BOUNDS[0]),  # all at or under 1 ms: the first bound
     ([0] * len(LATENCY_BOUNDS) + [3], 0.99, LATENCY_BOUNDS[-1]),  # all over the last bound
-    ([0, 0, 10] + [0] * (len(LATENCY_BOUNDS) - 2), 0.5, LATENCY_BOUNDS[2] / 2**0.5),
+    ([0, 0, 10] + [0] * (len(LATENCY_BOUNDS) - 2), 0.5, LATENCY_BOUNDS[2] / 2**0.25),
     ([99, 1] + [0] * (len(LATENCY_BOUNDS) - 1), 0.99, LATENCY_BOUNDS[0]),
-    ([98, 2] + [0] * (len(LATENCY_BOUNDS) - 1), 0.99, LATENCY_BOUNDS[1] / 2**0.5),
+    ([98, 2] + [0] * (len(LATENCY_BOUNDS) - 1), 0.99, LATENCY_BOUNDS[1] / 2**0.25),
     ([0] * (len(LATENCY_BOUNDS) + 1), 0.5, None),
 ])
 def test_quantiles_from_the_small_histogram(counts: list[int], q: float, expected: float | None) -> None:

@@ -158,12 +158,23 @@
     renderProblems(status);
     const routes = status.routes || [];
     const cards = routes.map((route, i) => routeCard(route, details[i]));
-    document.getElementById("routes").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, "No routes configured.")]));
+    keepPlace(() => document.getElementById("routes").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, "No routes configured.")])));
     document.getElementById("route-index").replaceChildren(...routes.map((route) => h("li", null,
       h("a", { href: `#route-${route.name}`, testid: `index-${route.name}` }, route.name))));
     applyFilter();
     document.getElementById("alerts").replaceChildren(alertList(alerts));
     document.getElementById("backends").replaceChildren(backendTable(status.backends || {}));
+  }
+
+  // Redrawing replaces every card, and cards change height: keep the card at the top of the
+  // window where it was, so an operator reading route 42 of 50 is not moved elsewhere.
+  function keepPlace(redraw) {
+    const anchor = [...document.querySelectorAll("#routes article[data-route]")].find((c) => c.getBoundingClientRect().bottom > 0);
+    const name = anchor ? anchor.dataset.route : null;
+    const top = anchor ? anchor.getBoundingClientRect().top : 0;
+    redraw();
+    const again = name === null ? null : [...document.querySelectorAll("#routes article[data-route]")].find((c) => c.dataset.route === name);
+    if (again && window.scrollY > 0) window.scrollBy(0, again.getBoundingClientRect().top - top);
   }
 
   function renderProblems(status) {
@@ -443,19 +454,34 @@
     if (!names.length) {
       return section("Last 15 minutes", h("p", { class: "muted", testid: `${id}-series-empty` }, "no requests in the last 15 minutes"));
     }
-    const charts = SERIES.map(([key, title, fmt]) => sparkChart(s, names, route, key, title, fmt, id));
+    const lines = Object.fromEntries(names.map((name) => [name, dense(s, s.backends[name].points || [])]));
+    const charts = SERIES.map(([key, title, fmt]) => sparkChart(lines, names, route, key, title, fmt, id));
     return section("Last 15 minutes",
       h("div", { class: "sparks", testid: `${id}-series` }, charts),
       seriesLegend(s, names, route, id),
       h("p", { class: "muted note" }, `${s.bucket_s} s buckets; the last one is still filling. Latency quantiles are bucket estimates.`));
   }
 
+  // The server sends only buckets that had requests, as [index, requests, errors, p50, p99].
+  function dense(s, points) {
+    const rate = new Array(s.slots).fill(0);
+    const none = () => new Array(s.slots).fill(null);
+    const out = { rate, error_rate: none(), p50: none(), p99: none() };
+    for (const [i, n, errors, p50, p99] of points) {
+      rate[i] = n / s.bucket_s;
+      out.error_rate[i] = errors / n;
+      out.p50[i] = p50;
+      out.p99[i] = p99;
+    }
+    return out;
+  }
+
   // One small line chart: a line per backend, gaps where a bucket had no requests.
-  function sparkChart(s, names, route, key, title, fmt, id) {
+  function sparkChart(lines, names, route, key, title, fmt, id) {
     const W = 180;
     const H = 48;
     const top = 12;
-    const values = names.flatMap((n) => s.backends[n][key]).filter(isNum);
+    const values = names.flatMap((n) => lines[n][key]).filter(isNum);
     const max = Math.max(...values, key === "error_rate" ? 0.01 : 1e-9);
     const chart = svg("svg", { viewBox: `0 0 ${W} ${H + top + 10}`, class: "spark", role: "img",
       "aria-label": `${title} per backend over the last 15 minutes`, testid: `${id}-chart-${key}` },
@@ -465,7 +491,7 @@
     svg("text", { x: 0, y: top + H + 9, class: "axis" }, "−15 min"),
     svg("text", { x: W, y: top + H + 9, class: "axis end" }, "now"));
     for (const name of names) {
-      const points = s.backends[name][key];
+      const points = lines[name][key];
       const step = W / Math.max(1, points.length - 1);
       let d = "";
       let pen = false;
