@@ -11,12 +11,14 @@ through unescaped could not run code.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+log = logging.getLogger("router.statuspage")
 STATIC = Path(__file__).resolve().parent / "static"
 # The only files served: a fixed table, so no request path ever reaches the file system.
 FILES = {
@@ -66,7 +68,11 @@ async def index(request: web.Request) -> web.Response:
     provider = request.app.get(INITIAL_STATE)
     if provider is None:
         return _file("status.html")
-    block = data_block(provider())
+    try:
+        block = data_block(provider())
+    except Exception:  # the page must still load: without its data it fetches them, and shows the error
+        log.exception("status page: building the first view failed")
+        return _file("status.html")
     return _file("status.html", lambda page: page.replace(MARKER, block, 1))
 
 

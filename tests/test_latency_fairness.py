@@ -4,7 +4,6 @@ warm connections even when they are rare and the backend closes idle connections
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
 import time
@@ -35,9 +34,13 @@ class FreshSlowBackend:
     server: asyncio.Server | None = None
     url: str = ""
     served: list[tuple[bool, bool]] = field(default_factory=list)  # (shadow copy, paid the set-up)
+    handlers: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ready_at = time.monotonic() + SETUP_S
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
         try:
             while True:
                 async with asyncio.timeout(IDLE_CLOSE_S):
@@ -56,7 +59,16 @@ class FreshSlowBackend:
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self.handlers.discard(task)
             writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.handlers):  # the router may still hold connections: end them now
+            task.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+        await self.server.wait_closed()
 
 
 @pytest.fixture
@@ -70,11 +82,7 @@ async def fresh_slow() -> AsyncIterator[list[FreshSlowBackend]]:
         backends.append(b)
     yield backends
     for b in backends:
-        assert b.server is not None
-        b.server.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
-                await b.server.wait_closed()
+        await b.stop()
 
 
 async def test_rare_copies_to_a_backend_slow_on_fresh_connections_measure_like_live(
@@ -109,12 +117,12 @@ async def compared_all(s: aiohttp.ClientSession, admin: str) -> dict[str, Any] |
 
 
 async def test_upstream_sockets_send_at_once() -> None:
-    accepted: list[socket.socket] = []
+    ended = asyncio.Event()
 
     async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer.get_extra_info("socket"))
         await reader.read()  # until the pool closes it
         writer.close()
+        ended.set()
 
     server = await asyncio.start_server(keep, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -125,6 +133,8 @@ async def test_upstream_sockets_send_at_once() -> None:
         sock = conn.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         conn.close()
+        async with asyncio.timeout(5):
+            await ended.wait()
     finally:
         pool.close()
         server.close()
