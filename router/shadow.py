@@ -212,9 +212,10 @@ class Mirror:
             return None
         # Every eligible live request keeps the shadow's pool warm, mirrored or not: a backend that
         # closes idle connections must not leave rare copies to open their own.
-        for pool in rt.shadow_groups[cfg.backend].pools:
+        group = rt.shadow_groups[cfg.backend]
+        for pool in group.pools:
             if len(pool.idle) < WARM_IDLE:
-                self._warm(pool)
+                self._warm(group, pool)
         if cfg.percent < 100 and _draw() * 100 >= cfg.percent:
             return None
         ledger = rt.ledger
@@ -253,12 +254,14 @@ class Mirror:
         else:
             sink.task = asyncio.get_running_loop().create_task(self._connect_and_send(pool, data, sink))
 
-    def _warm(self, pool: UpstreamPool) -> None:
+    def _warm(self, group: BackendGroup, pool: UpstreamPool) -> None:
         now = perf_counter()
         if now - self._warmed_at.get(pool, -WARM_EVERY_S) < WARM_EVERY_S or pool.closing \
                 or pool.open >= pool.spec.max_connections:
             return
         self._warmed_at[pool] = now
+        if not group.states[group.pools.index(pool)].available(time.monotonic()):
+            return  # ejected or failing its health checks: no spares for an endpoint out of rotation
         task = asyncio.get_running_loop().create_task(self._open_spare(pool))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
