@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router import statuspage
+from router import statuspage, statusview
 from router.adminguard import access_problem, json_error, json_errors, warn_if_open
 from router.decision import InvalidTransition, OperatorAction
 from router.feedback import FeedbackError, parse_feedback_body
@@ -59,22 +58,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    router = request.app[ROUTER]
-    rt = router.runtime
-    return web.json_response({
-        "config": router.config_path,
-        "routes": describe(rt, router.rollouts),
-        "backends": {name: [{"url": p.endpoint.url, "idle": len(p.idle), "busy": p.busy,
-                             "available": st.available(time.monotonic()), "healthy": st.healthy,
-                             "consecutive_failures": st.consecutive_failures}
-                            for p, st in zip(g.pools, g.states, strict=True)]
-                     for name, g in rt.groups.items()},
-        "reload": {"last_ok": router.last_reload_ok, "last_error": router.last_reload_error,
-                   "ok": router.reloads_ok, "failed": router.reloads_failed},
-        "state_problem": router.state_store.save_problem or router.state_store.problem,
-        "rollout_problem": router.rollouts.store.save_problem or router.rollouts.problem,
-        "monitoring_problem": router.monitor.problem,
-    })
+    return web.json_response(statusview.status(request.app[ROUTER]))
 
 
 def find_route(request: web.Request) -> Any:
@@ -291,6 +275,7 @@ def build_admin_app(router: Router) -> web.Application:
     app = web.Application(middlewares=[json_errors, guard], client_max_size=1024 * 1024)
     app[ROUTER] = router
     app[REGISTRY] = make_registry(lambda: router)
+    app[statuspage.INITIAL_STATE] = lambda: statusview.initial_state(router)  # embedded in the page at /
     app.router.add_get("/-/healthz", healthz)
     app.router.add_get("/-/status", status)
     app.router.add_get("/-/routes/{name}", route_info)

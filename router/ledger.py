@@ -28,6 +28,7 @@ from router.histogram import EXPORT_BOUNDS
 from router.policy import Choice
 from router.shadowstats import ShadowStats
 from router.splits import Splits
+from router.timeseries import TimeSeries
 from router.window import WindowCounters
 
 PREVIOUS_KEEP_S = 3600.0  # how long a replaced shadow report stays visible as `previous`
@@ -128,6 +129,7 @@ class Ledger:
         self.mirror_stopped: dict[str, str] = {}
         self._compare: dict[str, object] = {}  # route -> the compare spec its shadow stats were counted with
         self.previous_shadow: dict[str, tuple[float, ShadowStats]] = {}  # route -> (ended at, stats)
+        self.series = TimeSeries()  # the last 15 minutes per route and backend, for the status page
 
     # -- outcome records from the data plane (hot path: O(1), no I/O)
     def chosen(self, route: str, choice: Choice) -> None:
@@ -146,6 +148,7 @@ class Ledger:
 
     def live(self, o: LiveOutcome) -> None:
         self.stats.finished(o.route, o.backend, o.status, o.seconds)
+        self.series.record(o.route, o.backend, o.status, o.seconds)
         window = self.windows.get(o.route)
         if window is not None and not o.fell_back:
             window.live(o.backend, o.status, o.seconds)
@@ -200,6 +203,7 @@ class Ledger:
         stats = self.shadow.get(o.route)
         if stats is None:
             return False
+        stats.last_compared_at = time.time()
         main = o.main
         if main.error is not None:
             if main.error_reason == DECODED_TOO_LARGE:
@@ -298,6 +302,7 @@ class Ledger:
                 shadow[route.name] = ShadowStats(*key)
                 self._compare[route.name] = spec
         self.shadow = shadow
+        self.series.retain(route.name for route in config.routes)
         stale = self.splits.reconcile(config)
         return [f"runtime splits reset to the YAML for changed routes: {', '.join(stale)}"] if stale else []
 
@@ -322,3 +327,7 @@ class Ledger:
 
     def shadow_stats(self, route: str) -> ShadowStats | None:
         return self.shadow.get(route)
+
+    def series_snapshot(self, route: str) -> dict[str, Any]:
+        """The route's requests, errors and latency per backend over the last 15 minutes (JSON-ready)."""
+        return self.series.snapshot(route)

@@ -10,9 +10,11 @@ of each response (`max_response`). Nothing is queued: a request over a bound is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from time import perf_counter
@@ -39,6 +41,11 @@ _draw = random.random
 INLINE_COMPARE_BYTES = 64 * 1024
 MAX_BACKLOG = 4096  # finished mirrored requests waiting for their turn; beyond, skipped and counted
 PREVIEW_BYTES = 2048
+# Idle connections each shadow pool keeps ready while its route has live traffic. A copy that has
+# to open a connection pays the set-up (handshake, TLS, a backend's slow first response) that the
+# busier live pool long since paid; with spares ready, shadow and live latencies compare alike.
+WARM_IDLE = 2
+WARM_EVERY_S = 0.1  # at most one spare opened per pool this often (a backend may close them at once)
 
 
 class Capture:
@@ -197,6 +204,8 @@ class Mirror:
     def __init__(self) -> None:
         self._backlog: deque[MirroredRequest] = deque()
         self.pacers: dict[str, Pacer] = {}
+        self._warmed_at: weakref.WeakKeyDictionary[UpstreamPool, float] = weakref.WeakKeyDictionary()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def in_flight(self, route: str) -> int:
         pacer = self.pacers.get(route)
@@ -209,6 +218,12 @@ class Mirror:
             return None
         if route.name in rt.ledger.mirror_stopped:  # the rollout ended: the candidate gets no more copies
             return None
+        # Every eligible live request keeps the shadow's pool warm, mirrored or not: a backend that
+        # closes idle connections must not leave rare copies to open their own.
+        group = rt.shadow_groups[cfg.backend]
+        for pool in group.pools:
+            if len(pool.idle) < WARM_IDLE:
+                self._warm(group, pool)
         if cfg.percent < 100 and _draw() * 100 >= cfg.percent:
             return None
         ledger = rt.ledger
@@ -249,6 +264,33 @@ class Mirror:
             conn.send(data, sink)
         else:
             sink.task = asyncio.get_running_loop().create_task(self._connect_and_send(pool, data, sink))
+
+    def _warm(self, group: BackendGroup, pool: UpstreamPool) -> None:
+        now = perf_counter()
+        if now - self._warmed_at.get(pool, -WARM_EVERY_S) < WARM_EVERY_S or pool.closing \
+                or pool.open >= pool.spec.max_connections:
+            return
+        self._warmed_at[pool] = now
+        if not group.states[group.pools.index(pool)].available(time.monotonic()):
+            return  # ejected or failing its health checks: no spares for an endpoint out of rotation
+        task = asyncio.get_running_loop().create_task(self._open_spare(pool))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _open_spare(pool: UpstreamPool) -> None:
+        """Open one connection and keep it idle, behind the ones that have carried requests.
+
+        Copies take the newest idle connection first; a spare goes to the other end, so copies
+        prefer connections already proven, and a spare is used once it has had time to settle. A
+        failure is quiet: a backend that is down is the health checks' business, and the copies
+        report their own errors."""
+        with contextlib.suppress(UpstreamError):
+            conn = await pool._connect()  # a new connection, never an idle one handed back
+            pool.release(conn)  # to a copy waiting for one, else idle (or closed if the pool is)
+            idle = pool.idle
+            if idle and idle[-1] is conn:
+                idle.insert(0, idle.pop())
 
     @staticmethod
     async def _connect_and_send(pool: UpstreamPool, data: bytes, sink: CaptureSink) -> None:

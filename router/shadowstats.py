@@ -36,6 +36,7 @@ class ShadowStats:
         self.mirrored = 0
         self.dropped: defaultdict[str, int] = defaultdict(int)
         self.compared = 0
+        self.last_compared_at: float | None = None  # wall time of the last comparison (stale figures show it)
         self.agreements = 0
         self.extraction_errors = 0
         self.extraction_reasons: defaultdict[str, int] = defaultdict(int)  # why, for the report and the log
@@ -115,6 +116,7 @@ class ShadowStats:
             "mirrored": self.mirrored,
             "dropped": dict(self.dropped),
             "compared": self.compared,
+            "last_compared_at": self.last_compared_at,
             "not_compared": dict(self.skipped),
             "extraction_errors": self.extraction_errors,
             "extraction_error_reasons": dict(self.extraction_reasons),

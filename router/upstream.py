@@ -9,6 +9,7 @@ HTTP/1.1 framing closes its connection, which is then never reused.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Never let Nagle hold back a write until the backend's (delayed) ACK: live and shadow
+            # latencies must measure the model, not TCP timers. asyncio and uvloop set it today.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink

@@ -18,8 +18,8 @@ from router.decoding import DecodeError, decode
 from router.http11 import error_body
 from router.instances import compare_instances
 from router.protocols import default_mirror_paths, protocol_of_path
-from router.window import WindowCounters
 from router.shadowstats import ClusteredRate
+from router.window import WindowCounters
 
 DOC = json.dumps({"predictions": [{"label": "a", "scores": [0.9, 0.1]}] * 50}).encode()
 ENCODERS = {"gzip": lambda b: gzip.compress(b), "x-gzip": lambda b: gzip.compress(b), "deflate": zlib.compress,

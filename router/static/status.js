@@ -1,4 +1,5 @@
-// The model-router status page: polls the admin API's JSON and redraws, without reloading.
+// The model-router status page: draws the figures the server embedded in the page at once, then
+// polls the admin API's JSON and redraws, without reloading.
 // Every string from the API reaches the page as a text node or an attribute value, never as
 // markup, so a request path or a decision reason cannot inject anything.
 "use strict";
@@ -9,7 +10,7 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const QUANTILES = ["p50", "p95", "p99"];
 
-  const state = { paused: false, timer: null, inFlight: false, lastOk: null, openDiffs: new Set() };
+  const state = { paused: false, timer: null, inFlight: false, lastOk: null, openDiffs: new Set(), filter: "" };
 
   // ---- DOM helpers ---------------------------------------------------------------------------
 
@@ -65,6 +66,17 @@
   }
 
   const phaseLabel = (phase) => String(phase).replace(/_/g, " ");
+  const fmtPerS = (v) => (isNum(v) ? `${Number(v.toPrecision(3))}/s` : "—");
+  // Series quantiles come from buckets whose first one is "1 ms or less".
+  const fmtLat = (v) => (isNum(v) && v <= 0.001 ? "≤1 ms" : fmtMs(v));
+  const fmtNum = (v) => (isNum(v) ? String(Number(v.toPrecision(4))) : "—");
+
+  function fmtAgo(epochSeconds) {
+    if (!isNum(epochSeconds)) return "—";
+    const s = Math.round(Date.now() / 1000 - epochSeconds);
+    const rel = s >= 0 ? `${s < 120 ? `${s} s` : `${Math.round(s / 60)} min`} ago` : `in ${-s < 120 ? `${-s} s` : `${Math.round(-s / 60)} min`}`;
+    return `${fmtTime(epochSeconds)} (${rel})`;
+  }
 
   // ---- fetching ------------------------------------------------------------------------------
 
@@ -118,8 +130,8 @@
 
   // ---- connection state ----------------------------------------------------------------------
 
-  function recovered() {
-    state.lastOk = Date.now() / 1000;
+  function recovered(at) {
+    state.lastOk = isNum(at) ? at : Date.now() / 1000;
     const banner = document.getElementById("error");
     banner.hidden = true;
     banner.replaceChildren();
@@ -146,9 +158,23 @@
     renderProblems(status);
     const routes = status.routes || [];
     const cards = routes.map((route, i) => routeCard(route, details[i]));
-    document.getElementById("routes").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, "No routes configured.")]));
+    keepPlace(() => document.getElementById("routes").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, "No routes configured.")])));
+    document.getElementById("route-index").replaceChildren(...routes.map((route) => h("li", null,
+      h("a", { href: `#route-${route.name}`, testid: `index-${route.name}` }, route.name))));
+    applyFilter();
     document.getElementById("alerts").replaceChildren(alertList(alerts));
     document.getElementById("backends").replaceChildren(backendTable(status.backends || {}));
+  }
+
+  // Redrawing replaces every card, and cards change height: keep the card at the top of the
+  // window where it was, so an operator reading route 42 of 50 is not moved elsewhere.
+  function keepPlace(redraw) {
+    const anchor = [...document.querySelectorAll("#routes article[data-route]")].find((c) => c.getBoundingClientRect().bottom > 0);
+    const name = anchor ? anchor.dataset.route : null;
+    const top = anchor ? anchor.getBoundingClientRect().top : 0;
+    redraw();
+    const again = name === null ? null : [...document.querySelectorAll("#routes article[data-route]")].find((c) => c.dataset.route === name);
+    if (again && window.scrollY > 0) window.scrollBy(0, again.getBoundingClientRect().top - top);
   }
 
   function renderProblems(status) {
@@ -168,16 +194,21 @@
   function routeCard(route, detail) {
     const id = `route-${route.name}`;
     const rollout = route.rollout;
-    const card = h("article", { class: "card", testid: id, "aria-labelledby": `${id}-title` },
+    const stale = route.stale;
+    const card = h("article", { class: "card", id, testid: id, "aria-labelledby": `${id}-title`, "data-route": route.name },
       h("header", { class: "card-head" },
         h("h2", { id: `${id}-title` }, route.name),
-        rollout ? h("span", { class: `badge phase-${rollout.phase}`, testid: `${id}-phase` }, phaseLabel(rollout.phase))
-          : h("span", { class: "badge", testid: `${id}-phase` }, "no rollout")),
+        h("span", { class: "badges" },
+          stale ? h("span", { class: "badge stale-badge", testid: `${id}-stale`, "data-value": stale.since ?? "",
+            title: "the rollout is final: these figures no longer change" }, `stale since ${fmtTime(stale.since)}`) : null,
+          rollout ? h("span", { class: `badge phase-${rollout.phase}`, testid: `${id}-phase` }, phaseLabel(rollout.phase))
+            : h("span", { class: "badge", testid: `${id}-phase` }, "no rollout"))),
       backendsLine(route, id),
       splitBar(route, id),
-      requestsTable(route, id));
-    if (rollout) card.append(rolloutSection(rollout, detail.rollout, id));
-    if (route.shadow) card.append(...shadowSections(route, detail, id));
+      requestsTable(route, id),
+      seriesSection(route, id));
+    if (rollout) card.append(rolloutSection(rollout, detail.rollout, id, stale));
+    if (route.shadow) card.append(...shadowSections(route, detail, id, stale));
     else card.append(h("p", { class: "muted" }, "No shadow configured: no agreement or latency comparison."));
     return card;
   }
@@ -246,7 +277,7 @@
     return h("ol", { class: "steps", "aria-label": "Rollout steps" }, items);
   }
 
-  function rolloutSection(rollout, info, id) {
+  function rolloutSection(rollout, info, id, stale) {
     const w = rollout.window || {};
     const last = rollout.last_decision;
     const p = w.primary || {};
@@ -258,7 +289,8 @@
         ", candidate at ", num(`${id}-rollout-percent`, rollout.candidate_percent, fmtPercent(rollout.candidate_percent)),
         rollout.approval_required ? (rollout.approved ? " · approved" : " · needs approval") : "",
         rollout.primary_only ? " · primary only" : ""),
-      h("p", { class: "muted" }, "this step's window: ",
+      gatesBlock(rollout.progress, id),
+      h("p", { class: stale ? "muted stale-figures" : "muted", testid: `${id}-window` }, "this step's window: ",
         num(`${id}-window-agreements`, w.agreements, fmtInt(w.agreements)), " of ",
         num(`${id}-window-comparisons`, w.comparisons, fmtInt(w.comparisons)), " compared agree; errors primary ",
         num(`${id}-window-errors-primary`, p.errors, fmtInt(p.errors)), `/${fmtInt(p.requests)}, candidate `,
@@ -286,15 +318,18 @@
       h("ol", { class: "events", testid: `${id}-decision-log`, reversed: true }, items));
   }
 
-  function shadowSections(route, detail, id) {
+  function shadowSections(route, detail, id, stale) {
     const report = detail.shadow;
     if (!report) return [section("Shadow", h("p", { class: "muted" }, "shadow report unavailable"))];
+    const when = h("p", { class: stale ? "muted stale-figures" : "muted" }, "last comparison ",
+      num(`${id}-last-compared`, report.last_compared_at, report.last_compared_at ? fmtAgo(report.last_compared_at) : "never"),
+      stale ? ` · ${phaseLabel(stale.reason)}: these figures no longer change` : null);
     const a = report.agreement || {};
     const dropped = Object.values(report.dropped || {}).reduce((x, y) => x + y, 0);
     const conf = isNum(a.confidence) ? `${Math.round(a.confidence * 100)}%` : "95%";
     const label = report.label_agreement;
     return [
-      section("Agreement with the shadow",
+      section("Agreement with the shadow", when,
         h("p", { class: "big" }, num(`${id}-agreement`, a.rate, fmtRate(a.rate)),
           h("span", { class: "ci" }, ` ${conf} CI `, num(`${id}-agreement-low`, a.low, fmtRate(a.low)), " – ",
             num(`${id}-agreement-high`, a.high, fmtRate(a.high)))),
@@ -406,16 +441,234 @@
       h("th", { scope: "row" }, i === 0 ? h("code", null, name) : ""),
       h("td", null, h("code", null, e.url)),
       h("td", { class: e.healthy && e.available ? "ok" : "bad" }, e.healthy ? (e.available ? "healthy" : "unavailable") : "unhealthy"),
-      h("td", null, `${e.busy} busy / ${e.idle} idle`),
+      h("td", null, num(`backend-${name}-${i}-busy`, e.busy, fmtInt(e.busy)), " busy / ",
+        num(`backend-${name}-${i}-idle`, e.idle, fmtInt(e.idle)), " idle"),
+      h("td", null, e.mirror ? [num(`backend-${name}-${i}-mirror-busy`, e.mirror.busy, fmtInt(e.mirror.busy)), " busy / ",
+        num(`backend-${name}-${i}-mirror-idle`, e.mirror.idle, fmtInt(e.mirror.idle)), " idle"] : h("span", { class: "muted" }, "—")),
       h("td", null, String(e.consecutive_failures)))));
     return h("div", { class: "scroll" }, h("table", { class: "grid" },
-      h("thead", null, h("tr", null, ["backend", "endpoint", "state", "connections", "failures in a row"].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", null, h("tr", null, ["backend", "endpoint", "state", "live connections", "mirror connections", "failures in a row"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", null, rows)));
+  }
+
+  // ---- the last 15 minutes -------------------------------------------------------------------
+
+  const SERIES = [["rate", "requests/s", fmtPerS], ["error_rate", "error rate", fmtRate],
+    ["p50", "p50 latency", fmtLat], ["p99", "p99 latency", fmtLat]];
+
+  function backendRole(route, name) {
+    return name === route.primary ? "primary" : name === route.candidate ? "candidate" : "other";
+  }
+
+  function seriesSection(route, id) {
+    const s = route.series;
+    const names = s ? Object.keys(s.backends || {}) : [];
+    if (!names.length) {
+      return section("Last 15 minutes", h("p", { class: "muted", testid: `${id}-series-empty` }, "no requests in the last 15 minutes"));
+    }
+    const lines = Object.fromEntries(names.map((name) => [name, dense(s, s.backends[name].points || [])]));
+    const charts = SERIES.map(([key, title, fmt]) => sparkChart(lines, names, route, key, title, fmt, id));
+    return section("Last 15 minutes",
+      h("div", { class: "sparks", testid: `${id}-series` }, charts),
+      seriesLegend(s, names, route, id),
+      h("p", { class: "muted note" }, `${s.bucket_s} s buckets; the last one is still filling. Latency quantiles are bucket estimates.`));
+  }
+
+  // The server sends only buckets that had requests, as [index, requests, errors, p50, p99].
+  function dense(s, points) {
+    const rate = new Array(s.slots).fill(0);
+    const none = () => new Array(s.slots).fill(null);
+    const out = { rate, error_rate: none(), p50: none(), p99: none() };
+    for (const [i, n, errors, p50, p99] of points) {
+      rate[i] = n / s.bucket_s;
+      out.error_rate[i] = errors / n;
+      out.p50[i] = p50;
+      out.p99[i] = p99;
+    }
+    return out;
+  }
+
+  // One small line chart: a line per backend, gaps where a bucket had no requests.
+  function sparkChart(lines, names, route, key, title, fmt, id) {
+    const W = 180;
+    const H = 48;
+    const top = 12;
+    const values = names.flatMap((n) => lines[n][key]).filter(isNum);
+    const max = Math.max(...values, key === "error_rate" ? 0.01 : 1e-9);
+    const chart = svg("svg", { viewBox: `0 0 ${W} ${H + top + 10}`, class: "spark", role: "img",
+      "aria-label": `${title} per backend over the last 15 minutes`, testid: `${id}-chart-${key}` },
+    svg("title", null, `${title}, last 15 minutes`),
+    svg("text", { x: 0, y: 9, class: "axis" }, `${title} · max ${fmt(max)}`),
+    svg("line", { x1: 0, y1: top + H, x2: W, y2: top + H, class: "base" }),
+    svg("text", { x: 0, y: top + H + 9, class: "axis" }, "−15 min"),
+    svg("text", { x: W, y: top + H + 9, class: "axis end" }, "now"));
+    for (const name of names) {
+      const points = lines[name][key];
+      const step = W / Math.max(1, points.length - 1);
+      let d = "";
+      let pen = false;
+      points.forEach((v, i) => {
+        if (!isNum(v)) {
+          pen = false;
+          return;
+        }
+        const x = (i * step).toFixed(1);
+        const y = (top + H - (v / max) * H).toFixed(1);
+        d += `${pen ? "L" : "M"}${x} ${y}`;
+        pen = true;
+      });
+      const role = backendRole(route, name);
+      chart.append(svg("path", { d: d || "M0 0", class: `line ${role}`, "data-backend": name,
+        "data-points": points.filter(isNum).length }));
+      // The latest value as a dot: a bucket alone draws no segment.
+      const last = points.map((v, i) => [v, i]).filter(([v]) => isNum(v)).pop();
+      if (last) {
+        chart.append(svg("circle", { cx: (last[1] * step).toFixed(1), cy: (top + H - (last[0] / max) * H).toFixed(1), r: 2,
+          class: `dot ${role}` }));
+      }
+    }
+    return h("figure", { class: "spark-wrap" }, chart);
+  }
+
+  function seriesLegend(s, names, route, id) {
+    const rows = names.map((name) => {
+      const b = s.backends[name];
+      const last = b.latest || {};
+      const t = b.total || {};
+      const p = `${id}-series-${name}`;
+      return h("tr", null,
+        h("th", { scope: "row" }, h("i", { class: `key ${backendRole(route, name)}`, "aria-hidden": "true" }), h("code", null, name)),
+        h("td", null, num(`${p}-requests`, t.requests, fmtInt(t.requests))),
+        h("td", null, num(`${p}-error-rate`, t.error_rate, fmtRate(t.error_rate))),
+        h("td", null, num(`${p}-rate`, last.rate, fmtPerS(last.rate))),
+        h("td", null, num(`${p}-p50`, last.p50, fmtLat(last.p50))),
+        h("td", null, num(`${p}-p99`, last.p99, fmtLat(last.p99))),
+        h("td", null, h("time", { class: "muted" }, fmtTime(last.time))));
+    });
+    return h("table", { class: "grid compact" },
+      h("thead", null, h("tr", null, ["backend", "requests (15 min)", "error rate (15 min)", "rate", "p50", "p99", "latest bucket"]
+        .map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", null, rows));
+  }
+
+  // ---- gate progress -------------------------------------------------------------------------
+
+  const WAITING = {
+    operator: "paused: waits for an operator to resume, restart or roll back",
+    approval: "waits for an operator's approval; a failing gate still acts",
+    evidence: "no configured gate applies to this step yet",
+    interval: "every gate passes: advances when the interval has elapsed",
+    samples: "collecting evidence: advances when every gate passes",
+  };
+
+  function gatesBlock(progress, id) {
+    if (!progress) return null;
+    if (progress.final) return h("p", { class: "muted", testid: `${id}-gates-final` }, "final: no more decisions");
+    const t = progress.timing || {};
+    const rows = (progress.gates || []).map((g) => gateRow(g, `${id}-gate-${g.gate}`));
+    return h("div", { class: "gates", testid: `${id}-gates` },
+      h("table", { class: "grid gate-table" },
+        h("thead", null, h("tr", null, ["gate", "verdict", "samples", "estimate and interval vs threshold", "evidence"]
+          .map((x) => h("th", { scope: "col" }, x)))),
+        h("tbody", null, rows.length ? rows : h("tr", null, h("td", { colspan: 5, class: "muted" }, "no gate applies")))),
+      h("p", { class: "muted" }, h("span", { testid: `${id}-waiting-for` }, WAITING[progress.waiting_for] || progress.waiting_for || ""),
+        "; earliest advance ", num(`${id}-earliest-advance`, t.earliest_advance_at, fmtAgo(t.earliest_advance_at)),
+        ", deadline ", num(`${id}-deadline`, t.deadline_at, fmtAgo(t.deadline_at)), ` (then ${t.on_timeout || "pause"})`));
+  }
+
+  function gateRow(g, p) {
+    const samples = h("td", null,
+      h("progress", { max: g.min_samples, value: Math.min(g.n, g.min_samples), "aria-label": "samples against min_samples" }), " ",
+      num(`${p}-n`, g.n, fmtInt(g.n)), " / ", num(`${p}-min-samples`, g.min_samples, fmtInt(g.min_samples)),
+      expectation(g, p));
+    const interval = h("td", null, intervalBar(g),
+      h("span", { class: "num-line" }, num(`${p}-estimate`, g.estimate, fmtNum(g.estimate)), " in [",
+        num(`${p}-low`, g.low, fmtNum(g.low)), ", ", num(`${p}-high`, g.high, fmtNum(g.high)), "] vs ",
+        num(`${p}-threshold`, g.threshold, fmtNum(g.threshold)), g.better === "higher" ? " (min)" : " (max)"));
+    const evidence = g.sprt
+      ? h("td", null, sprtBar(g.sprt), h("span", { class: "num-line" }, "log LR ", num(`${p}-llr`, g.sprt.llr, fmtNum(g.sprt.llr)),
+        ` between ${fmtNum(g.sprt.fail_at)} (fail) and ${fmtNum(g.sprt.pass_at)} (pass)`))
+      : h("td", null, h("span", { class: "num-line" }, "to pass ", num(`${p}-to-pass`, g.to_pass, fmtNum(g.to_pass)),
+        ", to fail ", num(`${p}-to-fail`, g.to_fail, fmtNum(g.to_fail))));
+    return h("tr", { testid: p },
+      h("th", { scope: "row" }, phaseLabel(g.gate)),
+      h("td", { class: g.verdict === "fail" ? "bad" : g.verdict === "pass" ? "ok" : "" }, h("span", { testid: `${p}-verdict` }, g.verdict)),
+      samples, interval, evidence);
+  }
+
+  // The expected further samples before a verdict, when the router can estimate them.
+  function expectation(g, p) {
+    if (g.verdict_in_sight === false) return h("span", { class: "muted", testid: `${p}-expected-samples` }, " · no verdict in sight");
+    if (!isNum(g.expected_samples)) return null;
+    return h("span", { class: "muted" }, " · about ", num(`${p}-expected-samples`, g.expected_samples, fmtInt(Math.ceil(g.expected_samples))),
+      " more", isNum(g.expected_seconds) ? ` (~${Math.ceil(g.expected_seconds)} s)` : "");
+  }
+
+  // The interval [low, high] on a line with the threshold marked; an open side runs to the edge.
+  function intervalBar(g) {
+    const W = 140;
+    const known = [g.low, g.high, g.threshold, g.estimate].filter(isNum);
+    let lo = Math.min(...known);
+    let hi = Math.max(...known);
+    const pad = (hi - lo) * 0.1 || Math.abs(hi) * 0.1 || 0.01;
+    lo -= pad;
+    hi += pad;
+    const x = (v) => ((v - lo) / (hi - lo)) * W;
+    const a = isNum(g.low) ? x(g.low) : 0;
+    const b = isNum(g.high) ? x(g.high) : W;
+    const bar = svg("svg", { viewBox: `0 0 ${W} 14`, class: "ibar", "aria-hidden": "true" },
+      svg("line", { x1: 0, y1: 7, x2: W, y2: 7, class: "base" }),
+      svg("rect", { x: a.toFixed(1), y: 3, width: Math.max(1, b - a).toFixed(1), height: 8, rx: 2, class: `interval ${g.verdict}` }),
+      svg("line", { x1: x(g.threshold).toFixed(1), y1: 0, x2: x(g.threshold).toFixed(1), y2: 14, class: "threshold" }));
+    if (isNum(g.estimate)) bar.append(svg("circle", { cx: x(g.estimate).toFixed(1), cy: 7, r: 2.5, class: "estimate" }));
+    return bar;
+  }
+
+  // The SPRT's log-likelihood ratio between its fail bound (left) and pass bound (right).
+  function sprtBar(sprt) {
+    const W = 140;
+    const span = sprt.pass_at - sprt.fail_at;
+    const at = Math.min(1, Math.max(0, (sprt.llr - sprt.fail_at) / span)) * W;
+    const zero = (-sprt.fail_at / span) * W;
+    return svg("svg", { viewBox: `0 0 ${W} 14`, class: "ibar", "aria-hidden": "true" },
+      svg("rect", { x: 0, y: 3, width: W, height: 8, rx: 2, class: "track" }),
+      svg("line", { x1: zero.toFixed(1), y1: 1, x2: zero.toFixed(1), y2: 13, class: "base" }),
+      svg("circle", { cx: at.toFixed(1), cy: 7, r: 4, class: "estimate" }));
   }
 
   // ---- start ---------------------------------------------------------------------------------
 
+  // The server embeds the current figures in the page: draw them now, poll from then on.
+  function renderInitial() {
+    const el = document.getElementById("initial-state");
+    if (!el) return false;
+    try {
+      const initial = JSON.parse(el.textContent);
+      render(initial.status, initial.details, initial.alerts);
+      recovered(initial.status.time);
+      return true;
+    } catch (err) {
+      failed(err);
+      return false;
+    }
+  }
+
+  function applyFilter() {
+    const needle = state.filter.trim().toLowerCase();
+    for (const card of document.querySelectorAll("#routes article[data-route]")) {
+      card.hidden = needle !== "" && !card.dataset.route.toLowerCase().includes(needle);
+    }
+    for (const link of document.querySelectorAll("#route-index a")) {
+      link.parentElement.hidden = needle !== "" && !link.textContent.toLowerCase().includes(needle);
+    }
+  }
+
   function start() {
+    const filter = document.getElementById("filter");
+    filter.addEventListener("input", () => {
+      state.filter = filter.value;
+      applyFilter();
+    });
     const button = document.getElementById("pause");
     button.addEventListener("click", () => {
       state.paused = !state.paused;
@@ -426,7 +679,8 @@
         state.timer = null;
       } else if (!state.paused && state.timer === null) poll();
     });
-    poll();
+    if (renderInitial()) schedule();
+    else poll();
   }
 
   start();
