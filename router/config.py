@@ -19,6 +19,7 @@ import yaml
 from router.alerts import AlertConfig
 from router.compare import CompareSpec
 from router.decision import Action, Gates, RolloutPolicy
+from router.llmconfig import JudgeConfig, ModelMatch, read_judge, read_models
 from router.predlog import PredictionLogConfig
 from router.units import parse_duration, parse_size
 from router.yamlsrc import ConfigError, ConfigIssue, Reader, join
@@ -143,6 +144,7 @@ class BackendConfig:
     max_pending: int = 100  # requests waiting for a connection; beyond, 503 at once (circuit breaker)
     health: HealthCheck | None = None
     outlier: Outlier = Outlier()
+    model: str | None = None  # the model name this backend serves: the request body's `model` is rewritten to it
 
     @property
     def url(self) -> str:
@@ -158,6 +160,7 @@ class Match:
     path_regex: str | None = None
     methods: frozenset[str] | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    model: ModelMatch | None = None  # the JSON body's `model` (OpenAI-style APIs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,7 @@ class ShadowConfig:
     max_response: int = 1024 * 1024  # larger responses (either side) are not compared
     noise_percent: float = 0.0
     timeout: float | None = None  # default: the route's timeout
+    judge: JudgeConfig | None = None  # pairwise judge of free-text answers (compare.judge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +238,8 @@ class RouteConfig:
     retries: int = 1  # extra attempts where safe, within the route's timeout and the retry budget
     shadow: ShadowConfig | None = None
     rollout: RolloutConfig | None = None
+    fallback: tuple[str, ...] = ()  # backends tried in turn on connect failure, 429, 503 or first_token_timeout
+    first_token_timeout: float | None = None  # no response byte by then: fall back (needs fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,7 +541,7 @@ def _backends(r: Reader, node: yaml.Node) -> dict[str, BackendConfig] | None:
     return out
 
 
-_BACKEND_KEYS = frozenset({"url", "urls", "max_connections", "max_pending", "health", "outlier"})
+_BACKEND_KEYS = frozenset({"url", "urls", "max_connections", "max_pending", "health", "outlier", "model"})
 
 
 def _backend(r: Reader, node: yaml.Node, path: str, name: str) -> BackendConfig | None:
@@ -567,9 +573,12 @@ def _backend(r: Reader, node: yaml.Node, path: str, name: str) -> BackendConfig 
         r.error(b["max_pending"], join(path, "max_pending"), "must be 0 or more")
     health = _health(r, b["health"], join(path, "health")) if "health" in b else None
     outlier = _outlier(r, b["outlier"], join(path, "outlier")) if "outlier" in b else Outlier()
+    model = r.get(b, "model", path, r.string, None)
+    if model == "":
+        r.error(b["model"], join(path, "model"), "must not be empty")
     if len(r.issues) > before or not endpoints or max_conn is None or max_pending is None or outlier is None:
         return None
-    return BackendConfig(name, tuple(endpoints), max_conn, max_pending, health, outlier)
+    return BackendConfig(name, tuple(endpoints), max_conn, max_pending, health, outlier, model)
 
 
 def _positive(r: Reader, m: dict[str, yaml.Node], key: str, path: str, default: int) -> int | None:
@@ -619,7 +628,7 @@ def _outlier(r: Reader, node: yaml.Node, path: str) -> Outlier | None:
 
 
 _ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "retries",
-                         "shadow", "rollout"})
+                         "shadow", "rollout", "fallback", "first_token_timeout"})
 
 
 def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[RouteConfig, ...] | None:
@@ -697,14 +706,37 @@ def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> R
     retries = r.get(m, "retries", path, r.integer, 1)
     if retries is not None and not 0 <= retries <= 5:
         r.error(m["retries"], join(path, "retries"), "must be within 0..5")
-    if len(r.issues) > before or retries is None:
+    fallback = _fallback(r, m, path, backends, primary)
+    first_token = r.get(m, "first_token_timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
+    if first_token is not None and not fallback:
+        r.error(m["first_token_timeout"], join(path, "first_token_timeout"), "needs a fallback list to fall back to")
+    if len(r.issues) > before or retries is None or fallback is None:
         return None
-    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, retries, shadow, rollout)
+    return RouteConfig(name, match, primary, candidate, split, overrides, timeout, retries, shadow, rollout,
+                       fallback, first_token)
+
+
+def _fallback(r: Reader, m: dict[str, yaml.Node], path: str, backends: frozenset[str],
+              primary: str) -> tuple[str, ...] | None:
+    if "fallback" not in m:
+        return ()
+    p = join(path, "fallback")
+    items = r.sequence(m["fallback"], p)
+    if items is None:
+        return None
+    names = [_backend_ref(r, item, join(p, i), backends) for i, item in enumerate(items)]
+    if None in names:
+        return None
+    if not names or len(set(names)) != len(names):
+        r.error(m["fallback"], p, "give one or more distinct backends")
+        return None
+    return tuple(n for n in names if n is not None)
 
 
 _ROLLOUT_KEYS = frozenset({"steps", "interval", "min_samples", "max_duration", "gates", "confidence", "on_failure",
                            "on_timeout", "approval", "notify"})
-_GATE_KEYS = ("min_agreement", "max_latency_ratio", "max_error_rate_increase", "min_accuracy_delta")
+_GATE_KEYS = ("min_agreement", "max_latency_ratio", "max_error_rate_increase", "min_accuracy_delta",
+              "max_ttft_ratio", "max_tpot_ratio", "min_judge_win_rate", "llm_quantile")
 
 
 def _rollout(r: Reader, node: yaml.Node, path: str) -> RolloutConfig | None:
@@ -752,8 +784,8 @@ def _gates(r: Reader, node: yaml.Node, path: str) -> Gates | None:
         if values[key] is None and not yaml_null(value_node):
             return None
     try:
-        return Gates(values["min_agreement"], values["max_latency_ratio"], values["max_error_rate_increase"],
-                     values["min_accuracy_delta"])
+        llm_quantile = values.pop("llm_quantile")
+        return Gates(**values, llm_quantile=d.llm_quantile if llm_quantile is None else llm_quantile)  # type: ignore[arg-type]
     except ValueError as exc:
         r.error(node, path, str(exc))
         return None
@@ -785,7 +817,7 @@ def _choice(r: Reader, allowed: tuple[str, ...]) -> Callable[[yaml.Node, str], s
 
 _SHADOW_KEYS = frozenset({"backend", "percent", "methods", "max_concurrency", "max_body", "max_response",
                           "timeout", "compare"})
-_COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent"})
+_COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent", "judge"})
 
 
 def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> ShadowConfig | None:
@@ -805,11 +837,24 @@ def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> 
     max_response = r.get(m, "max_response", path, lambda n, p: r.converted(n, p, parse_size), 1024 * 1024)
     timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
     spec, noise = _compare(r, m.get("compare"), join(path, "compare"))
+    judge = _judge(r, m.get("compare"), join(path, "compare"), spec)
     if len(r.issues) > before or None in (backend, percent, methods, max_conc, max_body, max_response, spec, noise):
         return None
     assert backend and spec and methods is not None
     return ShadowConfig(backend, spec, float(percent or 0), frozenset(x.encode() for x in methods),
-                        int(max_conc or 1), int(max_body or 0), int(max_response or 0), float(noise or 0), timeout)
+                        int(max_conc or 1), int(max_body or 0), int(max_response or 0), float(noise or 0), timeout,
+                        judge)
+
+
+def _judge(r: Reader, node: yaml.Node | None, path: str, spec: CompareSpec | None) -> JudgeConfig | None:
+    judge = node.value if isinstance(node, yaml.MappingNode) else []
+    found = next((v for k, v in judge if isinstance(k, yaml.ScalarNode) and k.value == "judge"), None)
+    if found is None:
+        return None
+    if spec is not None and spec.format != "openai":
+        r.error(found, join(path, "judge"), "a judge compares free text: it needs format: openai")
+        return None
+    return read_judge(r, found, join(path, "judge"))
 
 
 def _compare(r: Reader, node: yaml.Node | None, path: str) -> tuple[CompareSpec | None, float | None]:
@@ -864,7 +909,7 @@ def _methods(r: Reader, node: yaml.Node, path: str) -> frozenset[str] | None:
     return frozenset(x.upper() for x in names)
 
 
-_MATCH_KEYS = frozenset({"path", "path_prefix", "path_regex", "methods", "headers"})
+_MATCH_KEYS = frozenset({"path", "path_prefix", "path_regex", "methods", "headers", "model"})
 
 
 def _match(r: Reader, node: yaml.Node, path: str) -> Match | None:
@@ -890,9 +935,10 @@ def _match(r: Reader, node: yaml.Node, path: str) -> Match | None:
         values[key] = value
     methods = _methods(r, m["methods"], join(path, "methods")) if "methods" in m else None
     headers = _pairs(r, m["headers"], join(path, "headers"), header_names=True) if "headers" in m else ()
+    model = read_models(r, m["model"], join(path, "model")) if "model" in m else None
     if len(r.issues) > before or headers is None:
         return None
-    return Match(values.get("path"), values.get("path_prefix"), values.get("path_regex"), methods, headers)
+    return Match(values.get("path"), values.get("path_prefix"), values.get("path_regex"), methods, headers, model)
 
 
 def _pairs(

@@ -30,13 +30,13 @@ import enum
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, reduce
 from itertools import accumulate, pairwise
 
 __all__ = [
     "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "Action", "Decision", "Gate", "GateResult", "Gates",
-    "InvalidTransition", "OperatorAction", "Phase", "RolloutPolicy", "RolloutState", "SideCounts",
+    "InvalidTransition", "LlmEvidence", "OperatorAction", "Phase", "RolloutPolicy", "RolloutState", "SideCounts",
     "Snapshot", "StepEvidence", "Verdict", "accuracy_gate", "agreement_gate", "decide",
     "error_budget", "error_rate_gate", "evaluate_gates", "initial_state", "is_timed_out",
     "latency_gate", "latency_histogram", "next_step", "operator_action", "should_advance",
@@ -98,6 +98,9 @@ class Gate(enum.StrEnum):
     ERROR_RATE = "error_rate"
     LATENCY = "latency"
     ACCURACY = "accuracy"
+    TTFT = "ttft"
+    TPOT = "tpot"
+    JUDGE = "judge"
 
 
 class InvalidTransition(ValueError):
@@ -117,6 +120,12 @@ class Gates:
     min_accuracy_delta: float | None = None
     agreement_indifference: float = 0.005  # true agreement within this of the gate may go either way
     latency_quantile: float = 0.99
+    # LLM gates (see llm_gates below): streamed time to first token and per output token, and the
+    # judge's win rate of the candidate (ties count half).
+    max_ttft_ratio: float | None = None
+    max_tpot_ratio: float | None = None
+    min_judge_win_rate: float | None = None
+    llm_quantile: float = 0.9  # TTFT/TPOT quantile: p99 would need ~800 streamed samples per side
 
     def __post_init__(self) -> None:
         problems = []
@@ -134,12 +143,14 @@ class Gates:
             problems.append("min_accuracy_delta must lie in (-1, 1)")
         if not 0.5 <= self.latency_quantile < 1:
             problems.append("latency_quantile must lie in [0.5, 1)")
+        problems += _llm_gate_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
 
     @property
     def count(self) -> int:
-        limits = (self.min_agreement, self.max_latency_ratio, self.max_error_rate_increase, self.min_accuracy_delta)
+        limits = (self.min_agreement, self.max_latency_ratio, self.max_error_rate_increase, self.min_accuracy_delta,
+                  self.max_ttft_ratio, self.max_tpot_ratio, self.min_judge_win_rate)
         return sum(limit is not None for limit in limits)
 
 
@@ -268,6 +279,7 @@ class Snapshot:
     rollout_started_at: float
     shadowed: bool = False  # the candidate received mirrored traffic in this step (agreement applies)
     feedback: bool = False  # user feedback is collected in this step (accuracy applies if configured)
+    llm: LlmEvidence | None = None  # token timings and judge verdicts (LLM routes only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,7 +530,67 @@ def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResul
         results.append(latency_gate(ev, policy, g.max_latency_ratio))
     if g.min_accuracy_delta is not None and snapshot.feedback:
         results.append(accuracy_gate(ev, policy, g.min_accuracy_delta))
+    results += llm_gates(snapshot.llm or LlmEvidence(), policy)
     return tuple(results)
+
+
+# -- LLM gates: the machinery above over other histograms and counts -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LlmEvidence:
+    """Per side (primary, candidate): histograms over LATENCY_BUCKETS_S of streamed time to first
+    token and time per output token, output tokens; and the judge's verdicts for the candidate."""
+
+    ttft: tuple[tuple[int, ...], tuple[int, ...]] = (EMPTY_HISTOGRAM, EMPTY_HISTOGRAM)
+    tpot: tuple[tuple[int, ...], tuple[int, ...]] = (EMPTY_HISTOGRAM, EMPTY_HISTOGRAM)
+    output_tokens: tuple[int, int] = (0, 0)
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+
+
+def _llm_gate_problems(g: Gates) -> list[str]:
+    problems = [f"{name} must exceed {BUCKET_FACTOR**2:.3f}, the histogram's resolution"
+                for name, v in (("max_ttft_ratio", g.max_ttft_ratio), ("max_tpot_ratio", g.max_tpot_ratio))
+                if v is not None and v <= BUCKET_FACTOR**2]
+    if g.min_judge_win_rate is not None and not 0 < g.min_judge_win_rate < 1:
+        problems.append("min_judge_win_rate must lie in (0, 1)")
+    if not 0.5 <= g.llm_quantile < 1:
+        problems.append("llm_quantile must lie in [0.5, 1)")
+    return problems
+
+
+def _histogram_gate(gate: Gate, pair: tuple[tuple[int, ...], tuple[int, ...]], policy: RolloutPolicy,
+                    threshold: float) -> GateResult:
+    """The latency gate's quantile-ratio test (same anytime-valid bounds) over another pair of histograms."""
+    sides = StepEvidence(primary=SideCounts(latency=pair[0]), candidate=SideCounts(latency=pair[1]))
+    gates = replace(policy.gates, latency_quantile=policy.gates.llm_quantile)
+    return replace(latency_gate(sides, replace(policy, gates=gates), threshold), name=gate)
+
+
+def judge_gate(ev: LlmEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
+    """The candidate's win rate (ties half) against `min_judge_win_rate`. Each verdict is an outcome
+    in {0, 1/2, 1}; the beta-mixture likelihood ratio stays a supermartingale for outcomes in [0, 1]
+    (it is convex in the outcome), so the accuracy gate's confidence sequence applies unchanged."""
+    n = ev.wins + ev.ties + ev.losses
+    score = ev.wins + ev.ties / 2
+    alpha, beta = error_budget(policy)
+    low = _rate_bounds(score, n, alpha)[0]  # type: ignore[arg-type]
+    high = _rate_bounds(score, n, beta)[1]  # type: ignore[arg-type]
+    verdict = _verdict(n, policy.min_samples, low >= threshold, high < threshold)
+    return GateResult(Gate.JUDGE, verdict, score / n if n else None, low, high, threshold, n)
+
+
+def llm_gates(ev: LlmEvidence, policy: RolloutPolicy) -> list[GateResult]:
+    g, out = policy.gates, []
+    if g.max_ttft_ratio is not None:
+        out.append(_histogram_gate(Gate.TTFT, ev.ttft, policy, g.max_ttft_ratio))
+    if g.max_tpot_ratio is not None:
+        out.append(_histogram_gate(Gate.TPOT, ev.tpot, policy, g.max_tpot_ratio))
+    if g.min_judge_win_rate is not None:
+        out.append(judge_gate(ev, policy, g.min_judge_win_rate))
+    return out
 
 
 # -- transitions --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from router.decision import Phase
 from router.histogram import BOUNDS, Histogram
+from router.llmmetrics import llm_metrics
 from router.monitor import Monitor
 from router.rollout import RolloutController
 from router.runtime import LATENCY_BUCKETS
@@ -101,6 +102,7 @@ class RouterCollector(Collector):
         yield from shadow_metrics(router.mirror.stats)
         yield from rollout_metrics(router.rollouts)
         yield from monitor_metrics(router.monitor)
+        yield from llm_metrics(stats.llm)
 
     @staticmethod
     def _requests(requests: dict[tuple[str, str, int], int]) -> Iterator[Metric]:

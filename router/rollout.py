@@ -39,6 +39,7 @@ from router.decision import (
     operator_action,
 )
 from router.feedback import FeedbackResult
+from router.llmstats import LlmWindow
 from router.state import StateStore
 from router.webhook import Webhook
 
@@ -93,7 +94,7 @@ class Side:
 class WindowCounters:
     """The evidence of one route's current step window; summable across processes."""
 
-    __slots__ = ("agreements", "candidate", "comparisons", "primary", "shadowed")
+    __slots__ = ("agreements", "candidate", "comparisons", "llm", "primary", "shadowed")
 
     def __init__(self, shadowed: bool) -> None:
         self.shadowed = shadowed
@@ -101,6 +102,7 @@ class WindowCounters:
         self.agreements = 0
         self.primary = Side()
         self.candidate = Side()
+        self.llm = LlmWindow()  # token timings and judge verdicts (LLM routes)
 
     def live(self, on_candidate: bool, status: int, seconds: float) -> None:
         """A live request finished (used when the step is not shadowed)."""
@@ -129,13 +131,15 @@ class WindowCounters:
 
     def to_json(self) -> dict[str, Any]:
         return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
-                "primary": self.primary.to_json(), "candidate": self.candidate.to_json()}
+                "primary": self.primary.to_json(), "candidate": self.candidate.to_json(), "llm": self.llm.to_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WindowCounters:
         c = cls(bool(data["shadowed"]))
         c.comparisons, c.agreements = int(data["comparisons"]), int(data["agreements"])
         c.primary, c.candidate = Side.from_json(data["primary"]), Side.from_json(data["candidate"])
+        if "llm" in data:
+            c.llm = LlmWindow.from_json(data["llm"])
         StepEvidence(c.comparisons, c.agreements)  # validates
         return c
 
@@ -274,7 +278,7 @@ class RolloutController:
         now = time.time() if now is None else now
         for rr in list(self.routes.values()):
             snapshot = Snapshot(rr.state, rr.counters.evidence(), now, rr.step_started_at, rr.rollout_started_at,
-                                shadowed=rr.counters.shadowed, feedback=self.feedback)
+                                shadowed=rr.counters.shadowed, feedback=self.feedback, llm=rr.counters.llm.evidence())
             decision = decide(snapshot, rr.cfg.policy)
             self.apply(rr, decision, "router", now)
         if now - self._last_persist >= PERSIST_EVERY_S:
@@ -293,6 +297,7 @@ class RolloutController:
         changed = decision.state != rr.state
         before = rr.state
         evidence = rr.counters.evidence()  # what the decision was made on, before a new window
+        output = (rr.counters.llm.output[0], rr.counters.llm.output[1])
         if decision.new_window:
             rr.counters = WindowCounters(rr.counters.shadowed)
             rr.step_started_at = now
@@ -310,13 +315,13 @@ class RolloutController:
             return
         if hold:
             rr.last_logged_hold = now
-        self._record(rr, decision, actor, now, evidence, before=before)
+        self._record(rr, decision, actor, now, evidence, before=before, output=output)
         if changed or actor == "operator":
             self.persist()
             self._notify(rr, before, decision, actor)
 
     def _record(self, rr: RouteRollout, decision: Decision, actor: str, now: float, ev: StepEvidence,
-                before: RolloutState | None = None) -> None:
+                before: RolloutState | None = None, output: tuple[int, int] = (0, 0)) -> None:
         entry = {
             "time": now, "route": rr.name, "actor": actor, "action": str(decision.action),
             "from": {"phase": str(before.phase), "step": before.step_index} if before else None,
@@ -325,7 +330,8 @@ class RolloutController:
             "reason": decision.reason,
             "evidence": {"comparisons": ev.comparisons, "agreements": ev.agreements,
                          "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
-                         "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors}},
+                         "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors},
+                         "output_tokens": {"primary": output[0], "candidate": output[1]}},
             "gates": [{"gate": str(g.name), "verdict": str(g.verdict), "estimate": g.estimate, "low": g.low,
                        "high": g.high, "threshold": g.threshold, "n": g.n} for g in decision.gates],
         }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.balancer import BackendGroup, HealthRegistry, build_groups
 from router.config import Config, RouteConfig
+from router.llmstats import LlmState
 from router.policy import Choice
 from router.shadow import Mirror
 
@@ -97,6 +98,7 @@ class Stats:
         self.sticky_key_missing: defaultdict[str, int] = defaultdict(int)
         self.upstream_errors: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.in_flight = 0
+        self.llm = LlmState()  # token timings, fallbacks, judge verdicts, cooling backends
 
     def chosen(self, route: str, choice: Choice) -> None:
         self.choices[(route, choice.backend, choice.reason)] += 1

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 from router.balancer import BackendGroup, HealthRegistry, build_groups
 from router.compare import Comparison, compare
 from router.config import Config, RouteConfig, ShadowConfig
+from router.judge import Judge
+from router.llm import LlmOutcome, TokenMeter, rewrite_model
+from router.llmstats import LlmState
 from router.monitor import Finished
 from router.proxy import upstream_request
 from router.request import Header, Request
@@ -93,9 +96,13 @@ class CaptureSink:
 
     def on_head(self, status: int, headers: list[Header], connection: bytes | None) -> None:
         self.side.head(status, headers)
+        if self.pair.shadow_meter is not None and self.side is self.pair.shadow:
+            self.pair.shadow_meter.head(headers)
 
     def on_body(self, data: bytes) -> None:
         self.side.capture(data, self.pair.cfg.max_response)
+        if self.pair.shadow_meter is not None and self.side is self.pair.shadow:
+            self.pair.shadow_meter.feed(data, perf_counter())
 
     def on_complete(self) -> None:
         self._done(None)
@@ -144,6 +151,9 @@ class MirroredRequest:
         self.pending = 3 if noise else 2
         self.window: WindowCounters | None = None  # the rollout step window this request counts in
         self.monitor: Monitor | None = None  # for the prediction log's joined record
+        self.live_llm: LlmOutcome | None = None  # LLM routes: set by the live Exchange
+        self.shadow_meter: TokenMeter | None = None
+        self.llm: LlmState | None = None
 
     # the live side, fed by the Exchange
     def live_head(self, status: int, headers: list[Header]) -> None:
@@ -180,6 +190,7 @@ class Mirror:
         self._backlog: deque[MirroredRequest] = deque()
         self.stats: dict[str, ShadowStats] = {}
         self.in_flight: dict[str, int] = {}
+        self.judge = Judge()
 
     # -- configuration (at start and on each reload)
     def configure(self, config: Config, health: HealthRegistry) -> list[UpstreamPool]:
@@ -235,6 +246,10 @@ class Mirror:
         if route.rollout is not None and route.candidate == cfg.backend:
             pair.window = rt.rollouts.counters(route.name)
         timeout = cfg.timeout or route.timeout or rt.config.limits.request_timeout
+        if rt.table.by_name[route.name].llm:
+            pair.shadow_meter = TokenMeter(keep_text=cfg.judge is not None)
+            pair.shadow_meter.start(perf_counter())
+            pair.llm = rt.stats.llm
         self._send(self.groups[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
         if pair.noise is not None:
             self._send(self.groups[route.primary], req, rt.via, CaptureSink(pair, pair.noise, timeout))
@@ -243,7 +258,9 @@ class Mirror:
     def _send(self, group: BackendGroup, req: Request, via: bytes, sink: CaptureSink) -> None:
         pool = group.pick(time.monotonic(), panic=True)
         assert pool is not None
-        data = upstream_request(req, pool.authority, via, SHADOW_HEADER)
+        model = group.backend.model
+        data = upstream_request(req, pool.authority, via, SHADOW_HEADER,
+                                body=rewrite_model(req.body, model) if model is not None else None)
         conn = pool.acquire_nowait()
         if conn is not None:
             sink.upstream = conn
@@ -302,6 +319,8 @@ class Mirror:
         window = pair.window
         if window is not None and live.error != "incomplete":
             window.pair(live.ok, live.latency, shadow.ok, shadow.latency)
+        if pair.shadow_meter is not None and live.ok and shadow.ok:
+            self._account_llm(pair, pair.shadow_meter.outcome(shadow.started + shadow.latency))
         if not (live.ok and shadow.ok):
             return
         stats.live_latency.observe(live.latency)
@@ -317,6 +336,24 @@ class Mirror:
         else:
             future = asyncio.get_running_loop().run_in_executor(None, job.run)
             future.add_done_callback(lambda f: job.record(f.result()) if not f.cancelled() else None)
+
+
+    def _account_llm(self, pair: MirroredRequest, shadow: LlmOutcome) -> None:
+        """Paired LLM figures (same request on both sides), the step window's, and the judge."""
+        live, window, route, judge = pair.live_llm, pair.window, pair.route.name, pair.cfg.judge
+        if live is None or pair.llm is None:
+            return
+        llm = pair.llm
+        llm.record_pair(route, live, shadow)
+        if window is not None and pair.live.error != "incomplete":
+            window.llm.record(False, live)
+            window.llm.record(True, shadow)
+        if judge is not None and live.text and shadow.text:
+            def record(result: str) -> None:
+                llm.judge[(route, result)] += 1
+                if window is not None:
+                    window.llm.verdict(result)
+            self.judge.submit(route, judge, pair.req.body, live.text, shadow.text, record)
 
 
 class _CompareJob:
