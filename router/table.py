@@ -36,14 +36,14 @@ class BadModel(ValueError):
 
 def body_model(body: bytes) -> str:
     """The top-level `model` of a JSON object body; BadModel says what is wrong."""
-    if b'"model"' not in body:  # the common malformed cases are refused without parsing
-        raise BadModel('the request body has no "model" field; this route is chosen by the JSON body\'s "model"')
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         raise BadModel("the request body is not valid JSON; this route is chosen by the JSON body's \"model\"") \
             from None
-    model = doc.get("model") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or "model" not in doc:
+        raise BadModel('the request body has no "model" field; this route is chosen by the JSON body\'s "model"')
+    model = doc["model"]
     if not isinstance(model, str):
         raise BadModel(f'"model" must be a string naming the model, got {type(model).__name__}')
     return model
