@@ -110,13 +110,15 @@ class Answer:
 
 
 def answer(request: TextRequest, version: str, created: int, signature: str = "") -> Answer:
-    tokens = reply(request.prompt, version) + ([" " + signature] if signature else [])
+    tokens = reply(request.prompt, version)
     limit = request.max_tokens
     finish = "length" if limit is not None and limit < len(tokens) else "stop"
     prefix = "chatcmpl-" if request.chat else "cmpl-"
     # The id depends only on the request, so identical requests get identical answers.
     ident = prefix + hashlib.blake2b(f"{version}\n{request.prompt}".encode(), digest_size=12).hexdigest()
-    return Answer(request, tokens[:limit], finish, ident, created, f"{request.model}-{version}")
+    # The signature survives max_tokens: it is what tells this version's answers apart.
+    signed = tokens[:limit] + ([" " + signature] if signature else [])
+    return Answer(request, signed, finish, ident, created, f"{request.model}-{version}")
 
 
 def _envelope(a: Answer, object_name: str, choice: dict[str, Any]) -> dict[str, Any]:
