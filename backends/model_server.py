@@ -14,6 +14,13 @@ For tests and the bench it can be made slow, failing, noisy or drifting, at star
   JSON object of some of them replaces those, all or nothing (400 names the bad field).
   latency_ms + uniform(0, jitter_ms) delays, and error_rate fails with 500, every inference
   request (V1, V2, completions) that parsed; perturb, shift and noise_field change predictions.
+- Text knobs: `ttft_ms` (a stream's head goes at once, its first token this much later),
+  `stream_delay_ms` (between tokens), `reject_rate` with `retry_after_s` (429 with Retry-After);
+  streams carry `usage` when asked with `stream_options.include_usage`. `--signature TEXT`
+  appends a last word to every answer, so a judge can tell versions apart.
+- Judge mode (`--judge-favour TEXT`): chat completions answer A, B or TIE, preferring the answer
+  that contains TEXT in `judge_percent` of the verdicts, deterministically; `judge_garbage` is the
+  share of nonsense verdicts and `latency_ms` makes it hang.
 - `GET /-/stats` returns `{"requests", "by_path", "last_method", "last_path", "last_headers"}`
   (header names lower-cased) for every request outside `/-/`; `DELETE /-/stats` resets it.
 
