@@ -22,6 +22,7 @@ from router import statuspage
 from router.app import Router
 from router.decision import InvalidTransition, OperatorAction
 from router.feedback import FeedbackError, parse_feedback_body
+from router.llmstats import llm_report
 from router.metrics import make_registry
 from router.policy import assign
 from router.runtime import describe
@@ -163,6 +164,9 @@ async def route_shadow(request: web.Request) -> web.Response:
     body = {"route": route.name, "primary": route.config.primary, "shadow_backend": cfg.backend,
             "percent": cfg.percent, "format": cfg.compare.format, "in_flight": mirror.in_flight.get(route.name, 0),
             **stats.report()}
+    llm = llm_report(request.app[ROUTER].runtime.stats.llm, route.name)
+    if llm is not None:
+        body["llm"] = llm  # LLM routes: paired TTFT/TPOT/tokens and the judge's verdicts
     return web.json_response(body)
 
 

@@ -7,6 +7,7 @@ Plain ints and lists, as in `runtime.Stats`: cheap to bump, summable across proc
 from __future__ import annotations
 
 import bisect
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -139,3 +140,43 @@ class LlmWindow:
         w.output = [int(x) for x in data["output"]]
         w.wins, w.ties, w.losses = (int(x) for x in data["judge"])
         return w
+
+
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+JUDGED = ("win", "tie", "loss")
+
+
+def _quantiles(live: Histogram, shadow: Histogram) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {"live": {}, "shadow": {}, "ratio": {}}
+    for name, q in QUANTILES.items():
+        a, b = live.quantile(q), shadow.quantile(q)
+        out["live"][name], out["shadow"][name] = a, b
+        out["ratio"][name] = b / a if a and b is not None else None
+    return out
+
+
+def judge_summary(llm: LlmState, route: str, z: float = 1.96) -> dict[str, Any]:
+    """Verdict counts, the candidate's win rate (ties half) with a 95% Wilson interval, and failures."""
+    counts = {k: n for (r, k), n in llm.judge.items() if r == route}
+    n = sum(counts.get(k, 0) for k in JUDGED)
+    out: dict[str, Any] = {k: counts.get(k, 0) for k in JUDGED}
+    out["failures"] = {k: v for k, v in counts.items() if k not in JUDGED}
+    if n:
+        p = (counts.get("win", 0) + counts.get("tie", 0) / 2) / n
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), \
+            z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        out.update(win_rate=p, low=max(0.0, centre - half), high=min(1.0, centre + half))
+    return out
+
+
+def llm_report(llm: LlmState, route: str) -> dict[str, Any] | None:
+    """The `/shadow` report's LLM part: paired live/shadow figures over the same mirrored requests."""
+    live, shadow = llm.shadow.get((route, "live")), llm.shadow.get((route, "shadow"))
+    if live is None or shadow is None:
+        return None
+    def mean(h: TokenHistogram) -> float | None:
+        n = sum(h.counts)
+        return h.sum / n if n else None
+    return {"ttft_seconds": _quantiles(live.ttft, shadow.ttft), "tpot_seconds": _quantiles(live.tpot, shadow.tpot),
+            "mean_output_tokens": {"live": mean(live.output), "shadow": mean(shadow.output)},
+            "judge": judge_summary(llm, route)}

@@ -120,3 +120,8 @@ async def test_judge_gate_follows_the_judges_preference(
                 await asyncio.sleep(0.1)
     assert not scrape(text, "router_llm_judge_total", {"route": "hang", "result": "win"})
     assert scrape(text, "router_llm_judge_total", {"route": "win", "result": "win"})
+    async with aiohttp.ClientSession() as s, s.get(f"{r.admin}/-/routes/win/shadow") as resp:
+        report = (await resp.json())["llm"]
+    judge = report["judge"]
+    assert judge["win"] > judge["loss"] > 0 and judge["tie"] == 0 and 0.5 < judge["win_rate"] < judge["high"]
+    assert report["ttft_seconds"]["live"]["p50"] > 0 and report["mean_output_tokens"]["shadow"] > 0
