@@ -277,11 +277,11 @@ class Exchange:
         if self.done:
             return
         self.rt.stats.upstream_error(self.backend, error.kind)
-        if self.llm is not None and error.kind in _NEVER_SENT and self.llm.fall_back("connect_failure"):
-            return
         group, pool = self.group, self.pool
         if group is not None and pool is not None and error.kind not in _LOCAL_LIMITS:
             group.report(pool, False)
+        if self.llm is not None and error.kind in _NEVER_SENT and self.llm.fall_back("connect_failure"):
+            return
         if group is not None and self._may_retry(error, group):
             self.attempts_left -= 1
             self.rt.stats.upstream_error(self.backend, "retried")
