@@ -31,7 +31,16 @@ async def phase(s: aiohttp.ClientSession, admin: str, name: str) -> str:
         return str((await r.json())["phase"])
 
 
-async def drive(url: str, admin: str, until: dict[str, set[str]], *, stream: bool, limit_s: float = 100) -> dict[str, str]:
+async def reasons(admin: str, names: list[str]) -> dict[str, str]:
+    async with aiohttp.ClientSession() as s:
+        out = {}
+        for name in names:
+            async with s.get(f"{admin}/-/routes/{name}/rollout?tail=1") as r:
+                out[name] = str((await r.json())["last_decision"].get("reason"))
+        return out
+
+
+async def drive(url: str, admin: str, until: dict[str, set[str]], *, stream: bool, limit_s: float = 150) -> dict[str, str]:
     """Requests on every route (a few clients each) until each route's rollout reaches a phase in its set."""
     done = asyncio.Event()
     rng = random.Random(3)
@@ -56,6 +65,8 @@ async def drive(url: str, admin: str, until: dict[str, set[str]], *, stream: boo
                 if all(phases[name] in wanted for name, wanted in until.items()):
                     return phases
                 await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"no decision within {limit_s}s: {await reasons(admin, list(until))}") from None
     finally:
         done.set()
         await asyncio.gather(*users)
@@ -63,9 +74,10 @@ async def drive(url: str, admin: str, until: dict[str, set[str]], *, stream: boo
 
 async def test_ttft_gate_rolls_back_a_slow_candidate_and_promotes_an_equal_one(
         make_router: RouterFactory, make_model: ModelFactory, tmp_path: Path) -> None:
-    urls = {"primary": await make_model(name="m", ttft_ms=50), "slow": await make_model(name="m", ttft_ms=150),
-            "same": await make_model(name="m", ttft_ms=50)}
-    gates = {"max_ttft_ratio": 1.5, "llm_quantile": 0.5}
+    # TTFTs well above the scheduling noise of a loaded machine, and a gate between 1 and 3.
+    urls = {"primary": await make_model(name="m", ttft_ms=100), "slow": await make_model(name="m", ttft_ms=300),
+            "same": await make_model(name="m", ttft_ms=100)}
+    gates = {"max_ttft_ratio": 1.8, "llm_quantile": 0.5}
     routes = [route("slow", "primary", "slow", rollout=policy([50, 100], **gates)),
               route("same", "primary", "same", rollout=policy([50, 100], **gates))]
     r = await make_router(llm_config(tmp_path, urls, dict.fromkeys(urls, "m"), routes))
@@ -75,7 +87,7 @@ async def test_ttft_gate_rolls_back_a_slow_candidate_and_promotes_an_equal_one(
     async with aiohttp.ClientSession() as s, s.get(f"{r.admin}/-/routes/slow/rollout?tail=20") as resp:
         info = await resp.json()
     gate = next(g for g in info["last_decision"]["gates"] if g["gate"] == "ttft")
-    assert gate["verdict"] == "fail" and gate["low"] > 1.5
+    assert gate["verdict"] == "fail" and gate["low"] > 1.8
     assert info["last_decision"]["evidence"]["output_tokens"]["candidate"] > 0
 
 
