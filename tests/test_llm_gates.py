@@ -102,7 +102,7 @@ async def test_judge_gate_follows_the_judges_preference(
     def shadow(judge: str) -> dict[str, Any]:
         return {"backend": "cand", "compare": {"format": "openai", "judge": {
             "url": judges[judge], "model": "judge", "sample_percent": 100, "max_per_minute": 10_000,
-            "timeout": "300ms"}}}
+            "timeout": "300ms" if judge == "hang" else "5s"}}}
 
     gates = policy([0, 100], min_judge_win_rate=0.5) | {"min_samples": 100}
     routes = [route(name, "primary", "cand", shadow=shadow(name), rollout=gates) for name in ("win", "lose")]
