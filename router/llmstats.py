@@ -94,12 +94,13 @@ class LlmState:
 class LlmWindow:
     """A rollout step window's LLM evidence: per side (0 primary, 1 candidate) and the judge's verdicts."""
 
-    __slots__ = ("losses", "output", "ties", "tpot", "ttft", "wins")
+    __slots__ = ("answers", "losses", "output", "ties", "tpot", "ttft", "wins")
 
     def __init__(self) -> None:
         self.ttft = ([0] * len(EMPTY_HISTOGRAM), [0] * len(EMPTY_HISTOGRAM))
         self.tpot = ([0] * len(EMPTY_HISTOGRAM), [0] * len(EMPTY_HISTOGRAM))
-        self.output = [0, 0]
+        self.output = [0, 0]  # output tokens ...
+        self.answers = [0, 0]  # ... over this many answers
         self.wins = self.ties = self.losses = 0
 
     def record(self, on_candidate: bool, o: LlmOutcome) -> None:
@@ -111,6 +112,7 @@ class LlmWindow:
             self.tpot[side][bisect.bisect_left(LATENCY_BUCKETS_S, o.tpot)] += 1
         if o.output_tokens is not None:
             self.output[side] += o.output_tokens
+            self.answers[side] += 1
 
     def verdict(self, result: str) -> None:
         if result == "win":
@@ -120,6 +122,12 @@ class LlmWindow:
         elif result == "loss":
             self.losses += 1
 
+    def output_summary(self) -> dict[str, float | None]:
+        """Mean output tokens per answer on each side, and candidate over primary (decision-log evidence)."""
+        means = [self.output[i] / self.answers[i] if self.answers[i] else None for i in (0, 1)]
+        p, c = means
+        return {"primary": p, "candidate": c, "ratio": c / p if p and c is not None else None}
+
     def evidence(self) -> LlmEvidence:
         return LlmEvidence((tuple(self.ttft[0]), tuple(self.ttft[1])), (tuple(self.tpot[0]), tuple(self.tpot[1])),
                            (self.output[0], self.output[1]), self.wins, self.ties, self.losses)
@@ -128,7 +136,8 @@ class LlmWindow:
         def sparse(h: list[int]) -> dict[str, int]:
             return {str(i): n for i, n in enumerate(h) if n}
         return {"ttft": [sparse(h) for h in self.ttft], "tpot": [sparse(h) for h in self.tpot],
-                "output": list(self.output), "judge": [self.wins, self.ties, self.losses]}
+                "output": list(self.output), "answers": list(self.answers),
+                "judge": [self.wins, self.ties, self.losses]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LlmWindow:
@@ -138,6 +147,7 @@ class LlmWindow:
                 for i, n in h.items():
                     getattr(w, name)[side][int(i)] = int(n)
         w.output = [int(x) for x in data["output"]]
+        w.answers = [int(x) for x in data.get("answers", [0, 0])]
         w.wins, w.ties, w.losses = (int(x) for x in data["judge"])
         return w
 

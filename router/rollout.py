@@ -297,7 +297,7 @@ class RolloutController:
         changed = decision.state != rr.state
         before = rr.state
         evidence = rr.counters.evidence()  # what the decision was made on, before a new window
-        output = (rr.counters.llm.output[0], rr.counters.llm.output[1])
+        output = rr.counters.llm.output_summary()
         if decision.new_window:
             rr.counters = WindowCounters(rr.counters.shadowed)
             rr.step_started_at = now
@@ -321,7 +321,7 @@ class RolloutController:
             self._notify(rr, before, decision, actor)
 
     def _record(self, rr: RouteRollout, decision: Decision, actor: str, now: float, ev: StepEvidence,
-                before: RolloutState | None = None, output: tuple[int, int] = (0, 0)) -> None:
+                before: RolloutState | None = None, output: dict[str, float | None] | None = None) -> None:
         entry = {
             "time": now, "route": rr.name, "actor": actor, "action": str(decision.action),
             "from": {"phase": str(before.phase), "step": before.step_index} if before else None,
@@ -331,7 +331,7 @@ class RolloutController:
             "evidence": {"comparisons": ev.comparisons, "agreements": ev.agreements,
                          "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
                          "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors},
-                         "output_tokens": {"primary": output[0], "candidate": output[1]}},
+                         "output_tokens": output or rr.counters.llm.output_summary()},
             "gates": [{"gate": str(g.name), "verdict": str(g.verdict), "estimate": g.estimate, "low": g.low,
                        "high": g.high, "threshold": g.threshold, "n": g.n} for g in decision.gates],
         }

@@ -88,7 +88,8 @@ async def test_ttft_gate_rolls_back_a_slow_candidate_and_promotes_an_equal_one(
         info = await resp.json()
     gate = next(g for g in info["last_decision"]["gates"] if g["gate"] == "ttft")
     assert gate["verdict"] == "fail" and gate["low"] > 1.8
-    assert info["last_decision"]["evidence"]["output_tokens"]["candidate"] > 0
+    tokens = info["last_decision"]["evidence"]["output_tokens"]  # mean per answer, and their ratio
+    assert tokens["candidate"] > 0 and tokens["ratio"] == tokens["candidate"] / tokens["primary"]
 
 
 async def test_judge_gate_follows_the_judges_preference(
