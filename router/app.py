@@ -142,6 +142,7 @@ class Router:
             if task is not None:
                 task.cancel()
         await self.rollouts.close()
+        await self.mirror.judge.close()  # judge calls still running: their verdicts no longer matter
         await self.monitor.close()
         await self.alert_notifier.close()
         for pool in [*(p for g in self.runtime.groups.values() for p in g.pools), *self.mirror.pools]:
