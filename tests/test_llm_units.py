@@ -186,3 +186,23 @@ FAST, SLOW = latency_histogram([0.02] * 100), latency_histogram([0.06] * 100)
 ])
 def test_llm_gates(evidence: LlmEvidence, expected: dict[Gate, Verdict]) -> None:
     assert {g.name: g.verdict for g in llm_gates(evidence, POLICY)} == expected
+
+
+def test_window_llm_evidence_survives_persistence() -> None:
+    from router.llm import LlmOutcome
+    from router.rollout import WindowCounters
+
+    w = WindowCounters(shadowed=False)
+    w.llm.record(False, LlmOutcome(True, 0.05, 0.01, 7, 10, "reported", "stop"))
+    w.llm.record(True, LlmOutcome(True, 0.15, 0.02, 7, 30, "counted", "stop"))
+    w.llm.record(True, LlmOutcome(False, 0.4, None, 7, None, "none", None))  # whole answer: no TTFT sample
+    for result in ("win", "win", "tie", "loss", "timeout"):
+        w.llm.verdict(result)
+    back = WindowCounters.from_json(json.loads(json.dumps(w.to_json())))
+    ev = back.llm.evidence()
+    assert ev == w.llm.evidence() and (ev.wins, ev.ties, ev.losses) == (2, 1, 1)
+    assert (sum(ev.ttft[0]), sum(ev.ttft[1]), ev.output_tokens) == (1, 1, (10, 30))
+    assert back.llm.output_summary() == {"primary": 10.0, "candidate": 30.0, "ratio": 3.0}
+    old = w.to_json()
+    del old["llm"]  # a state file from before LLM evidence existed still loads
+    assert WindowCounters.from_json(old).llm.evidence() == LlmEvidence()
