@@ -73,6 +73,8 @@ class TokenMeter:
             return
         lines = (self.buf + data).split(b"\n")
         self.buf = lines.pop()
+        if len(self.buf) > MAX_JSON_BYTES:
+            self.buf = b""  # no event is that long: not an event stream we can read
         for line in lines:
             if line.startswith(b"data:"):
                 self._event(line[5:].strip(), now)
