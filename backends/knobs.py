@@ -33,12 +33,20 @@ class Knobs:
     perturb: float = 0.0
     noise_field: str | None = None
     shift: float = 0.0
-    stream_delay_ms: float = 0.0
+    stream_delay_ms: float = 0.0  # text: the gap between streamed tokens (time per output token)
+    ttft_ms: float = 0.0  # text: a streamed answer's head goes out at once, its first token this much later
+    reject_rate: float = 0.0  # text: share of requests answered 429 with Retry-After (overload)
+    retry_after_s: float = 1.0
+    judge_percent: float = 50.0  # judge mode: how often the favoured answer wins
+    judge_garbage: float = 0.0  # judge mode: share of verdicts that are not A, B or TIE
 
     def __post_init__(self) -> None:
-        for name in ("latency_ms", "jitter_ms", "stream_delay_ms"):
+        for name in ("latency_ms", "jitter_ms", "stream_delay_ms", "ttft_ms"):
             _check_range(name, getattr(self, name), 0.0, _MAX_MS)
-        _check_range("error_rate", self.error_rate, 0.0, 1.0)
+        for name in ("error_rate", "reject_rate", "judge_garbage"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        _check_range("retry_after_s", self.retry_after_s, 0.0, 3600.0)
+        _check_range("judge_percent", self.judge_percent, 0.0, 100.0)
         _check_range("perturb", self.perturb, 0.0, 1000.0)
         _check_range("shift", self.shift, -1000.0, 1000.0)
         if self.noise_field is not None and not _FIELD.match(self.noise_field):

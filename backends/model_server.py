@@ -14,6 +14,13 @@ For tests and the bench it can be made slow, failing, noisy or drifting, at star
   JSON object of some of them replaces those, all or nothing (400 names the bad field).
   latency_ms + uniform(0, jitter_ms) delays, and error_rate fails with 500, every inference
   request (V1, V2, completions) that parsed; perturb, shift and noise_field change predictions.
+- Text knobs: `ttft_ms` (a stream's head goes at once, its first token this much later),
+  `stream_delay_ms` (between tokens), `reject_rate` with `retry_after_s` (429 with Retry-After);
+  streams carry `usage` when asked with `stream_options.include_usage`. `--signature TEXT`
+  appends a last word to every answer, so a judge can tell versions apart.
+- Judge mode (`--judge-favour TEXT`): chat completions answer A, B or TIE, preferring the answer
+  that contains TEXT in `judge_percent` of the verdicts, deterministically; `judge_garbage` is the
+  share of nonsense verdicts and `latency_ms` makes it hang.
 - `GET /-/stats` returns `{"requests", "by_path", "last_method", "last_path", "last_headers"}`
   (header names lower-cased) for every request outside `/-/`; `DELETE /-/stats` resets it.
 
@@ -65,11 +72,19 @@ class ServerOptions:
     shift: float = 0.0
     stream_delay_ms: float = 0.0
     seed: int = 0
+    ttft_ms: float = 0.0
+    reject_rate: float = 0.0
+    retry_after_s: float = 1.0
+    signature: str = ""  # text: appended as a last word to every answer (tells versions apart for a judge)
+    judge_favour: str = ""  # judge mode (chat completions answer A, B or TIE): prefer the answer with this text
+    judge_percent: float = 50.0
+    judge_garbage: float = 0.0
 
     def knobs(self) -> Knobs:
         """The starting knobs; ValueError if an option is out of range."""
         return Knobs(self.latency_ms, self.jitter_ms, self.error_rate, self.perturb,
-                     noise_field(self.noise_field), self.shift, self.stream_delay_ms)
+                     noise_field(self.noise_field), self.shift, self.stream_delay_ms, self.ttft_ms,
+                     self.reject_rate, self.retry_after_s, self.judge_percent, self.judge_garbage)
 
 
 @dataclass
@@ -104,6 +119,7 @@ class ModelServer:
         self.model = load(options.version)
         self.rng = np.random.default_rng(options.seed)
         self.stats = Stats()
+        self.judged = 0  # judge mode: verdicts given, for the deterministic win pattern
 
     def check_name(self, name: str) -> None:
         if name != self.options.name:
@@ -174,20 +190,53 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     server = request.app[SERVER]
     parsed = textgen.parse(await read_json(request), chat)
+    options, knobs = server.options, server.knobs
+    if options.judge_favour and chat:
+        return await _judge(request, server, parsed)
     server.check_name(parsed.model)
+    if knobs.reject_rate and server.rng.random() < knobs.reject_rate:
+        return error_response(request, 429, "overloaded (reject_rate)",
+                              {"Retry-After": f"{knobs.retry_after_s:g}"})
     await server.misbehave()
-    answer = textgen.answer(parsed, server.options.version, int(time.time()))
+    answer = textgen.answer(parsed, options.version, int(time.time()), options.signature)
     if parsed.stream:
-        return await _stream(request, answer, server.knobs.stream_delay_ms)
+        return await _stream(request, answer, knobs.stream_delay_ms, knobs.ttft_ms)
+    if knobs.ttft_ms:
+        await asyncio.sleep(knobs.ttft_ms / 1000)
     return web.json_response({**textgen.full(answer), **server.extra_noise()})
 
 
-async def _stream(request: web.Request, answer: textgen.Answer, delay_ms: float) -> web.StreamResponse:
+async def _judge(request: web.Request, server: ModelServer, parsed: textgen.TextRequest) -> web.Response:
+    """Deterministic judge: the answer containing `judge_favour` wins judge_percent of the verdicts,
+    spread evenly (verdict n favours it when floor((n+1)p) > floor(np)); TIE when it is in both or none."""
+    await server.misbehave()
+    knobs, favour = server.knobs, server.options.judge_favour
+    n, p = server.judged, knobs.judge_percent / 100
+    server.judged += 1
+    if knobs.judge_garbage and server.rng.random() < knobs.judge_garbage:
+        word = "I cannot decide between these two answers."
+    else:
+        first, _, second = parsed.prompt.partition("Answer B:")
+        in_a, in_b = favour in first.partition("Answer A:")[2], favour in second
+        if in_a == in_b:
+            word = "TIE"
+        else:
+            favoured = int((n + 1) * p) > int(n * p)
+            word = "A" if in_a == favoured else "B"
+    body = {"id": f"judge-{n}", "object": "chat.completion", "created": int(time.time()), "model": parsed.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": word}, "finish_reason": "stop"}]}
+    return web.json_response(body)
+
+
+async def _stream(request: web.Request, answer: textgen.Answer, delay_ms: float,
+                  ttft_ms: float = 0.0) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     events = [json.dumps(chunk) for chunk in textgen.chunks(answer)] + ["[DONE]"]
     try:
         for i, event in enumerate(events):
+            if i == 0 and ttft_ms:
+                await asyncio.sleep(ttft_ms / 1000)
             if i and delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
             await response.write(f"data: {event}\n\n".encode())  # one write, one HTTP chunk

@@ -54,6 +54,7 @@ class TextRequest:
     prompt: str
     stream: bool
     max_tokens: int | None
+    include_usage: bool = False  # stream_options.include_usage: a last chunk carries the usage
 
 
 def parse(body: object, chat: bool) -> TextRequest:
@@ -67,7 +68,11 @@ def parse(body: object, chat: bool) -> TextRequest:
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
         raise bad_request('"max_tokens" must be a positive integer')
     prompt = _chat_prompt(body.get("messages")) if chat else _text_prompt(body.get("prompt"))
-    return TextRequest(chat, model, prompt, stream, max_tokens)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request('"stream_options" must be an object')
+    include_usage = bool(options and options.get("include_usage"))
+    return TextRequest(chat, model, prompt, stream, max_tokens, include_usage)
 
 
 def _chat_prompt(messages: object) -> str:
@@ -104,14 +109,16 @@ class Answer:
         return "chat.completion" if self.request.chat else "text_completion"
 
 
-def answer(request: TextRequest, version: str, created: int) -> Answer:
+def answer(request: TextRequest, version: str, created: int, signature: str = "") -> Answer:
     tokens = reply(request.prompt, version)
     limit = request.max_tokens
     finish = "length" if limit is not None and limit < len(tokens) else "stop"
     prefix = "chatcmpl-" if request.chat else "cmpl-"
     # The id depends only on the request, so identical requests get identical answers.
     ident = prefix + hashlib.blake2b(f"{version}\n{request.prompt}".encode(), digest_size=12).hexdigest()
-    return Answer(request, tokens[:limit], finish, ident, created, f"{request.model}-{version}")
+    # The signature survives max_tokens: it is what tells this version's answers apart.
+    signed = tokens[:limit] + ([" " + signature] if signature else [])
+    return Answer(request, signed, finish, ident, created, f"{request.model}-{version}")
 
 
 def _envelope(a: Answer, object_name: str, choice: dict[str, Any]) -> dict[str, Any]:
@@ -127,10 +134,14 @@ def full(a: Answer) -> dict[str, Any]:
     else:
         choice = {"text": text, "logprobs": None}
     body = _envelope(a, a.object, {**choice, "finish_reason": a.finish_reason})
-    prompt_tokens = len(a.request.prompt.split())
-    body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": len(a.tokens),
-                     "total_tokens": prompt_tokens + len(a.tokens)}
+    body["usage"] = usage(a)
     return body
+
+
+def usage(a: Answer) -> dict[str, int]:
+    prompt_tokens = len(a.request.prompt.split())
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": len(a.tokens),
+            "total_tokens": prompt_tokens + len(a.tokens)}
 
 
 def chunks(a: Answer) -> Iterator[dict[str, Any]]:
@@ -139,6 +150,8 @@ def chunks(a: Answer) -> Iterator[dict[str, Any]]:
     for i, token in enumerate(a.tokens):
         yield _envelope(a, name, {**_piece(a.request.chat, token, first=i == 0), "finish_reason": None})
     yield _envelope(a, name, {**_piece(a.request.chat, None, first=False), "finish_reason": a.finish_reason})
+    if a.request.include_usage:  # as OpenAI sends it: no choices, only the usage
+        yield {**_envelope(a, name, {}), "choices": [], "usage": usage(a)}
 
 
 def _piece(chat: bool, token: str | None, first: bool) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from router import statuspage, statusview
 from router.adminguard import access_problem, json_error, json_errors, warn_if_open
 from router.decision import InvalidTransition, OperatorAction
 from router.feedback import FeedbackError, parse_feedback_body
+from router.llmstats import llm_report
 from router.metrics import make_registry
 from router.policy import assign
 from router.runtime import describe
@@ -152,6 +153,9 @@ async def route_shadow(request: web.Request) -> web.Response:
             # the report a change of compare rules (or backends) replaced, kept for an hour
             "previous": {"ended": previous[0], "primary": previous[1].key[0], "shadow_backend": previous[1].key[1],
                          **previous[1].report()} if previous is not None else None}
+    llm = llm_report(request.app[ROUTER].ledger.llm, route.name)
+    if llm is not None:
+        body["llm"] = llm  # LLM routes: paired TTFT/TPOT/tokens and the judge's verdicts
     return web.json_response(body)
 
 

@@ -81,6 +81,7 @@ class Router:
         await stack.enter_async_context(self._monitoring())
         await stack.enter_async_context(background(HealthChecker(lambda: self.runtime).run(), "health checks"))
         await stack.enter_async_context(self._rollout_loop())
+        stack.push_async_callback(self.mirror.judge.close)  # judge calls still running: their verdicts no longer matter
         await stack.enter_async_context(self._data_listener())
 
     @contextlib.asynccontextmanager

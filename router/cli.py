@@ -53,6 +53,10 @@ def _validate(args: argparse.Namespace) -> int:
             extra += f", shadow {route.shadow.backend} ({route.shadow.compare.format}, {route.shadow.percent:g}%)"
         if route.rollout:
             extra += ", rollout " + "/".join(f"{s:g}" for s in route.rollout.policy.steps)
+        if route.match.model is not None:
+            target = f"{target} model [{route.match.model}]"
+        if route.fallback:
+            extra += ", fallback " + ", ".join(route.fallback)
         print(f"  route {route.name}: {target} -> {route.primary}{extra}")
     return 0
 

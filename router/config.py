@@ -19,6 +19,7 @@ import yaml
 from router.alerts import AlertConfig
 from router.compare import CompareSpec
 from router.decision import Action, Gates, RolloutPolicy
+from router.llmconfig import JudgeConfig, ModelMatch, read_judge, read_models
 from router.predlog import PredictionLogConfig
 from router.protocols import EVERY_PATH, PROTOCOLS, MirrorPaths, default_mirror_paths, mirror_paths
 from router.units import parse_duration, parse_size
@@ -151,6 +152,7 @@ class BackendConfig:
     max_pending: int = 100  # requests waiting for a connection; beyond, 503 at once (circuit breaker)
     health: HealthCheck | None = None
     outlier: Outlier = Outlier()
+    model: str | None = None  # the model name this backend serves: the request body's `model` is rewritten to it
 
     @property
     def url(self) -> str:
@@ -166,6 +168,7 @@ class Match:
     path_regex: str | None = None
     methods: frozenset[str] | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    model: ModelMatch | None = None  # the JSON body's `model` (OpenAI-style APIs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,7 @@ class ShadowConfig:
     timeout: float | None = None  # default: the route's timeout
     after_rollout: str = "stop"  # "stop": no more copies once a rollout of this backend ends; "continue"
     paths: MirrorPaths = EVERY_PATH  # which request paths are mirrored
+    judge: JudgeConfig | None = None  # pairwise judge of free-text answers (compare.judge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +257,8 @@ class RouteConfig:
     rollout: RolloutConfig | None = None
     protocol: str | None = None  # explicit `protocol:`, else the shadow's compare.format
     prediction: PredictionKind = "auto"  # how feedback reads a prediction from a response
+    fallback: tuple[str, ...] = ()  # backends tried in turn on connect failure, 429, 503 or first_token_timeout
+    first_token_timeout: float | None = None  # no response byte by then: fall back (needs fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,7 +578,7 @@ def _backends(r: Reader, node: yaml.Node) -> dict[str, BackendConfig] | None:
     return out
 
 
-_BACKEND_KEYS = frozenset({"url", "urls", "max_connections", "max_pending", "health", "outlier"})
+_BACKEND_KEYS = frozenset({"url", "urls", "max_connections", "max_pending", "health", "outlier", "model"})
 
 
 def _backend(r: Reader, node: yaml.Node, path: str, name: str) -> BackendConfig | None:
@@ -604,9 +610,12 @@ def _backend(r: Reader, node: yaml.Node, path: str, name: str) -> BackendConfig 
         r.error(b["max_pending"], join(path, "max_pending"), "must be 0 or more")
     health = _health(r, b["health"], join(path, "health")) if "health" in b else None
     outlier = _outlier(r, b["outlier"], join(path, "outlier")) if "outlier" in b else Outlier()
+    model = r.get(b, "model", path, r.string, None)
+    if model == "":
+        r.error(b["model"], join(path, "model"), "must not be empty")
     if len(r.issues) > before or not endpoints or max_conn is None or max_pending is None or outlier is None:
         return None
-    return BackendConfig(name, tuple(endpoints), max_conn, max_pending, health, outlier)
+    return BackendConfig(name, tuple(endpoints), max_conn, max_pending, health, outlier, model)
 
 
 def _positive(r: Reader, m: dict[str, yaml.Node], key: str, path: str, default: int) -> int | None:
@@ -656,7 +665,8 @@ def _outlier(r: Reader, node: yaml.Node, path: str) -> Outlier | None:
 
 
 _ROUTE_KEYS = frozenset({"name", "match", "primary", "candidate", "split", "overrides", "timeout", "retries",
-                         "shadow", "rollout", "protocol", "prediction"})
+                         "shadow", "rollout", "protocol", "prediction", "fallback",
+                         "first_token_timeout"})
 
 
 def _routes(r: Reader, node: yaml.Node, backends: frozenset[str]) -> tuple[RouteConfig, ...] | None:
@@ -736,17 +746,39 @@ def _route(r: Reader, node: yaml.Node, path: str, backends: frozenset[str]) -> R
     retries = r.get(m, "retries", path, r.integer, 1)
     if retries is not None and not 0 <= retries <= 5:
         r.error(m["retries"], join(path, "retries"), "must be within 0..5")
-    if len(r.issues) > before or retries is None:
+    fallback = _fallback(r, m, path, backends, primary)
+    first_token = r.get(m, "first_token_timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
+    if first_token is not None and not fallback:
+        r.error(m["first_token_timeout"], join(path, "first_token_timeout"), "needs a fallback list to fall back to")
+    if len(r.issues) > before or retries is None or fallback is None:
         return None
     if protocol is None and shadow is not None and shadow.compare.format != "json":
         protocol = shadow.compare.format
     return RouteConfig(name, match, primary, candidate, split, overrides, timeout, retries, shadow, rollout,
-                       protocol, prediction or "auto")  # type: ignore[arg-type]
+                       protocol, prediction or "auto", fallback, first_token)  # type: ignore[arg-type]
+
+
+def _fallback(r: Reader, m: dict[str, yaml.Node], path: str, backends: frozenset[str],
+              primary: str) -> tuple[str, ...] | None:
+    if "fallback" not in m:
+        return ()
+    p = join(path, "fallback")
+    items = r.sequence(m["fallback"], p)
+    if items is None:
+        return None
+    names = [_backend_ref(r, item, join(p, i), backends) for i, item in enumerate(items)]
+    if None in names:
+        return None
+    if not names or len(set(names)) != len(names):
+        r.error(m["fallback"], p, "give one or more distinct backends")
+        return None
+    return tuple(n for n in names if n is not None)
 
 
 _ROLLOUT_KEYS = frozenset({"steps", "interval", "min_samples", "max_duration", "gates", "confidence", "on_failure",
                            "on_timeout", "approval", "notify", "count_4xx"})
-_GATE_KEYS = ("min_agreement", "max_latency_ratio", "max_error_rate_increase", "min_accuracy_delta")
+_GATE_KEYS = ("min_agreement", "max_latency_ratio", "max_error_rate_increase", "min_accuracy_delta",
+              "max_ttft_ratio", "max_tpot_ratio", "min_judge_win_rate", "llm_quantile")
 
 
 def _rollout(r: Reader, node: yaml.Node, path: str) -> RolloutConfig | None:
@@ -800,8 +832,11 @@ def _gates(r: Reader, node: yaml.Node, path: str) -> Gates | None:
             return None
     zones: dict[str, Any] = {k: values[k] for k in _ZONE_KEYS if values[k] is not None}
     try:
+        llm = {k: values[k] for k in ("max_ttft_ratio", "max_tpot_ratio", "min_judge_win_rate")}
+        quantile = values["llm_quantile"]
         return Gates(values["min_agreement"], values["max_latency_ratio"], values["max_error_rate_increase"],
-                     values["min_accuracy_delta"], **zones)
+                     values["min_accuracy_delta"], **zones, **llm,  # type: ignore[arg-type]
+                     llm_quantile=d.llm_quantile if quantile is None else quantile)
     except ValueError as exc:
         r.error(node, path, str(exc))
         return None
@@ -833,7 +868,7 @@ def _choice(r: Reader, allowed: tuple[str, ...]) -> Callable[[yaml.Node, str], s
 
 _SHADOW_KEYS = frozenset({"backend", "percent", "methods", "max_concurrency", "max_body", "max_response",
                           "timeout", "compare", "after_rollout", "paths"})
-_COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent", "agree"})
+_COMPARE_KEYS = frozenset({"format", "paths", "ignore", "abs_tol", "rel_tol", "noise_percent", "agree", "judge"})
 
 
 def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str],
@@ -854,6 +889,7 @@ def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str],
     max_response = r.get(m, "max_response", path, lambda n, p: r.converted(n, p, parse_size), 1024 * 1024)
     timeout = r.get(m, "timeout", path, lambda n, p: r.converted(n, p, parse_duration), None)
     spec, noise = _compare(r, m.get("compare"), join(path, "compare"))
+    judge = _judge(r, m.get("compare"), join(path, "compare"), spec)
     after = r.get(m, "after_rollout", path, _choice(r, ("stop", "continue")), "stop")
     paths = _mirror_paths(r, m["paths"], join(path, "paths")) if "paths" in m else \
         default_mirror_paths(protocol or (spec.format if spec else None))
@@ -863,7 +899,7 @@ def _shadow(r: Reader, node: yaml.Node, path: str, backends: frozenset[str],
     assert backend and spec and methods is not None and paths is not None
     return ShadowConfig(backend, spec, float(percent or 0), frozenset(x.encode() for x in methods),
                         int(max_conc or 1), int(max_body or 0), int(max_response or 0), float(noise or 0), timeout,
-                        str(after), paths)
+                        str(after), paths, judge)
 
 
 def _mirror_paths(r: Reader, node: yaml.Node, path: str) -> MirrorPaths | None:
@@ -875,6 +911,17 @@ def _mirror_paths(r: Reader, node: yaml.Node, path: str) -> MirrorPaths | None:
     except ValueError as exc:
         r.error(node, path, str(exc))
         return None
+
+
+def _judge(r: Reader, node: yaml.Node | None, path: str, spec: CompareSpec | None) -> JudgeConfig | None:
+    judge = node.value if isinstance(node, yaml.MappingNode) else []
+    found = next((v for k, v in judge if isinstance(k, yaml.ScalarNode) and k.value == "judge"), None)
+    if found is None:
+        return None
+    if spec is not None and spec.format != "openai":
+        r.error(found, join(path, "judge"), "a judge compares free text: it needs format: openai")
+        return None
+    return read_judge(r, found, join(path, "judge"))
 
 
 def _compare(r: Reader, node: yaml.Node | None, path: str) -> tuple[CompareSpec | None, float | None]:
@@ -931,7 +978,7 @@ def _methods(r: Reader, node: yaml.Node, path: str) -> frozenset[str] | None:
     return frozenset(x.upper() for x in names)
 
 
-_MATCH_KEYS = frozenset({"path", "path_prefix", "path_regex", "methods", "headers"})
+_MATCH_KEYS = frozenset({"path", "path_prefix", "path_regex", "methods", "headers", "model"})
 
 
 def _match(r: Reader, node: yaml.Node, path: str) -> Match | None:
@@ -957,9 +1004,10 @@ def _match(r: Reader, node: yaml.Node, path: str) -> Match | None:
         values[key] = value
     methods = _methods(r, m["methods"], join(path, "methods")) if "methods" in m else None
     headers = _pairs(r, m["headers"], join(path, "headers"), header_names=True) if "headers" in m else ()
+    model = read_models(r, m["model"], join(path, "model")) if "model" in m else None
     if len(r.issues) > before or headers is None:
         return None
-    return Match(values.get("path"), values.get("path_prefix"), values.get("path_regex"), methods, headers)
+    return Match(values.get("path"), values.get("path_prefix"), values.get("path_regex"), methods, headers, model)
 
 
 def _pairs(

@@ -9,7 +9,15 @@ both are re-exported here, where the rest of the router has always found them.
 
 from __future__ import annotations
 
-from router.gates import accuracy_gate, agreement_gate, error_rate_gate, evaluate_gates, latency_gate
+from router.gates import (
+    accuracy_gate,
+    agreement_gate,
+    error_rate_gate,
+    evaluate_gates,
+    judge_gate,
+    latency_gate,
+    llm_gates,
+)
 from router.rollout_types import (
     BUCKET_FACTOR,
     EMPTY_HISTOGRAM,
@@ -21,6 +29,7 @@ from router.rollout_types import (
     GateResult,
     Gates,
     InvalidTransition,
+    LlmEvidence,
     OperatorAction,
     Phase,
     RolloutPolicy,
@@ -35,11 +44,41 @@ from router.rollout_types import (
 from router.steps import step_label
 
 __all__ = [
-    "BUCKET_FACTOR", "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "TERMINAL", "Action", "Decision", "Gate",
-    "GateResult", "Gates", "InvalidTransition", "OperatorAction", "Phase", "RolloutPolicy", "RolloutState",
-    "SideCounts", "Snapshot", "StepEvidence", "Verdict", "accuracy_gate", "agreement_gate", "decide",
-    "error_budget", "error_rate_gate", "evaluate_gates", "fits", "initial_state", "is_timed_out", "latency_gate",
-    "latency_histogram", "next_step", "operator_action", "should_advance",
+    "BUCKET_FACTOR",
+    "EMPTY_HISTOGRAM",
+    "LATENCY_BUCKETS_S",
+    "TERMINAL",
+    "Action",
+    "Decision",
+    "Gate",
+    "GateResult",
+    "Gates",
+    "InvalidTransition",
+    "LlmEvidence",
+    "OperatorAction",
+    "Phase",
+    "RolloutPolicy",
+    "RolloutState",
+    "SideCounts",
+    "Snapshot",
+    "StepEvidence",
+    "Verdict",
+    "accuracy_gate",
+    "agreement_gate",
+    "decide",
+    "error_budget",
+    "error_rate_gate",
+    "evaluate_gates",
+    "fits",
+    "initial_state",
+    "is_timed_out",
+    "judge_gate",
+    "latency_gate",
+    "latency_histogram",
+    "llm_gates",
+    "next_step",
+    "operator_action",
+    "should_advance",
 ]
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 
 from router.rollout_types import (
@@ -36,7 +36,9 @@ from router.rollout_types import (
     LATENCY_BUCKETS_S,
     Gate,
     GateResult,
+    LlmEvidence,
     RolloutPolicy,
+    SideCounts,
     Snapshot,
     StepEvidence,
     Verdict,
@@ -282,4 +284,40 @@ def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResul
         results.append(latency_gate(ev, policy, g.max_latency_ratio))
     if g.min_accuracy_delta is not None and snapshot.feedback:
         results.append(accuracy_gate(ev, policy, g.min_accuracy_delta))
+    results += llm_gates(snapshot.llm or LlmEvidence(), policy)
     return tuple(results)
+
+
+# -- LLM gates: the machinery above over other histograms and counts -----------------------------
+
+
+def _histogram_gate(gate: Gate, pair: tuple[tuple[int, ...], tuple[int, ...]], policy: RolloutPolicy,
+                    threshold: float) -> GateResult:
+    """The latency gate's quantile-ratio test (same anytime-valid bounds) over another pair of histograms."""
+    sides = StepEvidence(primary=SideCounts(latency=pair[0]), candidate=SideCounts(latency=pair[1]))
+    gates = replace(policy.gates, latency_quantile=policy.gates.llm_quantile)
+    return replace(latency_gate(sides, replace(policy, gates=gates), threshold), name=gate)
+
+
+def judge_gate(ev: LlmEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
+    """The candidate's win rate (ties half) against `min_judge_win_rate`. Each verdict is an outcome
+    in {0, 1/2, 1}; the beta-mixture likelihood ratio stays a supermartingale for outcomes in [0, 1]
+    (it is convex in the outcome), so the accuracy gate's confidence sequence applies unchanged."""
+    n = ev.wins + ev.ties + ev.losses
+    score = ev.wins + ev.ties / 2
+    alpha, beta = error_budget(policy)
+    low = rate_bounds(score, n, alpha)[0]  # type: ignore[arg-type]
+    high = rate_bounds(score, n, beta)[1]  # type: ignore[arg-type]
+    verdict = _verdict(n, policy.min_samples, low >= threshold, high < threshold)
+    return GateResult(Gate.JUDGE, verdict, score / n if n else None, low, high, threshold, n)
+
+
+def llm_gates(ev: LlmEvidence, policy: RolloutPolicy) -> list[GateResult]:
+    g, out = policy.gates, []
+    if g.max_ttft_ratio is not None:
+        out.append(_histogram_gate(Gate.TTFT, ev.ttft, policy, g.max_ttft_ratio))
+    if g.max_tpot_ratio is not None:
+        out.append(_histogram_gate(Gate.TPOT, ev.tpot, policy, g.max_tpot_ratio))
+    if g.min_judge_win_rate is not None:
+        out.append(judge_gate(ev, policy, g.min_judge_win_rate))
+    return out

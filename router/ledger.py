@@ -22,9 +22,11 @@ from typing import Any, NamedTuple
 
 from router.compare import DECODED_TOO_LARGE, Comparison
 from router.config import Config, RouteConfig
-from router.decision import StepEvidence
+from router.decision import LlmEvidence, StepEvidence
 from router.feedback import FeedbackResult
 from router.histogram import EXPORT_BOUNDS
+from router.llm import LlmOutcome
+from router.llmstats import LlmState
 from router.policy import Choice
 from router.shadowstats import ShadowStats
 from router.splits import Splits
@@ -124,6 +126,7 @@ class Ledger:
         self.windows: dict[str, WindowCounters] = {}
         self.shadow: dict[str, ShadowStats] = {}
         self.fallbacks: defaultdict[str, int] = defaultdict(int)
+        self.llm = LlmState()  # token timings, fallbacks, judge verdicts, cooling backends
         # Routes whose mirroring the rollout loop stopped (candidate rolled back or promoted), and why:
         # `Mirror.begin` reads it once per request, a dict lookup.
         self.mirror_stopped: dict[str, str] = {}
@@ -152,6 +155,28 @@ class Ledger:
         window = self.windows.get(o.route)
         if window is not None and not o.fell_back:
             window.live(o.backend, o.status, o.seconds)
+
+    def llm_live(self, route: str, backend: str, outcome: LlmOutcome, *, sample: bool) -> None:
+        """A live LLM answer's token figures; `sample`: it counts in the rollout window (not rerouted)."""
+        self.llm.record(route, backend, outcome)
+        window = self.windows.get(route)
+        if sample and window is not None and not window.shadowed and backend in window.key:
+            window.llm.record(backend == window.key[1], outcome)
+
+    def llm_pair(self, route: str, shadow_backend: str, live: LlmOutcome, shadow: LlmOutcome) -> None:
+        """A mirrored LLM pair's token figures: paired stats, and the shadowed window's evidence."""
+        self.llm.record_pair(route, live, shadow)
+        window = self._window_for(route, shadow_backend)
+        if window is not None and window.shadowed:
+            window.llm.record(False, live)
+            window.llm.record(True, shadow)
+
+    def judged(self, route: str, shadow_backend: str, result: str) -> None:
+        """A judge's verdict on a pair (win, tie, loss for the candidate; or why none came)."""
+        self.llm.judge[(route, result)] += 1
+        window = self._window_for(route, shadow_backend)
+        if window is not None:
+            window.llm.verdict(result)
 
     def mirror_skipped(self, route: str, reason: str) -> None:
         """A live request was not mirrored (body_too_large, concurrency, paced)."""
@@ -258,6 +283,15 @@ class Ledger:
     def evidence(self, route: str) -> StepEvidence | None:
         window = self.windows.get(route)
         return window.evidence() if window is not None else None
+
+    def llm_evidence(self, route: str) -> LlmEvidence | None:
+        window = self.windows.get(route)
+        return window.llm.evidence() if window is not None else None
+
+    def llm_output(self, route: str) -> dict[str, float | None]:
+        """Mean output tokens per side in the step window, and their ratio (decision-log evidence)."""
+        window = self.windows.get(route)
+        return window.llm.output_summary() if window is not None else {}
 
     def open_window(self, route: str, window: WindowCounters) -> None:
         """Start counting a new step window (or put back a restored one)."""

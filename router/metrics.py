@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from router.decision import Phase
 from router.histogram import BOUNDS, EXPORT_BOUNDS, Histogram
+from router.llmmetrics import llm_metrics
 from router.monitor import Monitor
 from router.rollout import RolloutController
 from router.shadowstats import ShadowStats
@@ -112,6 +113,7 @@ class RouterCollector(Collector):
         yield from shadow_metrics(ledger.shadow)
         yield from rollout_metrics(router.rollouts)
         yield from monitor_metrics(router.monitor)
+        yield from llm_metrics(ledger.llm)
 
     @staticmethod
     def _requests(requests: dict[tuple[str, str, int], int]) -> Iterator[Metric]:

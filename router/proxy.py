@@ -24,8 +24,10 @@ from router.http11 import (
     via_names,
 )
 from router.ledger import LiveOutcome
+from router.llmproxy import LlmExchange
 from router.policy import RequestView, choose
 from router.protocols import protocol_of_path
+from router.table import BadModel
 from router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
@@ -44,10 +46,12 @@ _NO_ANSWER = frozenset({"closed_before_headers"})
 _LOCAL_LIMITS = frozenset({"pool_exhausted", "circuit_open"})  # the router's own limits, not the endpoint's health
 
 
-def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = b"") -> bytes:
+def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = b"",
+                     body: bytes | None = None) -> bytes:
     """The request as sent to a backend: hop-by-hop headers dropped, forwarding headers set.
 
-    `extra` is complete header lines to add (the shadow marker).
+    `extra` is complete header lines to add (the shadow marker); `body` replaces the request's
+    (a model name rewritten for the backend).
     """
     index = req.index
     connection = index.get(b"connection")
@@ -64,9 +68,11 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
               b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", index.get(b"host") or authority,
               b"\r\nVia: ", prior_via + b", " + via if prior_via else via,
               b"\r\nX-Request-Id: ", req.request_id, b"\r\n", extra)
-    if req.body or req.method in _BODY_METHODS:
-        parts.append(b"Content-Length: %d\r\n" % len(req.body))
-    parts += (b"\r\n", req.body)
+    if body is None:
+        body = req.body
+    if body or req.method in _BODY_METHODS:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts += (b"\r\n", body)
     return b"".join(parts)
 
 
@@ -74,8 +80,8 @@ class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
     __slots__ = ("attempts_left", "backend", "captured", "captured_encoding", "captured_size", "chunked", "client",
-                 "close_after", "deadline", "done", "fell_back", "group", "head_sent", "out", "pair", "pool", "req",
-                 "route_name", "rt", "status", "task", "timeout", "upstream")
+                 "close_after", "deadline", "done", "fell_back", "group", "head_sent", "llm", "out", "pair", "pool",
+                 "req", "route_name", "rt", "status", "task", "timeout", "upstream")
 
     def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
         self.client = client
@@ -101,6 +107,7 @@ class Exchange:
         self.captured: list[bytes] | None = None  # response bytes kept for monitoring
         self.captured_size = 0
         self.captured_encoding: str | None = None  # its Content-Encoding, to decode before reading
+        self.llm: LlmExchange | None = None  # LLM routes only: token meter, model rewrite, fallback
 
     # -- phase 1: decide where the request goes
     def start(self) -> None:
@@ -116,7 +123,11 @@ class Exchange:
             self._respond_error(508, f"request already passed through {rt.config.proxy.via!r} (Via: "
                                 f"{via.decode('latin-1')}); a route points back at the router")
             return
-        route = rt.table.match(req.method.decode("latin-1"), req.path, req.header)
+        try:
+            route = rt.table.match(req.method.decode("latin-1"), req.path, req.header, req.body)
+        except BadModel as exc:
+            self._respond_error(400, str(exc))
+            return
         if route is None:
             self._respond_error(404, f"no route matches {req.method.decode('latin-1')} {req.path}")
             return
@@ -143,6 +154,9 @@ class Exchange:
         if pool is None:
             pool = group.pick(now, panic=True)  # nothing healthy at all: try anyway rather than refuse
         assert pool is not None
+        if route.llm:
+            self.llm = LlmExchange(self, rc)
+            group, pool = self.llm.around_cooling(group, pool, now)
         self.backend = group.name
         self.group = group
         group.earn()
@@ -181,12 +195,13 @@ class Exchange:
     # -- phase 2: forward
     def _send(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
-        data = upstream_request(self.req, upstream.pool.authority, self.rt.via)
+        body = self.llm.sending(upstream.pool) if self.llm is not None else None
+        data = upstream_request(self.req, upstream.pool.authority, self.rt.via, body=body)
         upstream.send(data, self, head_request=self.req.method == b"HEAD")
 
     # -- phase 3: relay (ResponseSink)
     def on_head(self, status: int, headers: list[Header], connection: bytes | None) -> None:
-        if self.done:
+        if self.done or (self.llm is not None and self.llm.refused(status, headers)):
             return
         self.client.set_deadline(self.timeout, "backend response body")
         self.status = status
@@ -221,8 +236,11 @@ class Exchange:
         elif req.version == b"1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
-        self.head_sent = True
+        if self.llm is not None and self.llm.hold(b"".join(parts)):
+            pass  # nothing reaches the client before the first byte of the body: a fallback stays possible
+        else:
+            self.out.append(b"".join(parts))
+            self.head_sent = True
         if self.pair is not None:
             self.pair.live_head(status, headers)
         if self.captured is not None:
@@ -232,6 +250,8 @@ class Exchange:
     def on_body(self, data: bytes) -> None:
         if self.done or not data:
             return
+        if self.llm is not None:
+            self.llm.body(data)
         self.client.set_deadline(self.timeout, "backend response body")  # the body must keep moving
         if self.pair is not None:
             self.pair.live_body(data)
@@ -252,6 +272,8 @@ class Exchange:
             return
         if self.group is not None and self.pool is not None:
             self.group.report(self.pool, self.status < 500)
+        if self.llm is not None:
+            self.llm.release()
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
         self._finish(self.status)
@@ -263,6 +285,8 @@ class Exchange:
         group, pool = self.group, self.pool
         if group is not None and pool is not None and error.kind not in _LOCAL_LIMITS:
             group.report(pool, False)
+        if self.llm is not None and error.kind in _NEVER_SENT and self.llm.fall_back("connect_failure"):
+            return
         if group is not None and self._may_retry(error, group):
             self.attempts_left -= 1
             self.rt.ledger.upstream_error(self.backend, "retried")
@@ -274,6 +298,8 @@ class Exchange:
             return
         if self.head_sent:
             # Too late for an error status: cut the connection so the response never looks complete.
+            if self.llm is not None:
+                self.llm.stream_error(str(error))
             self.close_after = True
             self._finish(self.status, broken=True)
             return
@@ -341,12 +367,15 @@ class Exchange:
 
     def _finish(self, status: int, *, broken: bool = False, write: bool = True) -> None:
         self.done = True
+        if self.llm is not None:
+            self.llm.finished(status, broken)
         if self.pair is not None:
             self.pair.live_done(status, broken)
         if write:
             self.flush()
         seconds = perf_counter() - self.req.started
-        self.rt.ledger.live(LiveOutcome(self.route_name, self.backend, status, seconds, self.fell_back))
+        no_sample = self.fell_back or (self.llm is not None and self.llm.rerouted)
+        self.rt.ledger.live(LiveOutcome(self.route_name, self.backend, status, seconds, no_sample))
         monitor = self.rt.monitor
         if monitor is not None and self.route_name and status != 499:
             body = b"".join(self.captured) if self.captured else None

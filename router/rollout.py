@@ -236,7 +236,8 @@ class RolloutController:
             if rr.completed:
                 continue
             snapshot = Snapshot(rr.state, self.evidence(rr), now, rr.step_started_at, rr.rollout_started_at,
-                                shadowed=rr.shadowed, feedback=self.feedback)
+                                shadowed=rr.shadowed, feedback=self.feedback,
+                                llm=self.ledger.llm_evidence(rr.name))
             decision = decide(snapshot, rr.cfg.policy)
             self.apply(rr, decision, "router", now)
         if now - self._last_persist >= PERSIST_EVERY_S:
@@ -264,6 +265,7 @@ class RolloutController:
         changed = decision.state != rr.state
         before = rr.state
         evidence = self.evidence(rr)  # what the decision was made on, before a new window
+        output = self.ledger.llm_output(rr.name)
         top = self._top_fields(rr, decision)
         if top:
             decision = replace(decision, reason=f"{decision.reason}; most disagreeing fields: {fields_text(top)}")
@@ -287,7 +289,7 @@ class RolloutController:
             return
         if hold:
             rr.last_logged_hold = now
-        self._record(rr, decision, actor, now, evidence, before=before, operator=operator, top=top)
+        self._record(rr, decision, actor, now, evidence, before=before, operator=operator, top=top, output=output)
         if changed or actor == "operator":
             self.persist()
             self._notify(rr, before, decision, actor, operator)
@@ -299,7 +301,7 @@ class RolloutController:
 
     def _record(self, rr: RouteRollout, decision: Decision, actor: str, now: float, ev: StepEvidence,
                 before: RolloutState | None = None, operator: dict[str, str | None] | None = None,
-                top: list[dict[str, Any]] | None = None) -> None:
+                top: list[dict[str, Any]] | None = None, output: dict[str, float | None] | None = None) -> None:
         steps = rr.cfg.policy.steps
         entry = {
             "time": now, "route": rr.name, "actor": actor, "action": str(decision.action),
@@ -311,7 +313,8 @@ class RolloutController:
             "evidence": {"comparisons": ev.comparisons, "agreements": ev.agreements,
                          "primary": {"requests": ev.primary.requests, "errors": ev.primary.errors},
                          "candidate": {"requests": ev.candidate.requests, "errors": ev.candidate.errors},
-                         "top_disagreeing_fields": top or []},
+                         "top_disagreeing_fields": top or [],
+                         "output_tokens": output or self.ledger.llm_output(rr.name)},
             "gates": [g.to_json() for g in decision.gates],
         }
         if operator is not None:

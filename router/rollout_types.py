@@ -16,7 +16,8 @@ from router.histogram import FINE
 
 __all__ = [
     "BUCKET_FACTOR", "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "TERMINAL", "Action", "Decision", "Gate",
-    "GateResult", "Gates", "InvalidTransition", "OperatorAction", "Phase", "RolloutPolicy", "RolloutState",
+    "GateResult", "Gates", "InvalidTransition", "LlmEvidence", "OperatorAction", "Phase", "RolloutPolicy",
+    "RolloutState",
     "SideCounts", "Snapshot", "StepEvidence", "Verdict", "error_budget", "latency_histogram",
 ]
 
@@ -76,6 +77,9 @@ class Gate(enum.StrEnum):
     ERROR_RATE = "error_rate"
     LATENCY = "latency"
     ACCURACY = "accuracy"
+    TTFT = "ttft"
+    TPOT = "tpot"
+    JUDGE = "judge"
 
 
 class InvalidTransition(ValueError):
@@ -124,6 +128,12 @@ class Gates:
     error_indifference: float | None = None
     accuracy_indifference: float | None = None
     latency_indifference: float = 1.25  # a factor: a ratio within gate / f .. gate x f may go either way
+    # LLM gates (router.gates.llm_gates): streamed time to first token and per output token, and the
+    # judge's win rate of the candidate (ties count half).
+    max_ttft_ratio: float | None = None
+    max_tpot_ratio: float | None = None
+    min_judge_win_rate: float | None = None
+    llm_quantile: float = 0.9  # TTFT/TPOT quantile: p99 would need ~800 streamed samples per side
 
     def __post_init__(self) -> None:
         problems = []
@@ -149,6 +159,7 @@ class Gates:
             problems.append("latency_indifference must be at least 1 (a factor around max_latency_ratio)")
         if not 0.5 <= self.latency_quantile < 1:
             problems.append("latency_quantile must lie in [0.5, 1)")
+        problems += _llm_gate_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -163,8 +174,20 @@ class Gates:
 
     @property
     def count(self) -> int:
-        limits = (self.min_agreement, self.max_latency_ratio, self.max_error_rate_increase, self.min_accuracy_delta)
+        limits = (self.min_agreement, self.max_latency_ratio, self.max_error_rate_increase, self.min_accuracy_delta,
+                  self.max_ttft_ratio, self.max_tpot_ratio, self.min_judge_win_rate)
         return sum(limit is not None for limit in limits)
+
+
+def _llm_gate_problems(g: Gates) -> list[str]:
+    problems = [f"{name} must exceed {BUCKET_FACTOR**2:.3f}, the histogram's resolution"
+                for name, v in (("max_ttft_ratio", g.max_ttft_ratio), ("max_tpot_ratio", g.max_tpot_ratio))
+                if v is not None and v <= BUCKET_FACTOR**2]
+    if g.min_judge_win_rate is not None and not 0 < g.min_judge_win_rate < 1:
+        problems.append("min_judge_win_rate must lie in (0, 1)")
+    if not 0.5 <= g.llm_quantile < 1:
+        problems.append("llm_quantile must lie in [0.5, 1)")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +327,20 @@ class Snapshot:
     rollout_started_at: float
     shadowed: bool = False  # the candidate received mirrored traffic in this step (agreement applies)
     feedback: bool = False  # user feedback is collected in this step (accuracy applies if configured)
+    llm: LlmEvidence | None = None  # token timings and judge verdicts (LLM routes only)
+
+
+@dataclass(frozen=True, slots=True)
+class LlmEvidence:
+    """Per side (primary, candidate): histograms over LATENCY_BUCKETS_S of streamed time to first
+    token and time per output token, output tokens; and the judge's verdicts for the candidate."""
+
+    ttft: tuple[tuple[int, ...], tuple[int, ...]] = (EMPTY_HISTOGRAM, EMPTY_HISTOGRAM)
+    tpot: tuple[tuple[int, ...], tuple[int, ...]] = (EMPTY_HISTOGRAM, EMPTY_HISTOGRAM)
+    output_tokens: tuple[int, int] = (0, 0)
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,9 @@ from router.compare import Comparison
 from router.config import RouteConfig, ShadowConfig
 from router.decoding import DecodeError, decode
 from router.instances import compare_instances
+from router.judge import Judge
 from router.ledger import ComparedOutcome, PairOutcome
+from router.llm import LlmOutcome, TokenMeter, rewrite_model
 from router.monitor import Finished
 from router.proxy import upstream_request
 from router.request import Header, Request
@@ -104,9 +106,13 @@ class CaptureSink:
 
     def on_head(self, status: int, headers: list[Header], connection: bytes | None) -> None:
         self.side.head(status, headers)
+        if self.pair.shadow_meter is not None and self.side is self.pair.shadow:
+            self.pair.shadow_meter.head(headers)
 
     def on_body(self, data: bytes) -> None:
         self.side.capture(data, self.pair.cfg.max_response)
+        if self.pair.shadow_meter is not None and self.side is self.pair.shadow:
+            self.pair.shadow_meter.feed(data, perf_counter())
 
     def on_complete(self) -> None:
         self._done(None)
@@ -170,6 +176,8 @@ class MirroredRequest:
         self.shadow = Capture(now)
         self.noise = Capture(now) if noise else None
         self.pending = 3 if noise else 2
+        self.live_llm: LlmOutcome | None = None  # LLM routes: set by the live Exchange
+        self.shadow_meter: TokenMeter | None = None
 
     # the live side, fed by the Exchange
     def live_head(self, status: int, headers: list[Header]) -> None:
@@ -206,6 +214,7 @@ class Mirror:
         self.pacers: dict[str, Pacer] = {}
         self._warmed_at: weakref.WeakKeyDictionary[UpstreamPool, float] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.judge = Judge()
 
     def in_flight(self, route: str) -> int:
         pacer = self.pacers.get(route)
@@ -249,6 +258,9 @@ class Mirror:
         noise = cfg.noise_percent > 0 and _draw() * 100 < cfg.noise_percent
         pair = MirroredRequest(rt, route, req, pacer, noise)
         timeout = cfg.timeout or route.timeout or rt.config.limits.request_timeout
+        if rt.table.by_name[route.name].llm:
+            pair.shadow_meter = TokenMeter(keep_text=cfg.judge is not None)
+            pair.shadow_meter.start(perf_counter())
         self._send(rt.shadow_groups[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
         if pair.noise is not None:
             self._send(rt.shadow_groups[route.primary], req, rt.via, CaptureSink(pair, pair.noise, timeout))
@@ -257,7 +269,9 @@ class Mirror:
     def _send(self, group: BackendGroup, req: Request, via: bytes, sink: CaptureSink) -> None:
         pool = group.pick(time.monotonic(), panic=True)
         assert pool is not None
-        data = upstream_request(req, pool.authority, via, SHADOW_HEADER)
+        model = group.backend.model
+        data = upstream_request(req, pool.authority, via, SHADOW_HEADER,
+                                body=rewrite_model(req.body, model) if model is not None else None)
         conn = pool.acquire_nowait()
         if conn is not None:
             sink.upstream = conn
@@ -328,8 +342,7 @@ class Mirror:
         if self._backlog:
             asyncio.get_running_loop().call_soon(self._next)
 
-    @staticmethod
-    def _account(pair: MirroredRequest) -> None:
+    def _account(self, pair: MirroredRequest) -> None:
         live, shadow = pair.live, pair.shadow
         rt = pair.rt
         if rt.monitor is not None:
@@ -337,6 +350,8 @@ class Mirror:
         truncated = live.truncated or shadow.truncated
         rt.ledger.pair(PairOutcome(pair.route.name, pair.cfg.backend, live.status, live.error, live.latency,
                                    shadow.status, shadow.error, shadow.latency, truncated))
+        if pair.shadow_meter is not None and live.ok and shadow.ok:
+            self._account_llm(pair, pair.shadow_meter.outcome(shadow.started + shadow.latency))
         if not (live.ok and shadow.ok) or truncated:
             return
         noise = pair.noise if pair.noise is not None and pair.noise.ok and not pair.noise.truncated else None
@@ -348,6 +363,18 @@ class Mirror:
             future = asyncio.get_running_loop().run_in_executor(None, job.run)
             future.add_done_callback(lambda f: job.record(f.result()) if not f.cancelled() else None)
 
+
+    def _account_llm(self, pair: MirroredRequest, shadow: LlmOutcome) -> None:
+        """Paired LLM figures (same request on both sides), the step window's, and the judge."""
+        live, route, judge, backend = pair.live_llm, pair.route.name, pair.cfg.judge, pair.cfg.backend
+        if live is None:
+            return
+        ledger = pair.rt.ledger
+        if pair.live.error != "incomplete":
+            ledger.llm_pair(route, backend, live, shadow)
+        if judge is not None and live.text and shadow.text:
+            self.judge.submit(route, judge, pair.req.body, live.text, shadow.text,
+                              lambda result: ledger.judged(route, backend, result))
 
 class _CompareJob:
     """The comparison of one mirrored request: pure `run`, then `record` on the event loop."""

@@ -11,6 +11,7 @@ import bisect
 from typing import Any
 
 from router.decision import EMPTY_HISTOGRAM, LATENCY_BUCKETS_S, SideCounts, StepEvidence
+from router.llmstats import LlmWindow
 
 
 class WindowSide:
@@ -61,7 +62,7 @@ class WindowCounters:
     """The evidence of one route's current step window, for the rollout of `key` = (primary, candidate)."""
 
     __slots__ = ("agreements", "candidate", "comparisons", "count_4xx", "discordant_candidate", "discordant_primary",
-                 "key", "pairs", "primary", "shadowed", "started_at")
+                 "key", "llm", "pairs", "primary", "shadowed", "started_at")
 
     def __init__(self, key: tuple[str, str], shadowed: bool, started_at: float, count_4xx: bool = False) -> None:
         self.key = key
@@ -75,6 +76,7 @@ class WindowCounters:
         self.pairs = 0  # mirrored requests counted on both sides, for the paired error test ...
         self.discordant_candidate = 0  # ... where only the candidate erred
         self.discordant_primary = 0  # ... where only the primary erred
+        self.llm = LlmWindow()  # token timings and judge verdicts (LLM routes)
 
     def live(self, backend: str, status: int, seconds: float) -> None:
         """A live request finished (evidence only when the step is not shadowed)."""
@@ -122,7 +124,8 @@ class WindowCounters:
     def to_json(self) -> dict[str, Any]:
         return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
                 "primary": self.primary.to_json(), "candidate": self.candidate.to_json(), "pairs": self.pairs,
-                "discordant_candidate": self.discordant_candidate, "discordant_primary": self.discordant_primary}
+                "discordant_candidate": self.discordant_candidate, "discordant_primary": self.discordant_primary,
+                "llm": self.llm.to_json()}
 
     @classmethod
     def from_json(cls, key: tuple[str, str], started_at: float, data: dict[str, Any],
@@ -134,5 +137,7 @@ class WindowCounters:
         c.pairs = int(data.get("pairs", 0))
         c.discordant_candidate = int(data.get("discordant_candidate", 0))
         c.discordant_primary = int(data.get("discordant_primary", 0))
+        if "llm" in data:
+            c.llm = LlmWindow.from_json(data["llm"])
         c.evidence()  # validates
         return c

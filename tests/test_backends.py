@@ -210,7 +210,8 @@ async def test_control_reads_and_updates_all_or_nothing(start_model: StartModel,
     status, knobs = await call(http, "GET", url + "/-/control")
     assert status == 200
     assert knobs == {"latency_ms": 1.0, "jitter_ms": 0.0, "error_rate": 0.0, "perturb": 0.0,
-                     "noise_field": "nonce", "shift": 0.0, "stream_delay_ms": 0.0}
+                     "noise_field": "nonce", "shift": 0.0, "stream_delay_ms": 0.0, "ttft_ms": 0.0,
+                     "reject_rate": 0.0, "retry_after_s": 1.0, "judge_percent": 50.0, "judge_garbage": 0.0}
     status, knobs = await call(http, "POST", url + "/-/control", {"latency_ms": 0, "noise_field": None, "shift": 1.5})
     assert status == 200 and (knobs["latency_ms"], knobs["noise_field"], knobs["shift"]) == (0.0, "none", 1.5)
     status, body = await call(http, "POST", url + "/-/control", {"shift": 0, "error_rate": 2})

@@ -342,6 +342,7 @@
         notCompared(report, id)),
       section("Latency: live vs shadow", latencyChart(report.latency_seconds || {}, id), latencyTable(report.latency_seconds || {}, id)),
       section("Error rates", errorTable(report.errors || {}, id)),
+      ...(report.llm ? llmSections(report.llm, id) : []),
       section("Recent disagreements", diffList(route.name, detail.diffs, id)),
     ];
   }
@@ -355,6 +356,30 @@
     return h("p", { class: "muted", testid: `${id}-not-compared` }, "not compared: ",
       reasons.map(([reason, n], i) => [i ? ", " : "", h("code", null, reason), " ",
         num(`${id}-not-compared-${reason}`, n, `×${fmtInt(n)}`)]));
+  }
+
+  // LLM routes: time to first token and per output token, live against shadow over the same
+  // requests, and the judge's verdicts for the candidate.
+  function llmSections(llm, id) {
+    const j = llm.judge || {};
+    const tokens = llm.mean_output_tokens || {};
+    const failures = Object.entries(j.failures || {}).map(([k, n]) => `${k}: ${n}`);
+    return [
+      section("Time to first token: live vs shadow", latencyTable(llm.ttft_seconds || {}, `${id}-ttft`)),
+      section("Time per output token: live vs shadow", latencyTable(llm.tpot_seconds || {}, `${id}-tpot`),
+        h("p", { class: "muted" }, "mean output tokens: live ", num(`${id}-tokens-live`, tokens.live, fmtTokens(tokens.live)),
+          ", shadow ", num(`${id}-tokens-shadow`, tokens.shadow, fmtTokens(tokens.shadow)))),
+      section("Judge",
+        h("p", { class: "big" }, num(`${id}-judge-win-rate`, j.win_rate, fmtRate(j.win_rate)),
+          h("span", { class: "ci" }, " 95% CI ", num(`${id}-judge-low`, j.low, fmtRate(j.low)), " – ",
+            num(`${id}-judge-high`, j.high, fmtRate(j.high)))),
+        h("p", { class: "muted" }, `candidate wins ${fmtInt(j.win || 0)}, ties ${fmtInt(j.tie || 0)}, loses ${fmtInt(j.loss || 0)}`,
+          failures.length ? `; not judged: ${failures.join(", ")}` : null)),
+    ];
+  }
+
+  function fmtTokens(x) {
+    return isNum(x) ? x.toFixed(1) : "—";
   }
 
   function latencyChart(lat, id) {
