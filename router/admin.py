@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from router import statuspage
 from router.app import Router
+from router.cluster.node import ClusterBusy
 from router.decision import InvalidTransition, OperatorAction
 from router.feedback import FeedbackError, parse_feedback_body
 from router.metrics import make_registry
@@ -91,6 +92,10 @@ async def status(request: web.Request) -> web.Response:
         "state_problem": router.state_store.problem,
         "rollout_problem": router.rollouts.problem,
         "monitoring_problem": router.monitor.problem,
+        "cluster": None if router.cluster is None else {
+            "name": router.cluster.store.cfg.name, "leader": router.cluster.leader,
+            "applied_version": router.cluster.state.version, "store_up": router.cluster.store.up,
+            "problem": router.cluster.problem},
     })
 
 
@@ -139,6 +144,13 @@ async def route_split(request: web.Request) -> web.Response:
         return json_error(409, f"route {route.name!r} is under automatic rollout; use promote, rollback, pause "
                           "or resume instead of setting the split")
     router = request.app[ROUTER]
+    if router.cluster is not None:  # every member of the cluster serves it within a second
+        try:
+            await router.cluster.set_split(route.config, float(value))
+        except ClusterBusy as exc:
+            return json_error(exc.status, exc.message)
+        return web.json_response({"route": route.name, "candidate_percent": float(value), "persisted": True,
+                                  "cluster_version": router.cluster.state.version})
     try:
         router.ledger.set_split(route.config, float(value))
     except OSError as exc:
@@ -186,7 +198,9 @@ async def route_rollout(request: web.Request) -> web.Response:
         tail = int(request.query.get("tail", "20"))
     except ValueError:
         return json_error(400, "tail must be a whole number")
-    return web.json_response({**info, "log": rollouts.tail(route.name, max(0, tail))})
+    cluster = request.app[ROUTER].cluster
+    log = await cluster.tail(route.name, max(0, tail)) if cluster else rollouts.tail(route.name, max(0, tail))
+    return web.json_response({**info, "log": log})
 
 
 def rollout_action(action: OperatorAction) -> Handler:
@@ -195,10 +209,13 @@ def rollout_action(action: OperatorAction) -> Handler:
         rollouts = request.app[ROUTER].rollouts
         if rollouts.describe(route.name) is None:
             return json_error(404, f"route {route.name!r} has no rollout")
+        cluster = request.app[ROUTER].cluster
         try:
-            decision = rollouts.operator(route.name, action)
+            decision = await cluster.operator(route.name, action) if cluster else rollouts.operator(route.name, action)
         except InvalidTransition as exc:
             return json_error(409, str(exc))
+        except ClusterBusy as exc:
+            return json_error(exc.status, exc.message)
         return web.json_response({"route": route.name, "action": str(decision.action),
                                   "phase": str(decision.phase), "step_index": decision.step_index,
                                   "reason": decision.reason})
@@ -245,6 +262,13 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response({"ok": ok, "message": message}, status=200 if ok else 400)
 
 
+async def cluster_info(request: web.Request) -> web.Response:
+    cluster = request.app[ROUTER].cluster
+    if cluster is None:
+        return json_error(404, "this router is not in a cluster: add `cluster:` to the routing YAML")
+    return web.json_response(await cluster.info())
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -271,6 +295,7 @@ def build_admin_app(router: Router) -> web.Application:
     app.router.add_post("/-/feedback", feedback)
     app.router.add_get("/-/routes/{name}/quality", route_quality)
     app.router.add_get("/-/alerts", alerts)
+    app.router.add_get("/-/cluster", cluster_info)
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(statuspage.routes)
     return app

@@ -20,6 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from router.balancer import HealthRegistry
+from router.cluster.node import Member, MemoryStateStore
+from router.cluster.shared_ledger import SharedLedger
+from router.cluster.store import Store
 from router.config import Config, ConfigError, load_config
 from router.healthcheck import HealthChecker
 from router.ledger import Ledger
@@ -43,12 +46,23 @@ class Router:
 
     def __init__(self, config: Config, config_path: str | Path) -> None:
         self.config_path = str(config_path)
-        self.state_store = StateStore(config.state_dir)
-        self.ledger = Ledger(Splits(self.state_store))
+        self.cluster: Member | None = None
+        if config.cluster is None:
+            self.state_store = StateStore(config.state_dir)
+            self.ledger = Ledger(Splits(self.state_store))
+            self.rollouts = RolloutController(config.state_dir, self.ledger)
+        else:
+            # One of several processes acting as one router: state and decisions live in Redis.
+            self.state_store = MemoryStateStore(config.cluster.name)
+            self.ledger = SharedLedger(Splits(self.state_store))
+            self.rollouts = RolloutController(config.state_dir, self.ledger, MemoryStateStore(config.cluster.name))
         self.ledger.reconcile(config)
         self.mirror = Mirror()
-        self.rollouts = RolloutController(config.state_dir, self.ledger)
         self.rollouts.configure(config)
+        if config.cluster is not None:
+            assert isinstance(self.ledger, SharedLedger)
+            store = Store(config.cluster, config.cluster.url())
+            self.cluster = Member(config, store, self.ledger, self.rollouts, str(config.admin.listen))
         self.health = HealthRegistry()
         self.monitor = Monitor(config)
         self.monitor.on_scored = self.ledger.scored
@@ -113,6 +127,13 @@ class Router:
 
     @contextlib.asynccontextmanager
     async def _rollout_loop(self) -> AsyncIterator[None]:
+        if self.cluster is not None:
+            # In a cluster only the leader decides: the member's loop runs the controller's tick.
+            async with background(self.cluster.run(), "cluster member"):
+                yield
+            await self.cluster.close()
+            await self.rollouts.webhook.close()
+            return
         async with background(self.rollouts.run(), "rollout loop"):
             yield
         await self.rollouts.close()
@@ -136,6 +157,8 @@ class Router:
         # Commit: reconcile the state owners with the new config, then swap in one assignment.
         notes += self.ledger.reconcile(config)
         self.rollouts.configure(config)
+        if self.cluster is not None:
+            self.cluster.reconfigure(config)
         self.health.prune(config)
         self.runtime = new
         for pool in removed:
@@ -230,6 +253,15 @@ async def serve(config: Config, config_path: str, *, ready_message: bool = True)
     # ~16 ms here) while requests wait.
     gc.collect()
     gc.freeze()
+    if config.cluster is not None:
+        try:
+            config.cluster.url()
+        except ValueError as exc:
+            raise SystemExit(f"model-router: {config.source}: {exc}") from None
+    if config.workers > 1:
+        raise SystemExit(f"model-router: {config.source}: workers: {config.workers}: several worker processes "
+                         "per host are not implemented in this build; run one router per core as members of "
+                         "the same cluster instead")
     router = Router(config, config_path)
     for problem in (router.state_store.problem, router.rollouts.problem, router.monitor.problem):
         if problem:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from router.cluster.metrics import cluster_metrics
 from router.decision import Phase
 from router.histogram import BOUNDS, EXPORT_BOUNDS, Histogram
 from router.monitor import Monitor
@@ -107,6 +108,7 @@ class RouterCollector(Collector):
         yield from shadow_metrics(ledger.shadow)
         yield from rollout_metrics(router.rollouts)
         yield from monitor_metrics(router.monitor)
+        yield from cluster_metrics(router.cluster)
 
     @staticmethod
     def _requests(requests: dict[tuple[str, str, int], int]) -> Iterator[Metric]:

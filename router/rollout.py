@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,9 @@ def shadowed(route: RouteConfig) -> bool:
 class RolloutController:
     """Runs every route's rollout: evaluates, applies, persists, logs and notifies."""
 
-    def __init__(self, state_dir: Path, ledger: Ledger) -> None:
-        self.store = StateStore(state_dir, STATE_NAME)
+    def __init__(self, state_dir: Path, ledger: Ledger, store: StateStore | None = None) -> None:
+        # A cluster injects its own store and log sink: state and log then live in Redis.
+        self.store = store if store is not None else StateStore(state_dir, STATE_NAME)
         self.log_path = state_dir / LOG_NAME
         self.ledger = ledger
         self.routes: dict[str, RouteRollout] = {}
@@ -94,6 +96,7 @@ class RolloutController:
         self.webhook = Webhook()
         self._last_persist = 0.0
         self.feedback = False
+        self.log_sink: Callable[[dict[str, Any]], None] = self.append_log
 
     # -- configuration
     def configure(self, config: Config) -> None:
@@ -232,6 +235,9 @@ class RolloutController:
                        "high": g.high, "threshold": g.threshold, "n": g.n} for g in decision.gates],
         }
         rr.last = entry
+        self.log_sink(entry)
+
+    def append_log(self, entry: dict[str, Any]) -> None:
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a", encoding="utf-8") as f:

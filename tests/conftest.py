@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 
 from backends.model_server import ServerOptions, build_app
+from tests.redis_server import RedisServer, redis_server
 from tests.helpers import (
     Backend,
     BackendFactory,
@@ -58,3 +59,10 @@ async def make_model() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     yield make
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port, stopped after the test."""
+    with redis_server(tmp_path / "redis") as server:
+        yield server

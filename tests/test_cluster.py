@@ -1,0 +1,127 @@
+"""Several router processes act as one router through a real redis-server: one decision, the same
+split everywhere, cluster-wide evidence, operator actions from any replica, fencing, fail static."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis as redis_sync
+
+from tests.helpers import TOKEN, RouterFactory, RouterProcess, base_config, eventually, get_json
+from tests.redis_server import RedisServer
+from tests.test_rollout import rollout_route
+
+ModelFactory = Callable[..., Awaitable[str]]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+APPLY_S = 2.0  # "every member applies a new state within 1 s", with slack for a loaded test machine
+
+
+def member_config(tmp: Path, i: int, backends: dict[str, str], routes: list[dict[str, Any]], redis_url: str,
+                  name: str = "test", lease: str = "2s") -> dict[str, Any]:
+    cfg = base_config(tmp, backends, routes, cluster={"name": name, "redis_url": redis_url, "lease": lease})
+    cfg["state_dir"] = str(tmp / f"state-{i}")
+    return cfg
+
+
+async def start_members(make_router: RouterFactory, tmp: Path, n: int, backends: dict[str, str],
+                        routes: list[dict[str, Any]], redis: RedisServer, **kw: Any) -> list[RouterProcess]:
+    return [await make_router(member_config(tmp, i, backends, routes, redis.url, **kw), name=f"m{i}")
+            for i in range(n)]
+
+
+async def cluster(s: aiohttp.ClientSession, r: RouterProcess) -> dict[str, Any]:
+    return dict(await get_json(s, r.admin + "/-/cluster"))
+
+
+async def leader_of(s: aiohttp.ClientSession, members: list[RouterProcess]) -> RouterProcess:
+    async def find() -> RouterProcess | None:
+        for m in members:
+            if m.proc is not None and (await cluster(s, m))["leader"]:
+                return m
+        return None
+    found: RouterProcess = await eventually(find, "a leader to be elected")
+    return found
+
+
+async def route(s: aiohttp.ClientSession, r: RouterProcess, name: str = "fraud") -> dict[str, Any]:
+    return dict(await get_json(s, f"{r.admin}/-/routes/{name}"))
+
+
+async def all_agree(s: aiohttp.ClientSession, members: list[RouterProcess], what: Callable[[dict[str, Any]], bool],
+                    description: str) -> None:
+    async def check() -> bool:
+        return all([what(await route(s, m)) for m in members])
+    await eventually(check, description, timeout=APPLY_S)
+
+
+def decision_log(redis: RedisServer, name: str = "test") -> list[dict[str, Any]]:
+    client = redis_sync.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        return [json.loads(line) for line in client.lrange(f"mr:{name}:log", 0, -1)]
+    finally:
+        client.close()
+
+
+async def traffic(s: aiohttp.ClientSession, members: list[RouterProcess], stop: asyncio.Event,
+                  failures: list[str], clients: int = 4) -> None:
+    """Predictions spread over every member until `stop`; every non-200 is a failure."""
+    rng = random.Random(7)
+
+    async def client(k: int) -> None:
+        n = k
+        while not stop.is_set():
+            m = members[n % len(members)]
+            n += 1
+            if m.proc is None:
+                continue
+            body = {"instances": [[rng.gauss(0, 1) for _ in range(4)]]}
+            try:
+                async with s.post(m.url + "/v1/models/fraud:predict", json=body) as r:
+                    await r.read()
+                    if r.status != 200:
+                        failures.append(f"{m.url}: {r.status}")
+            except aiohttp.ClientError as exc:
+                failures.append(f"{m.url}: {exc!r}")
+    await asyncio.gather(*(client(k) for k in range(clients)))
+
+
+async def test_three_members_promote_a_good_candidate_once(make_router: RouterFactory, make_model: ModelFactory,
+                                                           redis: RedisServer, tmp_path: Path) -> None:
+    v1, twin = await make_model(version="v1"), await make_model(version="v1", seed=3)
+    members = await start_members(make_router, tmp_path, 3, {"v1": v1, "v2": twin}, rollout_route(), redis)
+    async with aiohttp.ClientSession() as s:
+        await leader_of(s, members)
+        stop, failures = asyncio.Event(), []
+        load = asyncio.create_task(traffic(s, members, stop, failures))
+        try:
+            seen: list[tuple[str, float]] = []
+
+            async def promoted() -> bool:
+                info = await route(s, members[0])
+                state = (info["rollout"]["phase"], info["candidate_percent"])
+                if not seen or seen[-1] != state:
+                    seen.append(state)
+                    # every state change is served by every member within the apply bound
+                    await all_agree(s, members, lambda r, st=state: (r["rollout"]["phase"], r["candidate_percent"])
+                                    == st, f"every member at {state}")
+                return state[0] in ("promoted", "rolled_back", "paused")
+            await eventually(promoted, "the rollout to finish", timeout=90, step=0.1)
+        finally:
+            stop.set()
+            await load
+        assert seen[-1] == ("promoted", 100.0), seen
+        assert not failures, failures[:5]
+    log = [e for e in decision_log(redis) if e["route"] == "fraud"]
+    moves = [e for e in log if e["action"] in ("advance", "promote")]
+    assert [e["action"] for e in moves] == ["advance", "promote"], moves
+    steps = [e["step"] for e in moves]
+    assert steps == sorted(set(steps)), steps
+    # the evidence of each decision was summed over the members: more than any one of them served
+    assert all(e["evidence"]["comparisons"] >= 50 for e in moves)
