@@ -125,3 +125,87 @@ async def test_three_members_promote_a_good_candidate_once(make_router: RouterFa
     assert steps == sorted(set(steps)), steps
     # the evidence of each decision was summed over the members: more than any one of them served
     assert all(e["evidence"]["comparisons"] >= 50 for e in moves)
+
+
+def split_route() -> list[dict[str, Any]]:
+    return [{"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1", "candidate": "v2",
+             "split": {"candidate_percent": 0}}]
+
+
+async def post(s: aiohttp.ClientSession, url: str, body: Any = None) -> tuple[int, Any]:
+    async with s.post(url, json=body, headers=AUTH) as r:
+        return r.status, await r.json()
+
+
+async def test_operator_actions_on_any_member_take_effect_everywhere(
+        make_router: RouterFactory, make_model: ModelFactory, redis: RedisServer, tmp_path: Path) -> None:
+    v1, v2 = await make_model(version="v1"), await make_model(version="v1", seed=3)
+    routes = rollout_route(approval=True, steps=[0, 50, 100], min_samples=10_000)
+    routes.append({"name": "plain", "match": {"path_prefix": "/plain"}, "primary": "v1", "candidate": "v2"})
+    a, b, c = await start_members(make_router, tmp_path, 3, {"v1": v1, "v2": v2}, routes, redis)
+    async with aiohttp.ClientSession() as s:
+        await leader_of(s, [a, b, c])
+        await all_agree(s, [a, b, c], lambda r: r["rollout"]["phase"] == "shadowing", "every member shadowing")
+        # a rollback sent to B is applied by A and C
+        status, body = await post(s, b.admin + "/-/routes/fraud/rollback")
+        assert status == 200 and body["phase"] == "rolled_back", body
+        await all_agree(s, [a, b, c], lambda r: r["rollout"]["phase"] == "rolled_back", "rolled back everywhere")
+        # the same 409 rules on every member: nothing to roll back any more
+        status, body = await post(s, c.admin + "/-/routes/fraud/rollback")
+        assert status == 409 and "error" in body, body
+        status, body = await post(s, a.admin + "/-/routes/fraud/restart")
+        assert status == 200 and body["phase"] == "shadowing"
+        await all_agree(s, [a, b, c], lambda r: r["rollout"]["phase"] == "shadowing", "restarted everywhere")
+        # a split set on A is served by B (and C)
+        status, body = await post(s, a.admin + "/-/routes/plain/split", {"candidate_percent": 100})
+        assert status == 200, body
+
+        async def plain_split(r: RouterProcess) -> float:
+            return float((await route(s, r, "plain"))["candidate_percent"])
+        await eventually(lambda: _all_equal([plain_split(m) for m in (a, b, c)], 100.0), "the split on every member",
+                         timeout=APPLY_S)
+        for m in (b, c):
+            async with s.get(m.url + "/plain") as resp:
+                assert resp.headers["X-Model-Backend"] == "v2"  # the model answers 404: any path but its own
+    log = [e for e in decision_log(redis) if e["route"] == "fraud" and e["actor"] == "operator"]
+    assert [e["action"] for e in log] == ["rollback", "restart"], log
+
+
+async def _all_equal(values: list[Awaitable[float]], expected: float) -> bool:
+    return all([await v == expected for v in values])
+
+
+async def test_killed_leader_is_replaced_and_the_step_continues(
+        make_router: RouterFactory, make_model: ModelFactory, redis: RedisServer, tmp_path: Path) -> None:
+    v1, twin = await make_model(version="v1"), await make_model(version="v1", seed=3)
+    routes = rollout_route(min_samples=1_000_000)  # the step never completes: only its evidence grows
+    members = await start_members(make_router, tmp_path, 3, {"v1": v1, "v2": twin}, routes, redis, lease="2s")
+    async with aiohttp.ClientSession() as s:
+        leader = await leader_of(s, members)
+        others = [m for m in members if m is not leader]
+        stop, failures = asyncio.Event(), []
+        load = asyncio.create_task(traffic(s, others, stop, failures))
+        try:
+            async def comparisons(m: RouterProcess) -> int:
+                return int((await route(s, m))["rollout"]["window"]["comparisons"])
+            await eventually(lambda: _at_least(comparisons(others[0]), 30), "evidence in the current step")
+            before = await route(s, others[0])
+            assert leader.proc is not None
+            leader.proc.kill()  # SIGKILL: no goodbye, the lease must expire
+            leader.proc.wait()
+            leader.stop()
+            new = await leader_of(s, others)  # eventually: within lease + turn, with the default deadline
+            info = (await route(s, new))["rollout"]
+            assert info["step_index"] == before["rollout"]["step_index"]
+            assert info["step_started_at"] == before["rollout"]["step_started_at"]  # the same step, not step 0 again
+            assert info["window"]["comparisons"] >= before["rollout"]["window"]["comparisons"]
+            epochs = [(await cluster(s, m))["lease"]["epoch"] for m in others]
+            assert epochs[0] == epochs[1] >= 2
+        finally:
+            stop.set()
+            await load
+        assert not failures, failures[:5]
+
+
+async def _at_least(value: Awaitable[int], n: int) -> bool:
+    return await value >= n

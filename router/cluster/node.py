@@ -207,7 +207,7 @@ class Member:
                 self.adopt(self.state)  # undo the staged decision: serve what the cluster holds
 
     async def _write(self, new: SharedState, epoch: int | None) -> WriteResult | None:
-        entries, self.captured[:] = list(self.captured), []
+        entries, self.captured[:] = [{**e, "member": self.id} for e in self.captured], []
         try:
             result = await self.doc.write(new, self.state.version, epoch, entries)
         except StoreDown:
