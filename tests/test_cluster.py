@@ -209,3 +209,49 @@ async def test_killed_leader_is_replaced_and_the_step_continues(
 
 async def _at_least(value: Awaitable[int], n: int) -> bool:
     return await value >= n
+
+
+async def metric(s: aiohttp.ClientSession, r: RouterProcess, name: str) -> float | None:
+    async with s.get(r.admin + "/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+async def test_redis_stopped_under_traffic_fails_static(make_router: RouterFactory, make_model: ModelFactory,
+                                                        redis: RedisServer, tmp_path: Path) -> None:
+    v1, twin = await make_model(version="v1"), await make_model(version="v1", seed=3)
+    members = await start_members(make_router, tmp_path, 2, {"v1": v1, "v2": twin}, rollout_route(), redis)
+    assert redis.proc is not None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        await leader_of(s, members)
+        stop, failures = asyncio.Event(), []
+        load = asyncio.create_task(traffic(s, members, stop, failures, clients=2))
+        try:
+            redis.proc.send_signal(signal.SIGSTOP)  # Redis stops answering: every call times out
+            try:
+                async def store_down() -> bool:
+                    return all([await metric(s, m, "router_cluster_store_up") == 0 for m in members])
+                await eventually(store_down, "router_cluster_store_up 0 on every member")
+                deadline = asyncio.get_running_loop().time() + 10
+                while asyncio.get_running_loop().time() < deadline:  # 10 s of traffic without Redis
+                    for m in members:
+                        info = await route(s, m)
+                        assert (info["rollout"]["phase"], info["candidate_percent"]) == ("shadowing", 0), info
+                    await asyncio.sleep(0.25)
+                assert all([not (await cluster(s, m))["leader"] for m in members])
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+            # decisions resume, on the evidence counted locally meanwhile and flushed now
+            await eventually(lambda: _phase_is(s, members[0], "promoted"), "the rollout to resume and promote",
+                             timeout=60, step=0.2)
+        finally:
+            stop.set()
+            await load
+        assert not failures, failures[:5]
+        assert all([await metric(s, m, "router_cluster_store_up") == 1 for m in members])
+
+
+async def _phase_is(s: aiohttp.ClientSession, r: RouterProcess, phase: str) -> bool:
+    return bool((await route(s, r))["rollout"]["phase"] == phase)
