@@ -8,7 +8,6 @@ import pytest
 from aiohttp import web
 
 from backends.model_server import ServerOptions, build_app
-from tests.redis_server import RedisServer, redis_server
 from tests.helpers import (
     Backend,
     BackendFactory,
@@ -18,6 +17,7 @@ from tests.helpers import (
     router_factory,
     start_backend,
 )
+from tests.redis_server import RedisServer, redis_server
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import aiohttp
 import redis as redis_sync
 
-from tests.helpers import TOKEN, RouterFactory, RouterProcess, base_config, eventually, get_json
+from tests.helpers import TOKEN, RouterFactory, RouterProcess, base_config, eventually, free_port, get_json
 from tests.redis_server import RedisServer
 from tests.test_rollout import rollout_route
 
@@ -255,3 +256,84 @@ async def test_redis_stopped_under_traffic_fails_static(make_router: RouterFacto
 
 async def _phase_is(s: aiohttp.ClientSession, r: RouterProcess, phase: str) -> bool:
     return bool((await route(s, r))["rollout"]["phase"] == phase)
+
+
+async def test_a_leader_paused_past_its_lease_cannot_write(make_router: RouterFactory, make_model: ModelFactory,
+                                                           redis: RedisServer, tmp_path: Path) -> None:
+    v1, twin = await make_model(version="v1"), await make_model(version="v1", seed=3)
+    routes = rollout_route(approval=True, min_samples=1_000_000)
+    members = await start_members(make_router, tmp_path, 2, {"v1": v1, "v2": twin}, routes, redis, lease="1s")
+    async with aiohttp.ClientSession() as s:
+        old = await leader_of(s, members)
+        other = next(m for m in members if m is not old)
+        old_id = (await cluster(s, old))["member"]
+        stopped_at = time.time()
+        old.signal(signal.SIGSTOP)
+        try:
+            await eventually(lambda: _is_leader(s, other), "the other member to take the lease")
+            # the new leader's decisions move on while the old one sleeps
+            status, _ = await post(s, other.admin + "/-/routes/fraud/pause")
+            assert status == 200
+        finally:
+            old.signal(signal.SIGCONT)
+        # woken up, the old leader finds the lease gone; whatever it wrote meanwhile was refused
+        await eventually(lambda: _not_leader(s, old), "the old leader to step down")
+        await all_agree(s, members, lambda r: r["rollout"]["phase"] == "paused", "paused on both members")
+        info = await cluster(s, old)
+        assert info["lease"]["holder"] == (await cluster(s, other))["member"]
+    old.stop()
+    output = "".join(old.output)
+    assert "lost the lease" in output or "fenced" in output, output[-2000:]
+    late = [e for e in decision_log(redis) if e["member"] == old_id and e["time"] >= stopped_at]
+    assert not late, late  # nothing the old leader decided after its pause reached the shared log
+
+
+async def _is_leader(s: aiohttp.ClientSession, r: RouterProcess) -> bool:
+    return bool((await cluster(s, r))["leader"])
+
+
+async def _not_leader(s: aiohttp.ClientSession, r: RouterProcess) -> bool:
+    return not (await cluster(s, r))["leader"]
+
+
+async def test_a_member_started_without_redis_serves_the_yaml_and_joins_later(
+        make_router: RouterFactory, make_model: ModelFactory, tmp_path: Path) -> None:
+    v1, v2 = await make_model(version="v1"), await make_model(version="v1", seed=3)
+    port = free_port()
+    later = RedisServer(tmp_path / "redis-later", port)
+    later.dir.mkdir()
+    routes = rollout_route(approval=True, min_samples=1_000_000)
+    r = await make_router(member_config(tmp_path, 0, {"v1": v1, "v2": v2}, routes, f"redis://127.0.0.1:{port}/0"))
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(r.url + "/v1/models/fraud:predict", json={"instances": [[1, 2, 3, 4]]}) as resp:
+                assert resp.status == 200 and resp.headers["X-Model-Backend"] == "v1"
+            info = await cluster(s, r)
+            assert not info["leader"] and not info["store"]["up"] and "Connect" in info["store"]["error"]
+            status, body = await post(s, r.admin + "/-/routes/fraud/pause")
+            assert status == 503 and "unreachable" in body["error"]["message"]
+            later.start()
+            await eventually(lambda: _is_leader(s, r), "the member to join and lead once Redis is up")
+            status, body = await post(s, r.admin + "/-/routes/fraud/pause")
+            assert status == 200, body
+    finally:
+        later.stop()
+
+
+async def test_a_wrong_redis_url_is_reported(make_router: RouterFactory, make_backend: Any, tmp_path: Path) -> None:
+    not_redis = await make_backend("http")  # an HTTP server where Redis should be
+    routes = split_route()
+    r = await make_router(member_config(tmp_path, 0, {"v1": not_redis.url, "v2": not_redis.url}, routes,
+                                        not_redis.url.replace("http://", "redis://") + "/0"))
+    async with aiohttp.ClientSession() as s:
+        info = await eventually(lambda: _store_error(s, r), "the store error in /-/cluster")
+        assert not info["store"]["up"]
+        async with s.get(r.url + "/v1/models/fraud") as resp:
+            assert resp.status == 200  # requests never depend on Redis
+        status, body = await post(s, r.admin + "/-/routes/fraud/split", {"candidate_percent": 10})
+        assert status == 503 and "error" in body
+
+
+async def _store_error(s: aiohttp.ClientSession, r: RouterProcess) -> dict[str, Any] | None:
+    info = await cluster(s, r)
+    return info if info["store"]["error"] and info["store"]["error"] != "not connected yet" else None
