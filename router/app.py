@@ -66,6 +66,9 @@ class Router:
         self.health = HealthRegistry()
         self.monitor = Monitor(config)
         self.monitor.on_scored = self.ledger.scored
+        if self.cluster is not None and self.monitor.store is not None:
+            self.monitor.on_remembered = self.cluster.predictions.remembered
+            self.monitor.lookup = self.cluster.predictions.lookup
         self.alert_notifier = AlertNotifier(lambda: self.runtime)
         self.monitor.notify = self.alert_notifier
         self.runtime, _ = compile_runtime(config, self.ledger, self.mirror, self.health, self.monitor)

@@ -337,3 +337,31 @@ async def test_a_wrong_redis_url_is_reported(make_router: RouterFactory, make_ba
 async def _store_error(s: aiohttp.ClientSession, r: RouterProcess) -> dict[str, Any] | None:
     info = await cluster(s, r)
     return info if info["store"]["error"] and info["store"]["error"] != "not connected yet" else None
+
+
+async def test_feedback_posted_to_one_member_joins_a_prediction_served_by_another(
+        make_router: RouterFactory, make_model: ModelFactory, redis: RedisServer, tmp_path: Path) -> None:
+    v1 = await make_model(version="v1")
+    routes = [{"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1"}]
+    a, b = [await make_router({**member_config(tmp_path, i, {"v1": v1}, routes, redis.url),
+                               "monitoring": {"feedback": {"retention": "1h"}}}, name=f"m{i}") for i in range(2)]
+    async with aiohttp.ClientSession() as s:
+        labels = {}
+        for i in range(5):
+            async with s.post(b.url + "/v1/models/fraud:predict", json={"instances": [[i, 1, 2, 3]]},
+                              headers={"X-Request-Id": f"from-b-{i}"}) as resp:
+                assert resp.status == 200
+                labels[f"from-b-{i}"] = (await resp.json())["predictions"][0]["label"]
+        items = [{"request_id": rid, "label": label} for rid, label in labels.items()]
+
+        async def joined() -> dict[str, Any] | None:
+            async with s.post(a.admin + "/-/feedback", json=items[:1], headers=AUTH) as resp:
+                body = await resp.json()
+                return body if resp.status == 200 else None  # 404 until B has shared its predictions
+        await eventually(joined, "feedback on A to join B's prediction")
+        status, body = await post(s, a.admin + "/-/feedback", items[1:])
+        assert status == 200 and body["accepted"] == 4, body
+        status, body = await post(s, a.admin + "/-/feedback", items[:1])
+        assert status == 409, body  # answered already: the same rules as on one router
+        quality = await get_json(s, a.admin + "/-/routes/fraud/quality")
+        assert quality["backends"]["v1"]["labelled"] == 5, quality

@@ -26,6 +26,7 @@ from typing import Any
 
 from router.cluster.lease import Lease
 from router.cluster.members import Members
+from router.cluster.predictions import SharedPredictions
 from router.cluster.shared_ledger import SharedLedger
 from router.cluster.store import Store, StoreDown
 from router.cluster.sync import SharedState, StateDoc, StateProblem, WriteResult
@@ -82,6 +83,8 @@ class Member:
         self.lease = Lease(store, self.id, config.cluster.lease_s)
         self.doc = StateDoc(store)
         self.members = Members(store, self.id)
+        feedback = config.monitoring.feedback
+        self.predictions = SharedPredictions(store, self.id, feedback.retention if feedback else 86400.0)
         self.state = SharedState()  # the version this member applies
         self.problem: str | None = None  # why the shared state cannot be used
         self.captured: list[dict[str, Any]] = []  # decision-log entries awaiting an accepted write
@@ -120,6 +123,7 @@ class Member:
                 next_flush = now + FLUSH_S
                 with contextlib.suppress(StoreDown):
                     await self.ledger.flush(self.store)
+                    await self.predictions.flush()
                     await self.members.beat(self.heartbeat())
             if self.leader and self.store.up and self.problem is None:
                 await self.decide()
