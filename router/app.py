@@ -44,8 +44,9 @@ class Router:
     runtime (table and pools) is compiled from the YAML and swapped whole on reload.
     """
 
-    def __init__(self, config: Config, config_path: str | Path) -> None:
+    def __init__(self, config: Config, config_path: str | Path, worker: WorkerSlot | None = None) -> None:
         self.config_path = str(config_path)
+        self.worker = worker  # one of `workers` processes: admin on a unix socket, the port shared
         self.cluster: Member | None = None
         if config.cluster is None:
             self.state_store = StateStore(config.state_dir)
@@ -62,7 +63,8 @@ class Router:
         if config.cluster is not None:
             assert isinstance(self.ledger, SharedLedger)
             store = Store(config.cluster, config.cluster.url())
-            self.cluster = Member(config, store, self.ledger, self.rollouts, str(config.admin.listen))
+            where = str(config.admin.listen) if worker is None else f"{config.admin.listen}/worker-{worker.index}"
+            self.cluster = Member(config, store, self.ledger, self.rollouts, where)
         self.health = HealthRegistry()
         self.monitor = Monitor(config)
         self.monitor.on_scored = self.ledger.scored
@@ -104,7 +106,10 @@ class Router:
         runner = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_address=True).start()
+            if self.worker is not None:  # the supervisor's admin listener is the one operators reach
+                await web.UnixSite(runner, self.worker.admin_socket).start()
+            else:
+                await web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_address=True).start()
             yield
         finally:
             await runner.cleanup()
@@ -112,7 +117,7 @@ class Router:
     @contextlib.asynccontextmanager
     async def _data_listener(self) -> AsyncIterator[None]:
         cfg = self.config
-        await self.data.start(cfg.listen.host, cfg.listen.port)
+        await self.data.start(cfg.listen.host, cfg.listen.port, reuse_port=self.worker is not None)
         try:
             yield
         finally:
@@ -250,7 +255,16 @@ def check_parsers() -> str | None:
     return None
 
 
-async def serve(config: Config, config_path: str, *, ready_message: bool = True) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """Where one of several worker processes of a host stands: its index and private admin socket."""
+
+    index: int
+    admin_socket: str
+
+
+async def serve(config: Config, config_path: str, *, ready_message: bool = True,
+                worker: WorkerSlot | None = None) -> None:
     # Objects alive at start (modules, config, tables) never become garbage: keep them out of the
     # collector's full passes, which would otherwise rescan them all (a full pass over them took
     # ~16 ms here) while requests wait.
@@ -261,11 +275,12 @@ async def serve(config: Config, config_path: str, *, ready_message: bool = True)
             config.cluster.url()
         except ValueError as exc:
             raise SystemExit(f"model-router: {config.source}: {exc}") from None
-    if config.workers > 1:
-        raise SystemExit(f"model-router: {config.source}: workers: {config.workers}: several worker processes "
-                         "per host are not implemented in this build; run one router per core as members of "
-                         "the same cluster instead")
-    router = Router(config, config_path)
+    if config.workers > 1 and worker is None:
+        from router.workers.supervisor import supervise  # the processes that serve are its children
+
+        await supervise(config, config_path, ready_message=ready_message)
+        return
+    router = Router(config, config_path, worker)
     for problem in (router.state_store.problem, router.rollouts.problem, router.monitor.problem):
         if problem:
             log.error("%s", problem)
