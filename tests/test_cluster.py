@@ -41,6 +41,11 @@ async def cluster(s: aiohttp.ClientSession, r: RouterProcess) -> dict[str, Any]:
     return dict(await get_json(s, r.admin + "/-/cluster"))
 
 
+async def _members(s: aiohttp.ClientSession, r: RouterProcess, n: int) -> bool:
+    info = await cluster(s, r)
+    return len(info["members"]) == n and info["lease"]["holder"] is not None
+
+
 async def leader_of(s: aiohttp.ClientSession, members: list[RouterProcess]) -> RouterProcess:
     async def find() -> RouterProcess | None:
         for m in members:
@@ -96,9 +101,13 @@ async def traffic(s: aiohttp.ClientSession, members: list[RouterProcess], stop: 
 async def test_three_members_promote_a_good_candidate_once(make_router: RouterFactory, make_model: ModelFactory,
                                                            redis: RedisServer, tmp_path: Path) -> None:
     v1, twin = await make_model(version="v1"), await make_model(version="v1", seed=3)
-    members = await start_members(make_router, tmp_path, 3, {"v1": v1, "v2": twin}, rollout_route(), redis)
+    backends = {"v1": v1, "v2": twin}
+    members = await start_members(make_router, tmp_path, 2, backends, rollout_route(), redis)
+    # the third with two worker processes: four processes in the cluster, three admin addresses
+    members.append(await make_router({**member_config(tmp_path, 2, backends, rollout_route(), redis.url),
+                                      "workers": 2}, name="m2"))
     async with aiohttp.ClientSession() as s:
-        await leader_of(s, members)
+        await eventually(lambda: _members(s, members[0], 4), "four processes in the member list")
         stop, failures = asyncio.Event(), []
         load = asyncio.create_task(traffic(s, members, stop, failures))
         try:
