@@ -90,11 +90,10 @@ async def test_reload_reaches_every_worker_and_a_broken_file_changes_none(
     cfg = base_config(tmp_path, {"a": a.url, "b": b.url}, routes(), workers=2)
     r = await make_router(cfg)
     r.write(r.config_path.read_text().replace("backends:", "backends: [oops\n"))
-    async with aiohttp.ClientSession() as s:
-        async with s.post(r.admin + "/-/reload", headers=AUTH) as resp:
-            body = await resp.json()
-            assert resp.status == 400 and not body["ok"]
-            assert [w["status"] for w in body["workers"]] == [400, 400]  # each validated, none applied it
+    async with aiohttp.ClientSession() as s, s.post(r.admin + "/-/reload", headers=AUTH) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and not body["ok"]
+        assert [w["status"] for w in body["workers"]] == [400, 400]  # each validated, none applied it
     assert set(await send(r, "/new", 10)) == {404}
     r.write({**cfg, "routes": routes({"name": "new", "match": {"path_prefix": "/new"}, "primary": "b"})})
     r.signal(signal.SIGHUP)  # the supervisor passes it to every worker

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from router.cluster.store import Store, StoreDown
 from router.cluster.sync import SharedState, StateDoc, StateProblem, WriteResult
 from router.config import Config, RouteConfig
 from router.decision import Decision, OperatorAction, Phase, RolloutState
-from router.rollout import RolloutController
+from router.rollout import RolloutController, RouteRollout
 from router.splits import SplitOverride
 from router.state import StateStore
 from router.window import WindowCounters
@@ -114,36 +115,50 @@ class Member:
     async def _loop(self) -> None:
         next_lease = next_flush = 0.0
         while True:
-            now = time.monotonic()
-            if now >= next_lease:
-                await self.lease.step()
-                next_lease = now + self.lease.renew_every_s
-            await self.follow()
-            if now >= next_flush:
-                next_flush = now + FLUSH_S
-                with contextlib.suppress(StoreDown):
-                    await self.ledger.flush(self.store)
-                    await self.predictions.flush()
-                    await self.members.beat(self.heartbeat())
-            if self.leader and self.store.up and self.problem is None:
-                await self.decide()
-            elif not self.leader:
-                self.captured.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), TURN_S)
-            self.wake.clear()
+            try:
+                next_lease, next_flush = await self._turn(next_lease, next_flush)
+            except Exception:  # a bug in one turn must not end the membership: log, wait, go on
+                log.exception("cluster %s: member loop turn failed", self.store.cfg.name)
+                await asyncio.sleep(1.0)
+
+    async def _turn(self, next_lease: float, next_flush: float) -> tuple[float, float]:
+        """One turn: lease, follow the shared state, flush (every FLUSH_S), decide if leading."""
+        now = time.monotonic()
+        if now >= next_lease:
+            await self.lease.step()
+            next_lease = now + self.lease.renew_every_s
+        await self.follow()
+        if now >= next_flush:
+            next_flush = now + FLUSH_S
+            with contextlib.suppress(StoreDown):
+                await self.ledger.flush(self.store)
+                await self.predictions.flush()
+                await self.members.beat(self.heartbeat())
+        if self.leader and self.store.up and self.problem is None:
+            await self.decide()
+        elif not self.leader:
+            self.captured.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), TURN_S)
+        self.wake.clear()
+        return next_lease, next_flush
 
     async def _listen(self) -> None:
         """Wake the loop when any member publishes a new version (polling covers a lost message)."""
         while True:
+            pubsub = self.store.redis.pubsub()
             try:
-                pubsub = self.store.redis.pubsub()
                 await pubsub.subscribe(self.doc.channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    # an explicit timeout: no message for a while is not an error (socket_timeout would be)
+                    if await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0) is not None:
                         self.wake.set()
-            except Exception:  # Redis away: polling carries on; resubscribe later
+            except Exception:  # Redis away: polling carries on; subscribe again later
                 await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    close: Callable[[], Awaitable[None]] = pubsub.aclose  # untyped in redis-py
+                    await close()
 
     async def follow(self) -> None:
         """Apply the shared document if its version moved; on a problem, keep the last state."""
@@ -168,23 +183,33 @@ class Member:
         routes = {r.name: r for r in self.config.routes}
         for name, rr in self.ctl.routes.items():
             saved = state.rollouts.get(name)
-            if saved is None or tuple(saved.get("key", ())) != rr.key:
+            if not isinstance(saved, dict) or tuple(saved.get("key", ())) != rr.key:
                 continue  # not written yet by the leader, or the YAML differs: keep the local start
-            rr.state = RolloutState(Phase(saved["phase"]), int(saved["step_index"]), bool(saved["approved"]))
-            rr.rollout_started_at = float(saved["rollout_started_at"])
-            rr.last, rr.primary_only = dict(saved.get("last", {})), bool(saved.get("primary_only", False))
-            started = float(saved["step_started_at"])
-            if started != rr.step_started_at or self.ledger.windows.get(name) is None:
-                rr.step_started_at = started
-                self.ledger.open_window(name, WindowCounters(rr.key, rr.shadowed, started))
+            try:
+                self._adopt_rollout(name, rr, saved)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("cluster %s: route %s: unreadable shared rollout state (%r): keeping the local one",
+                          self.store.cfg.name, name, exc)
         overrides = {}
         for name, raw in state.splits.items():
             route = routes.get(name)
-            base = (raw["base"][0], raw["base"][1], float(raw["base"][2]))
-            if route is not None and base == SplitOverride.base_of(route):
-                overrides[name] = SplitOverride(float(raw["percent"]), base)
+            try:
+                base = (str(raw["base"][0]), raw["base"][1], float(raw["base"][2]))
+                if route is not None and base == SplitOverride.base_of(route):
+                    overrides[name] = SplitOverride(float(raw["percent"]), base)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                log.error("cluster %s: route %s: unreadable shared split (%r): ignored", self.store.cfg.name, name, exc)
         self.ledger.splits.overrides = overrides
         self.ledger.force_driven({name: rr.percent() for name, rr in self.ctl.routes.items()})
+
+    def _adopt_rollout(self, name: str, rr: RouteRollout, saved: dict[str, Any]) -> None:
+        state = RolloutState(Phase(saved["phase"]), int(saved["step_index"]), bool(saved["approved"]))
+        started = float(saved["step_started_at"])
+        rr.state, rr.rollout_started_at = state, float(saved["rollout_started_at"])
+        rr.last, rr.primary_only = dict(saved.get("last", {})), bool(saved.get("primary_only", False))
+        if started != rr.step_started_at or self.ledger.windows.get(name) is None:
+            rr.step_started_at = started
+            self.ledger.open_window(name, WindowCounters(rr.key, rr.shadowed, started))
 
     # -- the leader's decision
     async def decide(self) -> None:
