@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import redis as redis_sync
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import TOKEN, RouterFactory, RouterProcess, base_config, eventually, free_port, get_json
 from tests.redis_server import RedisServer
@@ -221,11 +222,13 @@ async def _at_least(value: Awaitable[int], n: int) -> bool:
     return await value >= n
 
 
-async def metric(s: aiohttp.ClientSession, r: RouterProcess, name: str) -> float | None:
+async def metric(s: aiohttp.ClientSession, r: RouterProcess, name: str, **labels: str) -> float | None:
     async with s.get(r.admin + "/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return None
 
 
@@ -374,3 +377,30 @@ async def test_feedback_posted_to_one_member_joins_a_prediction_served_by_anothe
         assert status == 409, body  # answered already: the same rules as on one router
         quality = await get_json(s, a.admin + "/-/routes/fraud/quality")
         assert quality["backends"]["v1"]["labelled"] == 5, quality
+
+
+async def test_shadow_reports_and_diffs_cover_every_member(make_router: RouterFactory, make_model: ModelFactory,
+                                                           redis: RedisServer, tmp_path: Path) -> None:
+    v1, bad = await make_model(version="v1"), await make_model(version="v2", perturb=3.0, seed=5)
+    routes = [{"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1",
+               "shadow": {"backend": "v2", "compare": {"format": "kserve-v1", "paths": ["$.predictions[*].label"]}}}]
+    a, b = await start_members(make_router, tmp_path, 2, {"v1": v1, "v2": bad}, routes, redis)
+    async with aiohttp.ClientSession() as s:
+        for m, prefix in ((a, "on-a"), (b, "on-b")):
+            for i in range(15):
+                async with s.post(m.url + "/v1/models/fraud:predict", json={"instances": [[i * 0.3, 1, -2, i]]},
+                                  headers={"X-Request-Id": f"{prefix}-{i}"}) as resp:
+                    assert resp.status == 200
+
+        async def both_counted(m: RouterProcess) -> dict[str, Any] | None:
+            report = await get_json(s, m.admin + "/-/routes/fraud/shadow")
+            return report if report["mirrored"] == 30 and report["compared"] == 30 else None
+        for m in (a, b):
+            report = await eventually(lambda m=m: both_counted(m), f"{m.admin}: the shadow report of both members")
+            assert report["agreement_raw"]["n"] == 30
+        diffs = (await get_json(s, a.admin + "/-/routes/fraud/diffs?limit=50"))["diffs"]
+        served_by = {d["request_id"].split("-")[1] for d in diffs}
+        assert served_by == {"a", "b"}, diffs  # disagreements seen by B show on A
+    # each member's /metrics stays its own (Prometheus sums the members)
+    async with aiohttp.ClientSession() as s:
+        assert await metric(s, a, "router_shadow_requests_total", route="fraud", result="mirrored") == 15.0

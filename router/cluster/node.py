@@ -28,6 +28,7 @@ from typing import Any
 from router.cluster.lease import Lease
 from router.cluster.members import Members
 from router.cluster.predictions import SharedPredictions
+from router.cluster.shadow_share import SharedShadow
 from router.cluster.shared_ledger import SharedLedger
 from router.cluster.store import Store, StoreDown
 from router.cluster.sync import SharedState, StateDoc, StateProblem, WriteResult
@@ -84,6 +85,7 @@ class Member:
         self.lease = Lease(store, self.id, config.cluster.lease_s)
         self.doc = StateDoc(store)
         self.members = Members(store, self.id)
+        self.shadow = SharedShadow(store, self.id)
         feedback = config.monitoring.feedback
         self.predictions = SharedPredictions(store, self.id, feedback.retention if feedback else 86400.0)
         self.state = SharedState()  # the version this member applies
@@ -132,6 +134,8 @@ class Member:
             next_flush = now + FLUSH_S
             with contextlib.suppress(StoreDown):
                 await self.ledger.flush(self.store)
+                await self.shadow.sync(self.ledger.shadow)
+                self.ledger.shadow_view = self.shadow.view
                 await self.predictions.flush()
                 await self.members.beat(self.heartbeat())
         if self.leader and self.store.up and self.problem is None:

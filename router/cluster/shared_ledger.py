@@ -22,6 +22,7 @@ from typing import Any
 from router.cluster.store import Store
 from router.decision import StepEvidence
 from router.ledger import Ledger
+from router.shadowstats import ShadowStats
 from router.splits import Splits
 from router.window import WindowCounters
 
@@ -73,6 +74,13 @@ class SharedLedger(Ledger):
         self.sums: dict[str, StepEvidence] = {}  # window id -> cluster sum at the last flush
         self.dropped = 0  # windows' deltas dropped because Redis stayed away too long
         self.flushes = 0
+        self.shadow_view: dict[str, ShadowStats] = {}  # the cluster's shadow stats, summed at the last flush
+
+    def shadow_stats(self, route: str) -> ShadowStats | None:
+        """The cluster-wide report when there is one for the same (primary, shadow) pair, else this process's."""
+        local = self.shadow.get(route)
+        shared = self.shadow_view.get(route)
+        return shared if local is not None and shared is not None and shared.key == local.key else local
 
     # -- the rollout controller's writes: applied only once the shared document holds them
     def drive(self, route: str, percent: float) -> None:
