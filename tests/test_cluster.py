@@ -410,3 +410,25 @@ async def test_shadow_reports_and_diffs_cover_every_member(make_router: RouterFa
     # each member's /metrics stays its own (Prometheus sums the members)
     async with aiohttp.ClientSession() as s:
         assert await metric(s, a, "router_shadow_requests_total", route="fraud", result="mirrored") == 15.0
+
+
+async def test_three_members_roll_a_bad_candidate_back_once(make_router: RouterFactory, make_model: ModelFactory,
+                                                            redis: RedisServer, tmp_path: Path) -> None:
+    v1, bad = await make_model(version="v1"), await make_model(version="v2", perturb=3.0, seed=5)
+    members = await start_members(make_router, tmp_path, 3, {"v1": v1, "v2": bad}, rollout_route(), redis)
+    async with aiohttp.ClientSession() as s:
+        await leader_of(s, members)
+        stop, failures = asyncio.Event(), []
+        load = asyncio.create_task(traffic(s, members, stop, failures))
+        try:
+            await eventually(lambda: _phase_is(s, members[1], "rolled_back"), "the rollback", timeout=90, step=0.1)
+            await all_agree(s, members, lambda r: (r["rollout"]["phase"], r["candidate_percent"]) == ("rolled_back", 0),
+                            "every member rolled back, primary only")
+            info = await get_json(s, members[2].admin + "/-/routes/fraud/rollout?tail=200")
+        finally:
+            stop.set()
+            await load
+        assert not failures, failures[:5]
+    rollbacks = [e for e in decision_log(redis) if e["action"] == "rollback"]
+    assert len(rollbacks) == 1 and "agreement fail" in rollbacks[0]["reason"], rollbacks
+    assert [e for e in info["log"] if e["action"] == "rollback"] == rollbacks  # the shared log, on any member
