@@ -215,7 +215,9 @@ def restart_notes(old: Config, new: Config) -> list[str]:
     notes = [f"{what} changed ({before} -> {after}): takes effect at the next restart"
              for what, before, after in (("listen", old.listen, new.listen),
                                          ("admin.listen", old.admin.listen, new.admin.listen),
-                                         ("state_dir", old.state_dir, new.state_dir)) if before != after]
+                                         ("state_dir", old.state_dir, new.state_dir),
+                                         ("cluster", old.cluster, new.cluster),
+                                         ("workers", old.workers, new.workers)) if before != after]
     changed = [f"monitoring.{f.name}" for f in dataclasses.fields(new.monitoring)
                if getattr(old.monitoring, f.name) != getattr(new.monitoring, f.name)]
     if changed:

@@ -62,3 +62,13 @@ def test_serve_refuses_to_start_without_the_redis_url_variable(tmp_path: Path) -
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert f"{path}: cluster.redis_url_env: $H13_UNSET_REDIS_URL is not set" in run.stderr, run.stderr
+
+
+def test_a_reload_says_cluster_and_workers_changes_need_a_restart() -> None:
+    from router.app import restart_notes
+
+    old = parse_config(BASE, "c.yaml")
+    new = parse_config(BASE + "workers: 2\ncluster: {name: c, redis_url: 'redis://127.0.0.1:6379/0'}\n", "c.yaml")
+    notes = restart_notes(old, new)
+    assert any(n.startswith("cluster changed (None -> ClusterConfig(name='c'") for n in notes), notes
+    assert "workers changed (1 -> 2): takes effect at the next restart" in notes
