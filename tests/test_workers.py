@@ -95,15 +95,26 @@ async def test_reload_reaches_every_worker_and_a_broken_file_changes_none(
         assert resp.status == 400 and not body["ok"]
         assert [w["status"] for w in body["workers"]] == [400, 400]  # each validated, none applied it
     assert set(await send(r, "/new", 10)) == {404}
+    r.signal(signal.SIGHUP)  # still broken: the supervisor checks it and signals no worker
+    await eventually(lambda: _reloads(r, {"signalled": 0, "refused": 1}), "the supervisor to refuse the file")
     r.write({**cfg, "routes": routes({"name": "new", "match": {"path_prefix": "/new"}, "primary": "b"})})
     r.signal(signal.SIGHUP)  # the supervisor passes it to every worker
     await eventually(lambda: _only(r, "/new", 200), "every worker to serve the new route", timeout=20)
     assert len(b.seen) >= 30
+    async with aiohttp.ClientSession() as s:
+        reload = (await get_json(s, r.admin + "/-/status"))["reload"]
+        assert (reload["ok"], reload["failed"]) == (1, 1)  # the POST failed, the broken SIGHUP never arrived
     pids = [w["pid"] for w in (await _workers(r))]
     assert r.stop() == 0  # SIGTERM: every worker drains and exits, then the supervisor
+    assert "is invalid, no worker reloads" in "".join(r.output)
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def _reloads(r: RouterProcess, expected: dict[str, int]) -> bool:
+    async with aiohttp.ClientSession() as s:
+        return bool((await get_json(s, r.admin + "/-/workers"))["reloads"] == expected)
 
 
 async def _only(r: RouterProcess, path: str, status: int) -> bool:

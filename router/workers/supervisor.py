@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from router.config import Config
+from router.config import Config, ConfigError, load_config
 from router.workers.aggregate import merge
 
 log = logging.getLogger("router.workers")
@@ -71,6 +71,7 @@ class Supervisor:
         self.stopping = False
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.watchers: list[asyncio.Task[None]] = []
+        self.reloads = {"signalled": 0, "refused": 0}  # SIGHUPs passed on, and refused for a broken file
 
     async def spawn(self, w: Worker) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -192,7 +193,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def workers(request: web.Request) -> web.Response:
     sup = request.app[SUP]
-    return web.json_response({"workers": [
+    return web.json_response({"reloads": sup.reloads, "workers": [
         {"index": w.index, "pid": w.proc.pid if w.proc else None, "alive": w.alive, "restarts": w.restarts,
          "started_at": w.started_at, "exit_codes": w.exits[-10:]} for w in sup.workers]})
 
@@ -262,7 +263,14 @@ async def supervise(config: Config, config_path: str, *, ready_message: bool = T
             print(f"model-router listening on http://{config.listen} with {config.workers} workers "
                   f"(admin http://{config.admin.listen}), {len(config.routes)} routes", flush=True)
         while (name := await sup.signals.get()) == "SIGHUP":
+            try:  # checked here first, so that a broken file reaches no worker at all
+                await asyncio.to_thread(load_config, config_path)
+            except ConfigError as exc:
+                log.error("SIGHUP: %s is invalid, no worker reloads:\n%s", config_path, exc)
+                sup.reloads["refused"] += 1
+                continue
             log.info("SIGHUP: reloading every worker")
+            sup.reloads["signalled"] += 1
             sup.signal_all(signal.SIGHUP)
         log.info("%s: draining every worker", name)
     except RuntimeError as exc:
