@@ -43,6 +43,7 @@ log = logging.getLogger("router.cluster")
 
 TURN_S = 0.2
 FLUSH_S = 1.0
+LOOK_S = 0.5  # how often a member that does not lead tries to take the lease
 
 
 class ClusterBusy(Exception):
@@ -128,7 +129,9 @@ class Member:
         now = time.monotonic()
         if now >= next_lease:
             await self.lease.step()
-            next_lease = now + self.lease.renew_every_s
+            # the leader renews at a third of the TTL; the others look often, so that a dead
+            # leader is replaced within about the TTL plus half a second
+            next_lease = now + (self.lease.renew_every_s if self.leader else min(LOOK_S, self.lease.renew_every_s))
         await self.follow()
         if now >= next_flush:
             next_flush = now + FLUSH_S
