@@ -99,6 +99,40 @@ async def traffic(s: aiohttp.ClientSession, members: list[RouterProcess], stop: 
     await asyncio.gather(*(client(k) for k in range(clients)))
 
 
+async def watch_versions(s: aiohttp.ClientSession, members: list[RouterProcess], until: set[str],
+                         limit_s: float = 90) -> list[tuple[str, float]]:
+    """Poll every member's applied state version and split until the rollout ends on all of them.
+
+    Checks, throughout, that once any member applies version V, every member applies V or a later one
+    within APPLY_S, and that members at the same version serve the same phase and split. Returns the
+    (phase, split) states seen, in order."""
+    loop = asyncio.get_running_loop()
+    first_seen: dict[int, float] = {}
+    at_version: dict[int, tuple[str, float]] = {}
+    seen: list[tuple[str, float]] = []
+    deadline = loop.time() + limit_s
+    while loop.time() < deadline:
+        states = []
+        for m in members:
+            status = await get_json(s, m.admin + "/-/status")
+            fraud = next(r for r in status["routes"] if r["name"] == "fraud")
+            states.append((status["cluster"]["applied_version"], fraud["rollout"]["phase"],
+                           fraud["candidate_percent"]))
+        now = loop.time()
+        for version, phase, percent in states:
+            first_seen.setdefault(version, now)
+            assert at_version.setdefault(version, (phase, percent)) == (phase, percent), (version, states)
+            if not seen or seen[-1] != (phase, percent):
+                seen.append((phase, percent))
+        lowest = min(v for v, _, _ in states)
+        late = [v for v, t in first_seen.items() if v > lowest and now - t > APPLY_S]
+        assert not late, f"version {late[0]} not applied by every member within {APPLY_S}s: {states}"
+        if all(phase in until for _, phase, _ in states):
+            return seen
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the rollout did not finish within {limit_s}s: {seen}")
+
+
 async def test_three_members_promote_a_good_candidate_once(make_router: RouterFactory, make_model: ModelFactory,
                                                            redis: RedisServer, tmp_path: Path) -> None:
     v1, twin = await make_model(version="v1"), await make_model(version="v1", seed=3)
@@ -112,22 +146,11 @@ async def test_three_members_promote_a_good_candidate_once(make_router: RouterFa
         stop, failures = asyncio.Event(), []
         load = asyncio.create_task(traffic(s, members, stop, failures))
         try:
-            seen: list[tuple[str, float]] = []
-
-            async def promoted() -> bool:
-                info = await route(s, members[0])
-                state = (info["rollout"]["phase"], info["candidate_percent"])
-                if not seen or seen[-1] != state:
-                    seen.append(state)
-                    # every state change is served by every member within the apply bound
-                    await all_agree(s, members, lambda r, st=state: (r["rollout"]["phase"], r["candidate_percent"])
-                                    == st, f"every member at {state}")
-                return state[0] in ("promoted", "rolled_back", "paused")
-            await eventually(promoted, "the rollout to finish", timeout=90, step=0.1)
+            seen = await watch_versions(s, members, {"promoted", "rolled_back", "paused"})
         finally:
             stop.set()
             await load
-        assert seen[-1] == ("promoted", 100.0), seen
+        assert seen[-1] == ("promoted", 100.0) and ("progressing", 50.0) in seen, seen
         assert not failures, failures[:5]
     log = [e for e in decision_log(redis) if e["route"] == "fraud"]
     moves = [e for e in log if e["action"] in ("advance", "promote")]

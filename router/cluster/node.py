@@ -231,6 +231,7 @@ class Member:
             if after == before and not self.captured:
                 return
             new = SharedState(self.state.version, after, self.state.splits)
+            self.adopt(self.state)  # until Redis accepts the decision, serve and show the committed state
             result = await self._write(new, self.lease.epoch)
             if result is not None and not result.ok:
                 self.refused += 1
@@ -283,6 +284,7 @@ class Member:
             raise ClusterBusy(409, str(exc)) from None
 
     async def _commit(self, new: SharedState) -> None:
+        self.adopt(self.state)  # the staged change shows nowhere before Redis accepts it
         result = await self._write(new, None)
         if result is None or not result.ok:
             self.adopt(self.state)
