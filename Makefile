@@ -13,9 +13,10 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 BENCH_ARGS ?=
 
-# Debian packages the tests and bench call as binaries. Add new ones here.
-# prometheus ships both `prometheus` and `promtool`.
-APT_PACKAGES := nginx wrk prometheus chromium
+# Debian packages the tests and bench call as binaries. Add new ones here, as PACKAGE:COMMAND
+# when the command is named otherwise. prometheus ships both `prometheus` and `promtool`;
+# redis-server is the cluster tests' Redis.
+APT_PACKAGES := nginx wrk prometheus chromium redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -60,8 +61,9 @@ $(MLSERVER_STAMP): tests/integration/requirements.txt
 # A package counts as present if its command is on PATH or dpkg has it installed.
 deps:
 	@missing=""; \
-	for p in $(APT_PACKAGES); do \
-	    command -v "$$p" >/dev/null \
+	for entry in $(APT_PACKAGES); do \
+	    p="$${entry%%:*}"; cmd="$${entry#*:}"; \
+	    command -v "$$cmd" >/dev/null \
 	        || dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' \
 	        || missing="$${missing:+$$missing }$$p"; \
 	done; \

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from router import statuspage, statusview
 from router.adminguard import access_problem, json_error, json_errors, warn_if_open
+from router.cluster.node import ClusterBusy
 from router.decision import InvalidTransition, OperatorAction
 from router.feedback import FeedbackError, parse_feedback_body
 from router.llmstats import llm_report
@@ -106,6 +107,13 @@ async def route_split(request: web.Request) -> web.Response:
     if route.config.rollout is not None:
         return json_error(409, split_refusal(route.name, request.app[ROUTER].rollouts.describe(route.name)))
     router = request.app[ROUTER]
+    if router.cluster is not None:  # every member of the cluster serves it within a second
+        try:
+            await router.cluster.set_split(route.config, float(value))
+        except ClusterBusy as exc:
+            return json_error(exc.status, exc.message)
+        return web.json_response({"route": route.name, "candidate_percent": float(value), "persisted": True,
+                                  "cluster_version": router.cluster.state.version})
     try:
         router.ledger.set_split(route.config, float(value))
     except OSError as exc:
@@ -180,7 +188,9 @@ async def route_rollout(request: web.Request) -> web.Response:
     except ValueError:
         return json_error(400, "tail must be a whole number")
     # The log is on disk and may be large: read its end in a worker thread, never on the loop.
-    log = await asyncio.to_thread(rollouts.tail, route.name, min(max(0, tail), MAX_TAIL))
+    cluster = request.app[ROUTER].cluster
+    n = min(max(0, tail), MAX_TAIL)
+    log = await cluster.tail(route.name, n) if cluster else await asyncio.to_thread(rollouts.tail, route.name, n)
     return web.json_response({**info, "log": log})
 
 
@@ -214,10 +224,14 @@ def rollout_action(action: OperatorAction) -> Handler:
         if isinstance(note, web.Response):
             return note
         try:
-            decision = rollouts.operator(route.name, action, *note)
+            cluster = request.app[ROUTER].cluster
+            decision = await cluster.operator(route.name, action, *note) if cluster else \
+                rollouts.operator(route.name, action, *note)
         except InvalidTransition as exc:
             hint = " or ".join(f"`model-router {cmd} {route.name}`" for cmd in exc.suggest)
             return json_error(409, f"{exc}" + (f"; try {hint}" if hint else ""))
+        except ClusterBusy as exc:
+            return json_error(exc.status, exc.message)
         info = rollouts.describe(route.name) or {}
         return web.json_response({"route": route.name, "action": str(decision.action),
                                   "phase": str(decision.phase), "step_index": decision.step_index,
@@ -269,6 +283,13 @@ async def reload(request: web.Request) -> web.Response:
                              status=400)
 
 
+async def cluster_info(request: web.Request) -> web.Response:
+    cluster = request.app[ROUTER].cluster
+    if cluster is None:
+        return json_error(404, "this router is not in a cluster: add `cluster:` to the routing YAML")
+    return web.json_response(await cluster.info())
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -295,6 +316,7 @@ def build_admin_app(router: Router) -> web.Application:
     app.router.add_post("/-/feedback", feedback)
     app.router.add_get("/-/routes/{name}/quality", route_quality)
     app.router.add_get("/-/alerts", alerts)
+    app.router.add_get("/-/cluster", cluster_info)
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(statuspage.routes)
     return app

@@ -22,6 +22,9 @@ from aiohttp import web
 from router import openfiles
 from router.admin import build_admin_app
 from router.balancer import HealthRegistry
+from router.cluster.node import Member, MemoryStateStore
+from router.cluster.shared_ledger import SharedLedger
+from router.cluster.store import Store
 from router.config import Config, ConfigError, load_config
 from router.feedback import FeedbackStoreError
 from router.healthcheck import HealthChecker
@@ -44,18 +47,34 @@ class Router:
     runtime (table and pools) is compiled from the YAML and swapped whole on reload.
     """
 
-    def __init__(self, config: Config, config_path: str | Path) -> None:
+    def __init__(self, config: Config, config_path: str | Path, worker: WorkerSlot | None = None) -> None:
         self.config_path = str(config_path)
-        self.state_store = StateStore(config.state_dir)
-        self.ledger = Ledger(Splits(self.state_store))
+        self.worker = worker  # one of `workers` processes: admin on a unix socket, the port shared
+        self.cluster: Member | None = None
+        if config.cluster is None:
+            self.state_store = StateStore(config.state_dir)
+            self.ledger = Ledger(Splits(self.state_store))
+            self.rollouts = RolloutController(config.state_dir, self.ledger)
+        else:
+            # One of several processes acting as one router: state and decisions live in Redis.
+            self.state_store = MemoryStateStore(config.cluster.name)
+            self.ledger = SharedLedger(Splits(self.state_store))
+            self.rollouts = RolloutController(config.state_dir, self.ledger, MemoryStateStore(config.cluster.name))
         self.ledger.reconcile(config)
         self.mirror = Mirror()
-        self.rollouts = RolloutController(config.state_dir, self.ledger)
         self.rollouts.configure(config)
+        if config.cluster is not None:
+            assert isinstance(self.ledger, SharedLedger)
+            store = Store(config.cluster, config.cluster.url())
+            where = str(config.admin.listen) if worker is None else f"{config.admin.listen}/worker-{worker.index}"
+            self.cluster = Member(config, store, self.ledger, self.rollouts, where)
         self.health = HealthRegistry()
         self.monitor = Monitor(config)
         self.monitor.configure(config)
         self.monitor.on_scored = self.ledger.scored
+        if self.cluster is not None and self.monitor.store is not None:
+            self.monitor.on_remembered = self.cluster.predictions.remembered
+            self.monitor.lookup = self.cluster.predictions.lookup
         self.alert_notifier = AlertNotifier(lambda: self.runtime)
         self.monitor.notify = self.alert_notifier
         self.runtime, _ = compile_runtime(config, self.ledger, self.mirror, self.health, self.monitor)
@@ -90,7 +109,10 @@ class Router:
         runner = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_address=True).start()
+            if self.worker is not None:  # the supervisor's admin listener is the one operators reach
+                await web.UnixSite(runner, self.worker.admin_socket).start()
+            else:
+                await web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_address=True).start()
             yield
         finally:
             await runner.cleanup()
@@ -98,7 +120,7 @@ class Router:
     @contextlib.asynccontextmanager
     async def _data_listener(self) -> AsyncIterator[None]:
         cfg = self.config
-        await self.data.start(cfg.listen.host, cfg.listen.port)
+        await self.data.start(cfg.listen.host, cfg.listen.port, reuse_port=self.worker is not None)
         try:
             yield
         finally:
@@ -116,6 +138,13 @@ class Router:
 
     @contextlib.asynccontextmanager
     async def _rollout_loop(self) -> AsyncIterator[None]:
+        if self.cluster is not None:
+            # In a cluster only the leader decides: the member's loop runs the controller's tick.
+            async with background(self.cluster.run(), "cluster member"):
+                yield
+            await self.cluster.close()
+            await self.rollouts.webhook.close()
+            return
         async with background(self.rollouts.run(), "rollout loop"):
             yield
         await self.rollouts.close()
@@ -139,6 +168,8 @@ class Router:
         # Commit: reconcile the state owners with the new config, then swap in one assignment.
         notes += self.ledger.reconcile(config)
         self.rollouts.configure(config)
+        if self.cluster is not None:
+            self.cluster.reconfigure(config)
         self.health.prune(config)
         self.monitor.configure(config)
         self.runtime = new
@@ -188,7 +219,9 @@ def restart_notes(old: Config, new: Config) -> list[str]:
     notes = [f"{what} changed ({before} -> {after}): takes effect at the next restart"
              for what, before, after in (("listen", old.listen, new.listen),
                                          ("admin.listen", old.admin.listen, new.admin.listen),
-                                         ("state_dir", old.state_dir, new.state_dir)) if before != after]
+                                         ("state_dir", old.state_dir, new.state_dir),
+                                         ("cluster", old.cluster, new.cluster),
+                                         ("workers", old.workers, new.workers)) if before != after]
     changed = [f"monitoring.{f.name}" for f in dataclasses.fields(new.monitoring)
                if getattr(old.monitoring, f.name) != getattr(new.monitoring, f.name)]
     if changed:
@@ -228,17 +261,36 @@ def check_parsers() -> str | None:
     return None
 
 
-async def serve(config: Config, config_path: str, *, ready_message: bool = True) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """Where one of several worker processes of a host stands: its index and private admin socket."""
+
+    index: int
+    admin_socket: str
+
+
+async def serve(config: Config, config_path: str, *, ready_message: bool = True,
+                worker: WorkerSlot | None = None) -> None:
     # Objects alive at start (modules, config, tables) never become garbage: keep them out of the
     # collector's full passes, which would otherwise rescan them all (a full pass over them took
     # ~16 ms here) while requests wait.
     gc.collect()
     gc.freeze()
+    if config.cluster is not None:
+        try:
+            config.cluster.url()
+        except ValueError as exc:
+            raise SystemExit(f"model-router: {config.source}: {exc}") from None
+    if config.workers > 1 and worker is None:
+        from router.workers.supervisor import supervise  # the processes that serve are its children
+
+        await supervise(config, config_path, ready_message=ready_message)
+        return
     too_few_files = openfiles.check(config)
     if too_few_files:
         log.warning("%s", too_few_files)
     try:
-        router = Router(config, config_path)
+        router = Router(config, config_path, worker)
     except FeedbackStoreError as exc:
         # The CLI reports OSError as "cannot start: ..." and exits 1, without a traceback.
         raise OSError(f"{exc} (state_dir {config.state_dir} must be writable with monitoring.feedback on)") from None

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from router.alerts import AlertConfig
+from router.cluster.config import ClusterConfig, parse_cluster, parse_workers, workers_problem
 from router.compare import CompareSpec
 from router.decision import Action, Gates, RolloutPolicy
 from router.llmconfig import JudgeConfig, ModelMatch, read_judge, read_models
@@ -292,6 +293,8 @@ class Config:
     backends: Mapping[str, BackendConfig]
     routes: tuple[RouteConfig, ...]
     monitoring: MonitoringConfig = MonitoringConfig()
+    cluster: ClusterConfig | None = None  # None: one router alone, state in state_dir
+    workers: int = 1  # processes on this host sharing `listen`
 
     def summary(self) -> str:
         return (f"{self.source}: OK, {len(self.routes)} routes, {len(self.backends)} backends, "
@@ -328,7 +331,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return config
 
 
-_TOP = frozenset({"listen", "admin", "state_dir", "limits", "proxy", "backends", "routes", "monitoring"})
+_TOP = frozenset({"listen", "admin", "state_dir", "limits", "proxy", "backends", "routes", "monitoring", "cluster",
+                  "workers"})
 
 
 def _build(r: Reader, root: yaml.Node, source: str) -> Config | None:
@@ -351,11 +355,20 @@ def _build(r: Reader, root: yaml.Node, source: str) -> Config | None:
         r.error(top.get("admin"), "admin.listen", f"must differ from listen ({listen})")
     monitoring = _monitoring(r, top["monitoring"], Path(state_dir or ".")) if "monitoring" in top else \
         MonitoringConfig()
-    if None in (listen, admin, state_dir, limits, proxy, backends, routes, monitoring):
+    cluster = parse_cluster(r, top["cluster"]) if "cluster" in top else None
+    workers = parse_workers(r, top["workers"]) if "workers" in top else 1
+    if workers is not None and routes:
+        shared = [rc.name for rc in routes if rc.rollout or rc.shadow or rc.candidate]
+        problem = workers_problem(workers, "cluster" in top, shared)
+        if problem:
+            r.error(top["workers"], "workers", problem)
+    if None in (listen, admin, state_dir, limits, proxy, backends, routes, monitoring, workers) or \
+            ("cluster" in top and cluster is None):
         return None
     assert listen and admin and state_dir and limits and proxy and backends is not None
-    assert routes is not None and monitoring is not None
-    return Config(source, listen, admin, Path(state_dir), limits, proxy, backends, routes, monitoring)
+    assert routes is not None and monitoring is not None and workers is not None
+    return Config(source, listen, admin, Path(state_dir), limits, proxy, backends, routes, monitoring, cluster,
+                  workers)
 
 
 _LOG_KEYS = frozenset({"path", "sample_rate", "include_bodies", "max_body_bytes", "redact", "max_file_bytes",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from router.cluster.metrics import cluster_metrics
 from router.decision import Phase
 from router.histogram import BOUNDS, EXPORT_BOUNDS, Histogram
 from router.llmmetrics import llm_metrics
@@ -114,6 +115,7 @@ class RouterCollector(Collector):
         yield from rollout_metrics(router.rollouts)
         yield from monitor_metrics(router.monitor)
         yield from llm_metrics(ledger.llm)
+        yield from cluster_metrics(router.cluster)
 
     @staticmethod
     def _requests(requests: dict[tuple[str, str, int], int]) -> Iterator[Metric]:

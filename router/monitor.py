@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from router.alerts import Alert, AnomalyDetector
@@ -82,6 +82,9 @@ class Monitor:
         self.accuracy: list[Any] = []  # Aggregate rows, refreshed in the background for metrics
         self.alerts_fired: dict[str, int] = {}
         self.on_scored: Callable[[FeedbackResult], None] | None = None
+        # In a cluster: predictions are shared so that feedback posted to any member joins them.
+        self.on_remembered: Callable[[list[Prediction]], None] | None = None
+        self.lookup: Callable[[list[str]], Awaitable[list[Prediction]]] | None = None
         self.notify: Callable[[Alert], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._tokens = float(DRIFT_SAMPLES_PER_S)
@@ -224,6 +227,8 @@ class Monitor:
             except FeedbackStoreError as exc:
                 self.problem = f"feedback store: {exc.reason}"
                 log.error("%s", self.problem)
+            if self.on_remembered is not None:
+                self.on_remembered(remembered)
 
     def _decoded(self, body: bytes | None, encoding: str | None) -> bytes | None:
         if body is None or not encoding:
@@ -258,6 +263,11 @@ class Monitor:
     async def feedback(self, items: list[dict[str, Any]]) -> FeedbackResult:
         assert self.store is not None
         await self._drain()  # predictions still queued must be findable
+        if self.lookup is not None:  # predictions another member served, fetched into this store
+            ids = [str(i["request_id"]) for i in items if isinstance(i, dict) and isinstance(i.get("request_id"), str)]
+            found = await self.lookup(ids)
+            if found:
+                await self.store.run(self.store.remember_many, found)
         result = await self.store.run(self.store.feedback, items)
         for key in ("accepted", "unscorable", "unknown_request_id", "duplicate", "invalid"):
             self.feedback_counts[key] += result.count(key)

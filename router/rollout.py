@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,9 @@ def shadowed(route: RouteConfig) -> bool:
 class RolloutController:
     """Runs every route's rollout: evaluates, applies, persists, logs and notifies."""
 
-    def __init__(self, state_dir: Path, ledger: Ledger) -> None:
-        self.store = StateStore(state_dir, STATE_NAME)
+    def __init__(self, state_dir: Path, ledger: Ledger, store: StateStore | None = None) -> None:
+        # A cluster injects its own store and log sink: state and log then live in Redis.
+        self.store = store if store is not None else StateStore(state_dir, STATE_NAME)
         self.log_path = state_dir / LOG_NAME
         self.decisions = DecisionLog(self.log_path)
         self.ledger = ledger
@@ -107,6 +109,7 @@ class RolloutController:
         self._last_persist = 0.0
         self.feedback = False
         self._route_cfg: dict[str, RouteConfig] = {}
+        self.log_sink: Callable[[dict[str, Any]], None] = self.append_log
 
     # -- configuration
     def configure(self, config: Config) -> None:
@@ -323,6 +326,10 @@ class RolloutController:
 
     def _append(self, rr: RouteRollout, entry: dict[str, Any]) -> None:
         rr.last = entry
+        self.log_sink(entry)
+
+    def append_log(self, entry: dict[str, Any]) -> None:
+        """The local decision log (rotated; a cluster replaces `log_sink` with its shared log)."""
         self.decisions.append(entry)
 
     # -- persistence

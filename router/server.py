@@ -64,10 +64,11 @@ class DataServer:
         self.in_flight = 0  # requests being proxied now
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """`reuse_port`: several worker processes accept on the same port (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: ClientConnection(self), host, port,
-                                               backlog=2048, reuse_address=True)
+                                               backlog=2048, reuse_address=True, reuse_port=reuse_port or None)
         self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:

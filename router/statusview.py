@@ -38,6 +38,10 @@ def status(router: Router) -> dict[str, Any]:
         "state_problem": router.state_store.save_problem or router.state_store.problem,
         "rollout_problem": router.rollouts.store.save_problem or router.rollouts.problem,
         "monitoring_problem": router.monitor.problem,
+        "cluster": None if router.cluster is None else {
+            "name": router.cluster.store.cfg.name, "leader": router.cluster.leader,
+            "applied_version": router.cluster.state.version, "store_up": router.cluster.store.up,
+            "problem": router.cluster.problem},
     }
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from tests.helpers import (
     router_factory,
     start_backend,
 )
+from tests.redis_server import RedisServer, redis_server
 
 
 @pytest.fixture
@@ -58,3 +59,10 @@ async def make_model() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     yield make
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port, stopped after the test."""
+    with redis_server(tmp_path / "redis") as server:
+        yield server

@@ -126,12 +126,17 @@ def compose() -> Doc:
 
 
 @pytest.fixture(scope="module")
-def router_service(compose: Doc) -> tuple[str, Doc]:
-    """The compose service that mounts a routing file at CONFIG_PATH."""
+def router_services(compose: Doc) -> list[tuple[str, Doc]]:
+    """The compose services that mount a routing file at CONFIG_PATH: the members of one cluster."""
     found = [(name, svc) for name, svc in compose["services"].items()
              if any(str(v).split(":")[1:2] == [CONFIG_PATH] for v in svc.get("volumes", []))]
-    assert len(found) == 1, f"exactly one compose service should mount {CONFIG_PATH}, found {len(found)}"
-    return found[0]
+    assert len(found) == 2, f"two compose services should mount {CONFIG_PATH} (one cluster), found {len(found)}"
+    return found
+
+
+@pytest.fixture(scope="module", params=[0, 1])
+def router_service(router_services: list[tuple[str, Doc]], request: pytest.FixtureRequest) -> tuple[str, Doc]:
+    return router_services[request.param]
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +152,15 @@ def kind(docs: list[Doc], name: str) -> list[Doc]:
 
 @pytest.fixture(scope="module")
 def deployment(kube_docs: list[Doc]) -> Doc:
-    found = kind(kube_docs, "Deployment")
+    found = [d for d in kind(kube_docs, "Deployment") if d["metadata"]["name"] == "model-router"]
     assert len(found) == 1
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def redis_deployment(kube_docs: list[Doc]) -> Doc:
+    found = [d for d in kind(kube_docs, "Deployment") if d["metadata"]["name"] == "model-router-redis"]
+    assert len(found) == 1, "deploy/kubernetes/ should run the cluster's Redis (model-router-redis)"
     return found[0]
 
 
@@ -396,6 +408,11 @@ def test_compose_router_runs_serve_with_config_state_and_token(router_service: t
     assert (DEPLOY / volumes[CONFIG_PATH]).resolve() == DEPLOY / "router.yaml"
     assert volumes.get(STATE_DIR) in compose.get("volumes", {}), "the state dir should be a named volume"
     assert router_yaml.admin.token_env in svc["environment"]
+    assert router_yaml.cluster is not None and router_yaml.cluster.redis_url_env
+    redis_url = urlsplit(svc["environment"][router_yaml.cluster.redis_url_env])
+    redis = compose["services"].get(str(redis_url.hostname), {})
+    assert "redis-server" in " ".join(map(str, redis.get("command", []))), f"no compose Redis at {redis_url.hostname}"
+    assert redis_url.port == 6379 and svc["depends_on"][redis_url.hostname]["condition"] == "service_healthy"
     grace = re.fullmatch(r"(\d+)s", str(svc["stop_grace_period"]))
     assert grace and int(grace[1]) > router_yaml.limits.drain_timeout
 
@@ -446,15 +463,19 @@ def test_compose_backend_healthchecks_probe_their_own_port(compose: Doc) -> None
         assert url.port == int(argv[argv.index("--port") + 1]), name
 
 
-def test_prometheus_scrapes_the_router_admin_port(compose: Doc, router_service: tuple[str, Doc],
-                                                  router_yaml: Config) -> None:
+def test_compose_routers_publish_different_host_ports(router_services: list[tuple[str, Doc]]) -> None:
+    published = [str(p).rsplit(":", 1)[0] for _, svc in router_services for p in svc["ports"]]
+    assert len(published) == len(set(published)), published
+
+
+def test_prometheus_scrapes_every_router_admin_port(compose: Doc, router_services: list[tuple[str, Doc]],
+                                                    router_yaml: Config) -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     jobs = config["scrape_configs"]
     targets = [(t, job.get("metrics_path", "/metrics")) for job in jobs
                for sc in job.get("static_configs", []) for t in sc["targets"]]
-    assert targets
-    for target, path in targets:
-        assert (target, path) == (f"{router_service[0]}:{router_yaml.admin.listen.port}", "/metrics")
+    assert sorted(targets) == sorted((f"{name}:{router_yaml.admin.listen.port}", "/metrics")
+                                     for name, _ in router_services)
     mounted = [v for svc in compose["services"].values() for v in svc.get("volumes", [])
                if str(v).startswith("./prometheus.yml:")]
     assert mounted, "no compose service mounts deploy/prometheus.yml"
@@ -483,7 +504,8 @@ def test_kubernetes_services_select_the_pods_and_target_the_listeners(kube_docs:
                                                                       configmap_yaml: Config) -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    services = kind(kube_docs, "Service")
+    redis_labels = {"app.kubernetes.io/name": "model-router-redis"}
+    services = [svc for svc in kind(kube_docs, "Service") if svc["spec"]["selector"] != redis_labels]
     assert services
     targets = set()
     for svc in services:
@@ -512,6 +534,24 @@ def test_kubernetes_termination_outlasts_pre_stop_and_drain(deployment: Doc, pod
     seconds = int(argv[1]) if argv[:1] == ["sleep"] else int(pre_stop.get("sleep", {}).get("seconds", 0))
     assert seconds > 0, "preStop should wait for the endpoint removal to spread"
     assert pod["terminationGracePeriodSeconds"] > seconds + configmap_yaml.limits.drain_timeout
+
+
+def test_kubernetes_replicas_form_one_cluster_with_a_budget(kube_docs: list[Doc], deployment: Doc,
+                                                           redis_deployment: Doc, router_container: Doc,
+                                                           configmap_yaml: Config) -> None:
+    replicas = deployment["spec"]["replicas"]
+    assert replicas >= 3 and configmap_yaml.cluster is not None
+    [pdb] = kind(kube_docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert 0 < pdb["spec"]["minAvailable"] < replicas, "the budget must let one replica go at a time"
+    assert configmap_yaml.cluster.redis_url_env
+    url = urlsplit(env_value(router_container, configmap_yaml.cluster.redis_url_env))
+    [svc] = [s for s in kind(kube_docs, "Service") if s["metadata"]["name"] == url.hostname]
+    redis_labels = redis_deployment["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= redis_labels.items()
+    [port] = [p for p in svc["spec"]["ports"] if p["port"] == url.port]
+    [redis] = redis_deployment["spec"]["template"]["spec"]["containers"]
+    assert port_number(redis, port["targetPort"]) == 6379
 
 
 def test_kubernetes_runs_non_root_on_a_read_only_root(pod: Doc, router_container: Doc) -> None:
