@@ -87,7 +87,7 @@ bench: $(VENV) deps
 	@if [ -f bench/decisions.py ]; then echo "$(PY) bench/decisions.py"; $(PY) bench/decisions.py; fi
 
 demo: $(VENV)
-	$(PY) -m router.demo
+	$(PY) -m examples.demo
 
 clean:
 	rm -rf bench/out .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -4,7 +4,7 @@ First every gate alone for one step, at the edges of its indifference zone, besi
 fixed-size test with the same error rates (`bench/gate_sims.py`). Then whole rollouts of the
 agreement gate through the real `decide()`:
 
-Thousands of rollouts with a known true agreement are fed to `router.decision.decide` the way the
+Thousands of rollouts with a known true agreement are fed to `router.analysis.decision.decide` the way the
 loop sees them: a batch of 50 shadow comparisons every 5 s, one evaluation per batch, counters
 reset when a step advances. A batch is drawn as Binomial(50, p), exactly the sum of 50 Bernoulli
 comparisons, since `decide` only sees the counts. Beside it, the naive rule (agreement >= gate
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gate_sims  # bench/ is the script's directory, so on sys.path
 
-from router.decision import (
+from router.analysis.decision import (
     Action,
     Gates,
     RolloutPolicy,

@@ -19,7 +19,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from router.decision import (
+from router.analysis.decision import (
     LATENCY_BUCKETS_S,
     Gates,
     RolloutPolicy,
@@ -30,7 +30,7 @@ from router.decision import (
     error_budget,
     latency_gate,
 )
-from router.sequential import difference_llr, paired_llr
+from router.analysis.sequential import difference_llr, paired_llr
 
 POLICY = RolloutPolicy()  # the defaults: agreement, error-rate and latency gates
 ALPHA, BETA = error_budget(POLICY)

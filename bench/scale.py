@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router.config import parse_config  # noqa: E402
-from router.table import RoutingTable  # noqa: E402
+from router.dataplane.table import RoutingTable  # noqa: E402
 
 TOKEN = "bench-token"
 

@@ -19,23 +19,23 @@ from typing import Any
 
 from aiohttp import web
 
-from router import openfiles
-from router.admin import build_admin_app
-from router.balancer import HealthRegistry
+from router.admin.api import build_admin_app
 from router.cluster.node import Member, MemoryStateStore
 from router.cluster.shared_ledger import SharedLedger
 from router.cluster.store import Store
 from router.config import Config, ConfigError, load_config
-from router.feedback import FeedbackStoreError
-from router.healthcheck import HealthChecker
-from router.ledger import Ledger
-from router.monitor import AlertNotifier, Monitor
-from router.rollout import RolloutController
+from router.control.ledger import Ledger
+from router.control.rollout import RolloutController
+from router.control.splits import Splits
+from router.control.state import StateStore
+from router.dataplane import openfiles
+from router.dataplane.balancer import HealthRegistry
+from router.dataplane.healthcheck import HealthChecker
+from router.dataplane.server import DataServer
+from router.dataplane.shadow import Mirror
+from router.observe.feedback import FeedbackStoreError
+from router.observe.monitor import AlertNotifier, Monitor
 from router.runtime import compile_runtime
-from router.server import DataServer
-from router.shadow import Mirror
-from router.splits import Splits
-from router.state import StateStore
 
 log = logging.getLogger("router")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from router import __version__
-from router.client import AdminClient, AdminError
+from router.admin.client import AdminClient, AdminError
 from router.config import Config, ConfigError, load_config
-from router.steps import step_label
+from router.control.steps import step_label
 
 log = logging.getLogger("router")
 
@@ -176,7 +176,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _finalize(args: argparse.Namespace) -> int:
-    from router.finalize import FinalizeError, diff, finalize, write_atomically
+    from router.control.finalize import FinalizeError, diff, finalize, write_atomically
 
     path = Path(args.config)
     try:

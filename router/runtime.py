@@ -12,16 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from router.balancer import BackendGroup, HealthRegistry, build_groups
 from router.config import Config
-from router.ledger import Ledger
-from router.table import RoutingTable
-from router.upstream import UpstreamPool
+from router.control.ledger import Ledger
+from router.dataplane.balancer import BackendGroup, HealthRegistry, build_groups
+from router.dataplane.table import RoutingTable
+from router.dataplane.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from router.monitor import Monitor
-    from router.rollout import RolloutController
-    from router.shadow import Mirror
+    from router.control.rollout import RolloutController
+    from router.dataplane.shadow import Mirror
+    from router.observe.monitor import Monitor
 
 
 @dataclass(frozen=True, slots=True)

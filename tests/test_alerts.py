@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.alerts import Alert, AlertConfig, AnomalyDetector, binomial_sf, population_stability_index
+from router.observe.alerts import Alert, AlertConfig, AnomalyDetector, binomial_sf, population_stability_index
 
 MIX = {"a": 0.80, "b": 0.15, "c": 0.05}
 SHIFTED = {"a": 0.50, "b": 0.30, "c": 0.20}

@@ -13,9 +13,9 @@ from router.cluster.shared_ledger import SharedLedger
 from router.cluster.store import Store, StoreDown
 from router.cluster.sync import SharedState, StateDoc, StateProblem
 from router.config import parse_config
-from router.splits import Splits
-from router.state import StateStore
-from router.window import WindowCounters
+from router.control.splits import Splits
+from router.control.state import StateStore
+from router.control.window import WindowCounters
 from tests.helpers import free_port
 from tests.redis_server import RedisServer
 
@@ -124,9 +124,9 @@ async def test_an_unreachable_redis_is_a_clear_error_not_a_hang() -> None:
 
 def test_every_window_counter_survives_the_round_trip_through_redis_fields() -> None:
     """Paired error counts, 4xx, LLM timings and judge verdicts sum across members like the rest."""
+    from router.analysis.llm import LlmOutcome
     from router.cluster.shared_ledger import add_fields, flatten, window_of
-    from router.llm import LlmOutcome
-    from router.window import WindowCounters
+    from router.control.window import WindowCounters
 
     w = WindowCounters(("v1", "v2"), True, 0.0)
     w.pair(200, None, 0.01, 503, None, 0.02)

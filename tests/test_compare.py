@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.compare import (
+from router.analysis.compare import (
     ANY,
     FORMATS,
     MAX_VALUES,
@@ -27,7 +27,7 @@ from router.compare import (
     parse_path,
     text_similarity,
 )
-from router.stats_tests import classify_field, fisher_exact_greater, normal_quantile, wilson_interval
+from router.analysis.stats_tests import classify_field, fisher_exact_greater, normal_quantile, wilson_interval
 
 SSE = "text/event-stream"
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.decision import (
+from router.analysis.decision import (
     EMPTY_HISTOGRAM,
     LATENCY_BUCKETS_S,
     Action,

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from router.demo import moved_config
+from examples.demo import moved_config
 from tests.helpers import ROOT
 
 DEMO_PORTS = (8080, 9901, 9001, 9002, 9003, 9004)
@@ -37,7 +37,7 @@ def free_offset() -> int:
 
 
 def test_demo_promotes_the_good_candidate_and_rolls_back_the_bad() -> None:
-    result = subprocess.run([sys.executable, "-m", "router.demo", "--no-wait", "--limit", "100",
+    result = subprocess.run([sys.executable, "-m", "examples.demo", "--no-wait", "--limit", "100",
                              "--port-offset", str(free_offset())], cwd=ROOT, capture_output=True, text=True,
                             timeout=150)
     out = result.stdout
@@ -62,10 +62,10 @@ def test_demo_port_conflict_hint_gives_a_working_command(tmp_path: Path) -> None
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", int(host_port.group(1))))
         blocker.listen()
-        result = subprocess.run([sys.executable, "-m", "router.demo", "--no-wait", "--config", str(config)],
+        result = subprocess.run([sys.executable, "-m", "examples.demo", "--no-wait", "--config", str(config)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    command = re.search(r"\n  (\S+) -m router\.demo --port-offset (\d+)", result.stderr)
+    command = re.search(r"\n  (\S+) -m examples\.demo --port-offset (\d+)", result.stderr)
     assert command, result.stderr
     assert (ROOT / command.group(1)).exists() or Path(command.group(1)).exists(), command.group(1)
 
@@ -74,7 +74,7 @@ def test_demo_runs_on_its_file_so_edit_and_sighup_reload_it(tmp_path: Path) -> N
     """The router runs on the file itself; after the story, a reload that finalizes fraud's
     promotion is still told (the rollout is complete, not a new rollout of fraud-v1)."""
     config = moved_config(ROOT / "config" / "demo.yaml", free_offset(), tmp_path)
-    demo = subprocess.Popen([sys.executable, "-m", "router.demo", "--limit", "100", "--config", str(config)],
+    demo = subprocess.Popen([sys.executable, "-m", "examples.demo", "--limit", "100", "--config", str(config)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(demo.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router.feedback import (
+from router.observe.feedback import (
     MAX_BATCH,
     FeedbackError,
     FeedbackStore,

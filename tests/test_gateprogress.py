@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from router.decision import (
+from router.admin.gateprogress import progress
+from router.analysis.decision import (
     Gates,
     Phase,
     RolloutPolicy,
@@ -19,7 +20,6 @@ from router.decision import (
     error_budget,
     latency_histogram,
 )
-from router.gateprogress import progress
 
 POLICY = RolloutPolicy(steps=(0, 50, 100), interval_s=60, min_samples=200, max_duration_s=3600,
                        gates=Gates(min_agreement=0.9, max_latency_ratio=1.5, max_error_rate_increase=0.05),
@@ -103,8 +103,8 @@ def test_a_promoted_rollout_has_no_gates_and_no_agreement_without_a_shadow() -> 
 def test_expectations_are_shown_finite_or_as_none_in_sight() -> None:
     from dataclasses import dataclass
 
-    from router.decision import Gate
-    from router.gateprogress import gate_progress
+    from router.admin.gateprogress import gate_progress
+    from router.analysis.decision import Gate
 
     @dataclass
     class Expected:

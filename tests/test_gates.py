@@ -11,8 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from router.config import ConfigError, parse_config
-from router.decision import (
+from router.analysis.decision import (
     Gate,
     Gates,
     Phase,
@@ -28,9 +27,10 @@ from router.decision import (
     latency_gate,
     latency_histogram,
 )
-from router.expectation import expected_samples, expected_seconds, gate_expectations
-from router.sequential import brownian_time, difference_llr, paired_llr
-from router.window import WindowCounters
+from router.analysis.expectation import expected_samples, expected_seconds, gate_expectations
+from router.analysis.sequential import brownian_time, difference_llr, paired_llr
+from router.config import ConfigError, parse_config
+from router.control.window import WindowCounters
 from tests.test_decision import lognormal
 
 POLICY = RolloutPolicy()

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from router.config import Endpoint
-from router.upstream import PoolSpec, UpstreamPool
+from router.dataplane.upstream import PoolSpec, UpstreamPool
 from tests.helpers import RouterFactory, base_config, eventually, free_port, get_json
 
 SETUP_S = 0.05  # what a fresh connection costs before its first answer

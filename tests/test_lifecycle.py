@@ -15,12 +15,12 @@ import pytest
 import yaml
 from aiohttp import web
 
+from router.analysis.decision import OperatorAction
 from router.config import Config, parse_config
-from router.decision import OperatorAction
-from router.ledger import Ledger
-from router.rollout import RolloutController
-from router.splits import Splits
-from router.state import StateStore
+from router.control.ledger import Ledger
+from router.control.rollout import RolloutController
+from router.control.splits import Splits
+from router.control.state import StateStore
 from tests.helpers import ROOT, BackendFactory, RouterFactory, base_config, eventually, get_json
 from tests.test_rollout import AUTH, ModelFactory, drive, hook, rollout, rollout_route
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from router.analysis.decision import Gate, Gates, LlmEvidence, RolloutPolicy, Verdict, latency_histogram, llm_gates
+from router.analysis.llm import TokenMeter, retry_after, rewrite_model
 from router.config import ConfigError, parse_config
-from router.decision import Gate, Gates, LlmEvidence, RolloutPolicy, Verdict, latency_histogram, llm_gates
-from router.judge import candidate_result, question_of, read_verdict
-from router.llm import TokenMeter, retry_after, rewrite_model
-from router.table import BadModel, RoutingTable, body_model
+from router.dataplane.table import BadModel, RoutingTable, body_model
+from router.observe.judge import candidate_result, question_of, read_verdict
 
 BASE = """\
 listen: 127.0.0.1:8080
@@ -189,8 +189,8 @@ def test_llm_gates(evidence: LlmEvidence, expected: dict[Gate, Verdict]) -> None
 
 
 def test_window_llm_evidence_survives_persistence() -> None:
-    from router.llm import LlmOutcome
-    from router.window import WindowCounters
+    from router.analysis.llm import LlmOutcome
+    from router.control.window import WindowCounters
 
     key = ("v1", "v2")
     w = WindowCounters(key, False, 0.0)

@@ -15,19 +15,19 @@ from typing import Any
 import pytest
 import yaml
 
+from router.analysis.compare import Comparison
+from router.analysis.decision import Phase
 from router.app import restart_notes
-from router.balancer import HealthRegistry
-from router.compare import Comparison
 from router.config import Config, parse_config
-from router.decision import Phase
-from router.ledger import ComparedOutcome, Ledger, LiveOutcome, PairOutcome
-from router.proxy import Exchange
-from router.request import Request
-from router.rollout import RolloutController
+from router.control.ledger import ComparedOutcome, Ledger, LiveOutcome, PairOutcome
+from router.control.rollout import RolloutController
+from router.control.splits import Splits
+from router.control.state import StateStore
+from router.dataplane.balancer import HealthRegistry
+from router.dataplane.proxy import Exchange
+from router.dataplane.request import Request
+from router.dataplane.shadow import Mirror
 from router.runtime import Runtime, compile_runtime
-from router.shadow import Mirror
-from router.splits import Splits
-from router.state import StateStore
 from tests.helpers import eventually, free_port
 
 Answer = Callable[[bytes], bytes]

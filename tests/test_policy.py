@@ -10,7 +10,7 @@ import random
 import pytest
 
 from router.config import parse_config
-from router.policy import RequestView, assign, bucket, choose
+from router.dataplane.policy import RequestView, assign, bucket, choose
 
 YAML = """
 listen: 127.0.0.1:8080
@@ -109,7 +109,7 @@ def test_overrides_come_before_the_split(headers: dict[str, str], query: str, pe
 
 
 def test_prefix_matches_at_boundaries_and_first_route_wins() -> None:
-    from router.table import RoutingTable
+    from router.dataplane.table import RoutingTable
 
     routes = "\n".join(
         f"  - {{name: r{i}, match: {{path_prefix: /v1/models/m{i}}}, primary: v1}}" for i in range(1000))

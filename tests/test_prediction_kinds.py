@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router.predictions import read_prediction
+from router.analysis.predictions import read_prediction
 from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

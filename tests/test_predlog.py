@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from router.compare import parse_path
-from router.predlog import PredictionLog, PredictionLogConfig, record, redact, sample_point
+from router.analysis.compare import parse_path
+from router.observe.predlog import PredictionLog, PredictionLogConfig, record, redact, sample_point
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

@@ -12,14 +12,14 @@ import brotli
 import pytest
 import zstandard
 
-from router.compare import DECODED_TOO_LARGE, CompareSpec, InstanceCounts, compare
+from router.analysis.compare import DECODED_TOO_LARGE, CompareSpec, InstanceCounts, compare
+from router.analysis.decoding import DecodeError, decode
+from router.analysis.instances import compare_instances
+from router.analysis.protocols import default_mirror_paths, protocol_of_path
 from router.config import ConfigError, parse_config
-from router.decoding import DecodeError, decode
-from router.http11 import error_body
-from router.instances import compare_instances
-from router.protocols import default_mirror_paths, protocol_of_path
-from router.shadowstats import ClusteredRate
-from router.window import WindowCounters
+from router.control.shadowstats import ClusteredRate
+from router.control.window import WindowCounters
+from router.dataplane.http11 import error_body
 
 DOC = json.dumps({"predictions": [{"label": "a", "scores": [0.9, 0.1]}] * 50}).encode()
 ENCODERS = {"gzip": lambda b: gzip.compress(b), "x-gzip": lambda b: gzip.compress(b), "deflate": zlib.compress,

@@ -176,6 +176,6 @@ async def check_headers(s: aiohttp.ClientSession, admin: str) -> None:
         assert resp.status == 404
     async with s.post(admin + "/", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
         assert resp.status == 405
-    script = (Path(__file__).parent.parent / "router" / "static" / "status.js").read_text()
+    script = (Path(__file__).parent.parent / "router" / "admin" / "static" / "status.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, f"status.js must not use {sink}: JSON strings are untrusted"

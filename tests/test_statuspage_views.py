@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from router.statuspage import data_block
+from router.admin.statuspage import data_block
 from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config, eventually, get_json
 from tests.test_statuspage import CHROMIUM, CHROMIUM_ARGS, FIGURES_JS, ROUTE, routes, send, settled, unexpected
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.timeseries import BUCKET_S, LATENCY_BOUNDS, MAX_BACKENDS, SLOTS, TimeSeries, quantile
+from router.control.timeseries import BUCKET_S, LATENCY_BOUNDS, MAX_BACKENDS, SLOTS, TimeSeries, quantile
 
 
 class Clock:

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from router.units import parse_duration
-from router.yamlsrc import Reader
+from router.config.units import parse_duration
+from router.config.yamlsrc import Reader
 
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _KEYS = frozenset({"name", "redis_url", "redis_url_env", "lease"})

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from router.analysis.decision import Decision, OperatorAction, Phase, RolloutState
 from router.cluster.lease import Lease
 from router.cluster.members import Members
 from router.cluster.predictions import SharedPredictions
@@ -33,11 +34,10 @@ from router.cluster.shared_ledger import SharedLedger
 from router.cluster.store import Store, StoreDown
 from router.cluster.sync import SharedState, StateDoc, StateProblem, WriteResult
 from router.config import Config, RouteConfig
-from router.decision import Decision, OperatorAction, Phase, RolloutState
-from router.rollout import RolloutController, RouteRollout
-from router.splits import SplitOverride
-from router.state import StateStore
-from router.window import WindowCounters
+from router.control.rollout import RolloutController, RouteRollout
+from router.control.splits import SplitOverride
+from router.control.state import StateStore
+from router.control.window import WindowCounters
 
 log = logging.getLogger("router.cluster")
 

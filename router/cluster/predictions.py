@@ -13,7 +13,7 @@ import json
 from collections import deque
 
 from router.cluster.store import Store, StoreDown
-from router.feedback import Prediction
+from router.observe.feedback import Prediction
 
 MAX_QUEUED = 50_000
 BATCH = 5_000

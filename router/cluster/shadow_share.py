@@ -14,9 +14,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from router.analysis.histogram import Histogram
 from router.cluster.store import Store
-from router.histogram import Histogram
-from router.shadowstats import ShadowStats
+from router.control.shadowstats import ShadowStats
 
 SHARED_RECENT = 20  # disagreements each member shares; the report shows the newest of all
 TTL_S = 14 * 86400

@@ -19,12 +19,12 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from router.analysis.decision import LlmEvidence, StepEvidence
 from router.cluster.store import Store
-from router.decision import LlmEvidence, StepEvidence
-from router.ledger import Ledger
-from router.shadowstats import ShadowStats
-from router.splits import Splits
-from router.window import WindowCounters
+from router.control.ledger import Ledger
+from router.control.shadowstats import ShadowStats
+from router.control.splits import Splits
+from router.control.window import WindowCounters
 
 log = logging.getLogger("router.cluster")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from router.policy import cookie_value
+from router.dataplane.policy import cookie_value
 from tests.helpers import BackendFactory, RouterFactory, base_config
 
 # CVE-2024-7592: http.cookies takes seconds on this before Python 3.11.10 / 3.12.6.

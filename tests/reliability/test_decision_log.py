@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from router.decisionlog import KEEP, MAX_BYTES, SCAN_BYTES
+from router.control.decisionlog import KEEP, MAX_BYTES, SCAN_BYTES
 from tests.helpers import TOKEN, RouterFactory, RouterProcess, base_config, free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from router.monitor import QUEUE_BYTES
+from router.observe.monitor import QUEUE_BYTES
 from tests.helpers import BackendFactory, RouterFactory, base_config
 
 BODY = b'{"label": "fraud", "pad": "' + b"a" * 65_000 + b'"}'  # about the default capture size

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from router.openfiles import HEADROOM
+from router.dataplane.openfiles import HEADROOM
 from tests.helpers import RouterProcess, base_config, free_port
 from tests.reliability.rlimits import LimitedFactory, limited_routers
 

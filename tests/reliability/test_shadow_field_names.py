@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from router.shadowstats import MAX_FIELD_NAME, MAX_FIELDS
+from router.control.shadowstats import MAX_FIELD_NAME, MAX_FIELDS
 from tests.helpers import BackendFactory, RouterFactory, RouterProcess, base_config
 
 LONG_KEYS = [f"{i}" + "x" * 20_000 for i in range(5)]  # data used as keys by a careless backend

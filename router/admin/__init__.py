@@ -1,0 +1,1 @@
+"""The admin surface: API, status page, CLI client."""

@@ -1,0 +1,1 @@
+"""The comparison and decision core: pure functions over counters and bodies."""

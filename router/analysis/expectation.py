@@ -1,0 +1,179 @@
+"""How much more traffic the current step needs before its gates reach a verdict: pure, for the
+status page ("at this rate, a verdict is expected in about N minutes").
+
+The estimate takes the step's current estimates as the truth. For the sequential probability ratio
+tests (agreement, error rate, accuracy) the log likelihood ratio then moves like a Brownian motion
+with a drift and a variance per sample, and Wald's approximation gives the expected time for it to
+leave the band between its two thresholds (`sequential.brownian_time`): a candidate right at the gate
+still reaches a verdict, by chance, and the estimate says how soon. For the latency gate the
+histograms are scaled up with their shape kept until the confidence sequences give a verdict.
+Both are expectations of a random time: a step can take half or twice as long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router.analysis.gates import evaluate_gates, latency_gate
+from router.analysis.rollout_types import Gate, RolloutPolicy, SideCounts, Snapshot, StepEvidence, Verdict, error_budget
+from router.analysis.sequential import brownian_time, difference_llr, paired_llr, point_llr
+
+__all__ = ["GateExpectation", "expected_samples", "expected_seconds", "gate_expectations"]
+
+_LATENCY_SCALE_CAP = 1_000.0  # beyond a thousand times the current traffic we call it "not expected"
+
+
+@dataclass(frozen=True, slots=True)
+class GateExpectation:
+    """Further samples (per side, in the gate's own n: comparisons, requests, pairs or labels)
+    before this gate is expected to decide, math.inf when no verdict is in sight, 0 when it has one
+    already; and the seconds that takes at the rate this step has collected them so far (None
+    before any have arrived)."""
+
+    gate: Gate
+    samples: float
+    seconds: float | None = None
+
+
+def gate_expectations(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateExpectation, ...]:
+    """One expectation per gate that applies to this step, in `evaluate_gates` order."""
+    out = []
+    elapsed = snapshot.now - snapshot.step_started_at
+    for result in evaluate_gates(snapshot, policy):
+        if result.verdict is not Verdict.INCONCLUSIVE:
+            out.append(GateExpectation(result.name, 0.0, 0.0))
+            continue
+        remaining = _REMAINING[result.name](snapshot.evidence, policy, result.threshold)
+        floor = max(policy.min_samples - result.n, 0)  # no verdict before min_samples, whatever the evidence
+        samples = max(remaining, float(floor))
+        seconds = samples * elapsed / result.n if result.n and elapsed > 0 else None
+        out.append(GateExpectation(result.name, samples, seconds))
+    return tuple(out)
+
+
+def expected_samples(snapshot: Snapshot, policy: RolloutPolicy) -> float | None:
+    """Further samples per side before every applicable gate is expected to have a verdict (what
+    advancing needs); None when no gate applies; math.inf when a gate sees no verdict coming."""
+    expectations = gate_expectations(snapshot, policy)
+    return max(e.samples for e in expectations) if expectations else None
+
+
+def expected_seconds(snapshot: Snapshot, policy: RolloutPolicy, samples_per_s: float | None = None) -> float | None:
+    """Seconds until every applicable gate is expected to have a verdict, and no less than the time
+    left in the step's `interval`; what the status page shows as "a verdict is expected in about N
+    minutes". Each gate's samples arrive at the rate this step has seen so far (comparisons, requests
+    and labels each at their own), or at `samples_per_s` per side when given (planning: the
+    smaller side's rate, a canary's share of requests or the mirrored requests of a shadowed step).
+    None without an applicable gate, or before any traffic says how fast samples come.
+    """
+    expectations = gate_expectations(snapshot, policy)
+    if not expectations:
+        return None
+    if samples_per_s is not None:
+        if samples_per_s <= 0:
+            return None
+        times = [e.samples / samples_per_s for e in expectations]
+    else:
+        if any(e.seconds is None for e in expectations):
+            return None
+        times = [e.seconds for e in expectations if e.seconds is not None]
+    interval_left = max(policy.interval_s - (snapshot.now - snapshot.step_started_at), 0.0)
+    return max(max(times), interval_left)
+
+
+# -- the SPRT gates ------------------------------------------------------------------------------
+
+
+def _sprt_remaining(llr: float, n: int, variance_n: float, policy: RolloutPolicy) -> float:
+    """Brownian motion from the current ratio: drift llr / n and variance variance_n / n per sample."""
+    if n == 0:
+        return math.inf
+    alpha, beta = error_budget(policy)
+    return brownian_time(llr, -math.log(alpha), math.log(beta), llr / n, variance_n / n)
+
+
+def _slope(f: Callable[[int], float], k: int, n: int) -> float:
+    """How much one more hit (instead of a miss) moves the ratio (a finite difference on the counts)."""
+    return f(k + 1) - f(k) if k < n else f(k) - f(k - 1)
+
+
+def _agreement(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
+    n, k, d = ev.comparisons, ev.agreements, policy.gates.agreement_indifference
+
+    def llr(hits: int) -> float:
+        return point_llr(hits, n, threshold + d, threshold - d)
+
+    p = k / n if n else 0.0
+    return _sprt_remaining(llr(k), n, n * p * (1 - p) * _slope(llr, k, n) ** 2, policy)
+
+
+def _two_sample(kc: int, nc: int, kp: int, np_: int, good: float, bad: float, policy: RolloutPolicy) -> float:
+    n = min(nc, np_)
+    if n == 0:
+        return math.inf
+
+    def llr(a: int, b: int) -> float:
+        return difference_llr(a, nc, b, np_, good, bad)
+
+    gc, gp = _slope(lambda a: llr(a, kp), kc, nc), _slope(lambda b: llr(kc, b), kp, np_)
+    pc, pp = kc / nc, kp / np_
+    variance = nc * pc * (1 - pc) * gc ** 2 + np_ * pp * (1 - pp) * gp ** 2
+    return _sprt_remaining(llr(kc, kp), n, variance, policy)
+
+
+def _error_rate(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
+    d = policy.gates.error_margin
+    good, bad = threshold - d, threshold + d
+    if not ev.paired:
+        cs, ps = ev.candidate, ev.primary
+        return _two_sample(cs.errors, cs.requests, ps.errors, ps.requests, good, bad, policy)
+    b, c, n = ev.discordant_candidate, ev.discordant_primary, ev.pairs  # only the candidate, only the primary
+
+    def llr(x: int, y: int) -> float:
+        return paired_llr(x, y, n, good, bad)
+
+    gb, gc = _slope(lambda x: llr(x, c), b, n - c), _slope(lambda y: llr(b, y), c, n - b)
+    pb, pc = b / n, c / n
+    variance = n * (pb * (1 - pb) * gb ** 2 + pc * (1 - pc) * gc ** 2 - 2 * pb * pc * gb * gc)
+    return _sprt_remaining(llr(b, c), n, variance, policy)
+
+
+def _accuracy(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
+    d, c, p = policy.gates.accuracy_margin, ev.candidate, ev.primary
+    return _two_sample(c.correct, c.labelled, p.correct, p.labelled, threshold + d, threshold - d, policy)
+
+
+# -- the latency gate ----------------------------------------------------------------------------
+
+
+def _scaled(side: SideCounts, factor: float) -> SideCounts:
+    latency = tuple(round(x * factor) for x in side.latency)
+    return dataclasses.replace(side, requests=sum(latency), errors=0, latency=latency, labelled=0, correct=0)
+
+
+def _latency(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
+    n = min(sum(ev.candidate.latency), sum(ev.primary.latency))
+    if n == 0:
+        return math.inf
+
+    def decided(factor: float) -> bool:
+        scaled = StepEvidence(primary=_scaled(ev.primary, factor), candidate=_scaled(ev.candidate, factor))
+        return latency_gate(scaled, policy, threshold).verdict is not Verdict.INCONCLUSIVE
+
+    low, high = 1.0, 2.0
+    while not decided(high):
+        if high >= _LATENCY_SCALE_CAP:
+            return math.inf
+        low, high = high, high * 2
+    while high - low > 0.02 * low:
+        mid = (low + high) / 2
+        low, high = (low, mid) if decided(mid) else (mid, high)
+    return n * (high - 1)
+
+
+_REMAINING: dict[Gate, Callable[[StepEvidence, RolloutPolicy, float], float]] = {
+    Gate.AGREEMENT: _agreement, Gate.ERROR_RATE: _error_rate, Gate.ACCURACY: _accuracy, Gate.LATENCY: _latency,
+}

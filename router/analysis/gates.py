@@ -1,0 +1,323 @@
+"""The rollout gates: each reads the step's summed counters and returns a `GateResult`.
+
+Why the statistics look the way they do (the numbers themselves are in `router.analysis.sequential`):
+
+* The loop re-evaluates every few seconds. A fixed-n interval checked that often crosses its bound
+  by chance far more often than its nominal level, so every gate here is a sequential test: each
+  rests on a likelihood ratio that is a nonnegative martingale (or close to one) when the gate's
+  null is true, and Ville's inequality bounds the chance that it *ever* exceeds 1/gamma by gamma,
+  however often we look and wherever the loop stops (deadline, operator). All of them need only
+  (n, k) style counters, which sum across router processes.
+* Every gate has an indifference zone around its threshold: a candidate at the bad edge passes
+  with probability <= alpha, one at the good edge fails with probability <= beta, and in between
+  either may happen. Demanding certainty right at the threshold is what made tests slow.
+* agreement: Wald's SPRT of p = gate - d against p = gate + d.
+* error rate, accuracy: the SPRT of the difference at gate -+ d, the primary's rate profiled out
+  (approximate; measured in bench/decisions.py); on shadowed steps, on the discordant pairs only.
+* latency: order-statistic confidence sequences on each side's quantile (one-sided mixtures for
+  the count of samples below the true quantile), judged against gate x f and gate / f.
+* Every GateResult carries, beside the test's boundaries, a confidence sequence for the value.
+* Error budget (`error_budget`): a false pass of a bad candidate is bounded by alpha = 1 - confidence
+  at every step, since advancing needs *all* gates to pass. A false failure of a good candidate can
+  come from any gate at any judged step, so beta is split across them; a whole rollout of a good
+  candidate is then rolled back by chance at most 1 - confidence of the time.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import accumulate
+
+from router.analysis.rollout_types import (
+    BUCKET_FACTOR,
+    LATENCY_BUCKETS_S,
+    Gate,
+    GateResult,
+    LlmEvidence,
+    RolloutPolicy,
+    SideCounts,
+    Snapshot,
+    StepEvidence,
+    Verdict,
+    error_budget,
+)
+from router.analysis.sequential import crossing, difference_llr, paired_llr, point_llr, rank_bounds, rate_bounds
+
+__all__ = ["accuracy_gate", "agreement_gate", "error_rate_gate", "evaluate_gates", "latency_gate"]
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def _quantile_bounds(hist: tuple[int, ...], q: float, gamma: float) -> tuple[float | None, float | None]:
+    """Bounds on one side's q-quantile from its histogram, each valid at every n with prob >= 1 - gamma.
+
+    At most `hi` samples lie below the true quantile, so the (hi+1)-th smallest is at or above it;
+    at least `lo` lie below, so the lo-th smallest is below it. Each is known only to its bucket:
+    we take the bucket's outer edge. Latencies under the first bound count as the first bound.
+    """
+    n = sum(hist)
+    low_rank, high_rank = rank_bounds(n, q, gamma)
+    cum = list(accumulate(hist))
+    low = LATENCY_BUCKETS_S[max(bisect_left(cum, low_rank) - 1, 0)] if low_rank >= 1 else None
+    j = bisect_left(cum, high_rank + 1)
+    high = LATENCY_BUCKETS_S[j] if high_rank < n and j < len(LATENCY_BUCKETS_S) else None
+    return low, high
+
+
+def _quantile_estimate(hist: tuple[int, ...], q: float) -> float | None:
+    """The bucket holding the q-quantile, at its geometric middle (for display only)."""
+    n = sum(hist)
+    if n == 0:
+        return None
+    j = bisect_left(list(accumulate(hist)), max(1, math.ceil(n * q)))
+    top = LATENCY_BUCKETS_S[min(j, len(LATENCY_BUCKETS_S) - 1)]
+    return top if j in (0, len(LATENCY_BUCKETS_S)) else top / math.sqrt(BUCKET_FACTOR)
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or bottom is None else top / bottom
+
+
+def _sprt_llr(n: int, k: int, gate: float, delta: float) -> float:
+    """log of the likelihood ratio of p = gate + delta against p = gate - delta after k of n agree."""
+    return point_llr(k, n, gate + delta, gate - delta)
+
+
+def _difference_bounds(kc: int, nc: int, kp: int, np_: int, gamma: float) -> tuple[float, float]:
+    """Bounds on rate_c - rate_p valid at every n with probability >= 1 - 2*gamma (union bound)."""
+    c_low, c_high = rate_bounds(kc, nc, gamma)
+    p_low, p_high = rate_bounds(kp, np_, gamma)
+    return c_low - p_high, c_high - p_low
+
+
+def _solve(f: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """Where an increasing f crosses target in [lo, hi] (the ends when it does not): Illinois
+    regula falsi, which needs a handful of evaluations for the smooth ratios here."""
+    f_lo, f_hi = f(lo) - target, f(hi) - target
+    if f_lo >= 0 or f_hi <= 0:
+        return lo if f_lo >= 0 else hi
+    side = 0
+    for _ in range(60):
+        x = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        fx = f(x) - target
+        if abs(fx) < 1e-9 or hi - lo < 1e-12:
+            return x
+        if fx > 0:
+            hi, f_hi = x, fx
+            f_lo = f_lo / 2 if side == -1 else f_lo
+            side = -1
+        else:
+            lo, f_lo = x, fx
+            f_hi = f_hi / 2 if side == 1 else f_hi
+            side = 1
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Sprt:
+    """A two-rate SPRT's result: its log likelihood ratio, the gate values at which it would pass
+    and fail (the inverted test), and whether it used the pairing."""
+
+    llr: float
+    pass_at: float
+    fail_at: float
+    paired: bool
+
+
+def _difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
+    """The SPRT of candidate-minus-primary at `threshold` -+ the indifference, oriented so that a
+    positive ratio favours the candidate (lower rates are better for errors, higher for accuracy)."""
+    c, p, g = evidence.candidate, evidence.primary, policy.gates
+    alpha, beta = error_budget(policy)
+    sign, d = (1.0, g.error_margin) if gate is Gate.ERROR_RATE else (-1.0, g.accuracy_margin)
+    paired = gate is Gate.ERROR_RATE and evidence.paired
+    if paired:
+        counts = (evidence.discordant_candidate, evidence.discordant_primary, evidence.pairs)
+
+        def llr(t: float) -> float:
+            return paired_llr(*counts, t - sign * d, t + sign * d)
+    else:
+        two = (c.errors, c.requests, p.errors, p.requests) if sign > 0 else (c.correct, c.labelled, p.correct,
+                                                                                p.labelled)
+
+        def llr(t: float) -> float:
+            return difference_llr(*two, t - sign * d, t + sign * d)
+    # The ratio rises with the gate for errors (a higher allowance favours the candidate) and falls
+    # with it for accuracy; each test boundary is where it meets Wald's threshold.
+    lo, hi = -1 + d * 1.000001, 1 - d * 1.000001
+
+    def oriented(u: float) -> float:  # increasing in u for both orientations
+        return llr(sign * u)
+
+    ends = sorted((sign * lo, sign * hi))
+    pass_at = sign * _solve(oriented, -math.log(alpha), *ends)
+    fail_at = sign * _solve(oriented, math.log(beta), *ends)
+    return _Sprt(llr(threshold), pass_at, fail_at, paired)
+
+
+# -- gates --------------------------------------------------------------------------------------
+
+
+def _verdict(n: int, min_samples: int, passes: bool, fails: bool) -> Verdict:
+    if n < min_samples:
+        return Verdict.INCONCLUSIVE
+    return Verdict.FAIL if fails else Verdict.PASS if passes else Verdict.INCONCLUSIVE
+
+
+def _ci_level(policy: RolloutPolicy) -> float:
+    return 1 - policy.confidence
+
+
+def agreement_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
+    """Wald's SPRT of p1 = gate + d against p0 = gate - d, d = `agreement_indifference`.
+
+    Pass when the log likelihood ratio reaches log(1/alpha), fail when it reaches log(beta), else
+    inconclusive. The ratio depends on (n, k) alone, so summed counters suffice. Under p <= p0 the
+    ratio is a supermartingale, so by Ville a candidate that bad passes with probability <= alpha
+    however often we look; symmetrically a candidate with p >= p1 fails with probability <= beta.
+    Inside the indifference zone (gate - d, gate + d) either answer is acceptable; it is what lets
+    the test stop early (median ~900 comparisons at gate +-0.5 points, against ~2,300 for a fixed-n
+    test with the same error rates; see bench/decisions.py). `low`/`high` invert the same test:
+    every gate at or below `low` would pass on this evidence, every gate at or above `high` would fail.
+    """
+    n, k, d = evidence.comparisons, evidence.agreements, policy.gates.agreement_indifference
+    alpha, beta = error_budget(policy)
+    llr = _sprt_llr(n, k, threshold, d)
+    edge_lo, edge_hi = d * 1.000001, 1 - d * 1.000001
+    low = crossing(lambda g: _sprt_llr(n, k, g, d) >= -math.log(alpha), edge_lo, edge_hi)
+    high = crossing(lambda g: _sprt_llr(n, k, g, d) > math.log(beta), edge_lo, edge_hi)
+    verdict = _verdict(n, policy.min_samples, llr >= -math.log(alpha), llr <= math.log(beta))
+    ci = rate_bounds(k, n, _ci_level(policy))
+    return GateResult(Gate.AGREEMENT, verdict, k / n if n else None, 0.0 if low == edge_lo else low,
+                      1.0 if high == edge_hi else high, threshold, n, ci[0], ci[1], policy.confidence,
+                      (threshold - d, threshold + d))
+
+
+def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
+    """Candidate error rate minus primary's against `max_error_rate_increase`, by an SPRT of the
+    difference at gate - d (good) against gate + d (bad), d = `error_indifference`.
+
+    Pass when the log likelihood ratio reaches log(1/alpha), fail when it reaches log(beta): a
+    candidate d or more above the gate passes with probability about alpha, one d or more below
+    it fails with probability about beta (see `router.analysis.sequential`). On shadowed steps both sides
+    answered the same requests, and the test reads only the discordant pairs (McNemar); otherwise
+    the two sides are independent samples. `low`/`high` invert the test (fail at every gate below
+    `low`, pass at every gate above `high`); `ci_low`/`ci_high` is a confidence sequence.
+    """
+    c, p = evidence.candidate, evidence.primary
+    alpha, beta = error_budget(policy)
+    t = _difference_sprt(evidence, policy, Gate.ERROR_RATE, threshold)
+    if t.paired:
+        n, gamma = evidence.pairs, _ci_level(policy) / 2
+        b_ci, c_ci = rate_bounds(evidence.discordant_candidate, n, gamma), rate_bounds(evidence.discordant_primary,
+                                                                                       n, gamma)
+        ci = (b_ci[0] - c_ci[1], b_ci[1] - c_ci[0])
+    else:
+        n = min(c.requests, p.requests)
+        ci = _difference_bounds(c.errors, c.requests, p.errors, p.requests, _ci_level(policy) / 2)
+    estimate = c.errors / c.requests - p.errors / p.requests if min(c.requests, p.requests) else None
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    d = policy.gates.error_margin
+    return GateResult(Gate.ERROR_RATE, verdict, estimate, t.fail_at, t.pass_at, threshold, n, ci[0], ci[1],
+                      policy.confidence, (threshold - d, threshold + d), t.paired)
+
+
+def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
+    """Candidate quantile (p99) over primary's against `max_latency_ratio`, with an indifference
+    factor f = `latency_indifference`: a candidate at gate x f or slower passes with probability
+    <= alpha, one at gate / f or faster fails with probability <= beta, in between either may happen.
+
+    Each side's quantile has a confidence sequence from its rank count (`_quantile_bounds`); the
+    test passes when candidate upper / primary lower (each at alpha/2) is at most gate x f, and
+    fails when candidate lower / primary upper (each at beta/2) exceeds gate / f. When both hold
+    the truth is inside the zone, and the estimate's side of the gate decides. `high` and `low`
+    are those bounds moved into the gate's frame (the gates at which the test would pass or fail).
+    """
+    g = policy.gates
+    q, f, c, p = g.latency_quantile, g.latency_indifference, evidence.candidate.latency, evidence.primary.latency
+    alpha, beta = error_budget(policy)
+    high = _ratio(_quantile_bounds(c, q, alpha / 2)[1], _quantile_bounds(p, q, alpha / 2)[0])
+    low = _ratio(_quantile_bounds(c, q, beta / 2)[0], _quantile_bounds(p, q, beta / 2)[1])
+    n = min(sum(c), sum(p))
+    estimate = _ratio(_quantile_estimate(c, q), _quantile_estimate(p, q))
+    passes, fails = high is not None and high <= threshold * f, low is not None and low > threshold / f
+    if passes and fails:  # both tests reject: inside the zone, where the estimate decides
+        fails = estimate is not None and estimate > threshold
+        passes = not fails
+    gamma = _ci_level(policy) / 4  # four one-sided ends, two per side
+    ci = (_ratio(_quantile_bounds(c, q, gamma)[0], _quantile_bounds(p, q, gamma)[1]),
+          _ratio(_quantile_bounds(c, q, gamma)[1], _quantile_bounds(p, q, gamma)[0]))
+    return GateResult(Gate.LATENCY, _verdict(n, policy.min_samples, passes, fails), estimate,
+                      None if low is None else low * f, None if high is None else high / f, threshold, n,
+                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f))
+
+
+def accuracy_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
+    """Candidate accuracy minus primary's, from user feedback, against `min_accuracy_delta`: the
+    error-rate SPRT mirrored (higher is better), d = `accuracy_indifference`, unpaired (feedback
+    scores each side's predictions separately). `low`: every gate at or below it would pass;
+    `high`: every gate above it would fail."""
+    c, p = evidence.candidate, evidence.primary
+    alpha, beta = error_budget(policy)
+    t = _difference_sprt(evidence, policy, Gate.ACCURACY, threshold)
+    n = min(c.labelled, p.labelled)
+    estimate = c.correct / c.labelled - p.correct / p.labelled if n else None
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    ci = _difference_bounds(c.correct, c.labelled, p.correct, p.labelled, _ci_level(policy) / 2)
+    d = policy.gates.accuracy_margin
+    return GateResult(Gate.ACCURACY, verdict, estimate, t.pass_at, t.fail_at, threshold, n, ci[0], ci[1],
+                      policy.confidence, (threshold - d, threshold + d))
+
+
+def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResult, ...]:
+    """The gates that apply to this step: agreement only where shadowed, accuracy only with feedback."""
+    g, ev, results = policy.gates, snapshot.evidence, []
+    if g.min_agreement is not None and snapshot.shadowed:
+        results.append(agreement_gate(ev, policy, g.min_agreement))
+    if g.max_error_rate_increase is not None:
+        results.append(error_rate_gate(ev, policy, g.max_error_rate_increase))
+    if g.max_latency_ratio is not None:
+        results.append(latency_gate(ev, policy, g.max_latency_ratio))
+    if g.min_accuracy_delta is not None and snapshot.feedback:
+        results.append(accuracy_gate(ev, policy, g.min_accuracy_delta))
+    results += llm_gates(snapshot.llm or LlmEvidence(), policy)
+    return tuple(results)
+
+
+# -- LLM gates: the machinery above over other histograms and counts -----------------------------
+
+
+def _histogram_gate(gate: Gate, pair: tuple[tuple[int, ...], tuple[int, ...]], policy: RolloutPolicy,
+                    threshold: float) -> GateResult:
+    """The latency gate's quantile-ratio test (same anytime-valid bounds) over another pair of histograms."""
+    sides = StepEvidence(primary=SideCounts(latency=pair[0]), candidate=SideCounts(latency=pair[1]))
+    gates = replace(policy.gates, latency_quantile=policy.gates.llm_quantile)
+    return replace(latency_gate(sides, replace(policy, gates=gates), threshold), name=gate)
+
+
+def judge_gate(ev: LlmEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
+    """The candidate's win rate (ties half) against `min_judge_win_rate`. Each verdict is an outcome
+    in {0, 1/2, 1}; the beta-mixture likelihood ratio stays a supermartingale for outcomes in [0, 1]
+    (it is convex in the outcome), so the accuracy gate's confidence sequence applies unchanged."""
+    n = ev.wins + ev.ties + ev.losses
+    score = ev.wins + ev.ties / 2
+    alpha, beta = error_budget(policy)
+    low = rate_bounds(score, n, alpha)[0]  # type: ignore[arg-type]
+    high = rate_bounds(score, n, beta)[1]  # type: ignore[arg-type]
+    verdict = _verdict(n, policy.min_samples, low >= threshold, high < threshold)
+    return GateResult(Gate.JUDGE, verdict, score / n if n else None, low, high, threshold, n)
+
+
+def llm_gates(ev: LlmEvidence, policy: RolloutPolicy) -> list[GateResult]:
+    g, out = policy.gates, []
+    if g.max_ttft_ratio is not None:
+        out.append(_histogram_gate(Gate.TTFT, ev.ttft, policy, g.max_ttft_ratio))
+    if g.max_tpot_ratio is not None:
+        out.append(_histogram_gate(Gate.TPOT, ev.tpot, policy, g.max_tpot_ratio))
+    if g.min_judge_win_rate is not None:
+        out.append(judge_gate(ev, policy, g.min_judge_win_rate))
+    return out

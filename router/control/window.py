@@ -1,0 +1,143 @@
+"""The evidence of one route's current rollout step: summable integer counters.
+
+Owned by the ledger, fed with outcome records, read by the rollout loop as a frozen
+`StepEvidence`. Everything is an integer count or a fixed-bucket histogram, so the windows of
+several router processes add up field by field.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from router.analysis.decision import EMPTY_HISTOGRAM, LATENCY_BUCKETS_S, SideCounts, StepEvidence
+from router.control.llmstats import LlmWindow
+
+
+class WindowSide:
+    """One side's counters in the window: requests, errors, latency buckets, feedback.
+
+    `errors` are 5xx answers and transport failures (and 4xx where the route opts in with
+    `rollout.count_4xx`); `client_errors` counts 4xx answers apart, reported but not gated.
+    """
+
+    __slots__ = ("client_errors", "correct", "errors", "labelled", "latency", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.client_errors = 0
+        self.latency = [0] * len(EMPTY_HISTOGRAM)
+        self.labelled = 0  # predictions of this step that got feedback ...
+        self.correct = 0  # ... and were right
+
+    def record(self, ok: bool, seconds: float, client_error: bool = False) -> None:
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+        self.client_errors += client_error
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+
+    def counts(self) -> SideCounts:
+        return SideCounts(self.requests, self.errors, tuple(self.latency), self.labelled, self.correct)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "client_errors": self.client_errors,
+                "labelled": self.labelled, "correct": self.correct,
+                "latency": {str(i): n for i, n in enumerate(self.latency) if n}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WindowSide:
+        side = cls()
+        side.requests, side.errors = int(data["requests"]), int(data["errors"])
+        side.labelled, side.correct = int(data.get("labelled", 0)), int(data.get("correct", 0))
+        side.client_errors = int(data.get("client_errors", 0))
+        for i, n in data["latency"].items():
+            side.latency[int(i)] = int(n)
+        side.counts()  # validates
+        return side
+
+
+class WindowCounters:
+    """The evidence of one route's current step window, for the rollout of `key` = (primary, candidate)."""
+
+    __slots__ = ("agreements", "candidate", "comparisons", "count_4xx", "discordant_candidate", "discordant_primary",
+                 "key", "llm", "pairs", "primary", "shadowed", "started_at")
+
+    def __init__(self, key: tuple[str, str], shadowed: bool, started_at: float, count_4xx: bool = False) -> None:
+        self.key = key
+        self.count_4xx = count_4xx  # rollout.count_4xx: a 4xx counts as the model's error
+        self.shadowed = shadowed
+        self.started_at = started_at  # feedback for predictions made before this is not evidence
+        self.comparisons = 0
+        self.agreements = 0
+        self.primary = WindowSide()
+        self.candidate = WindowSide()
+        self.pairs = 0  # mirrored requests counted on both sides, for the paired error test ...
+        self.discordant_candidate = 0  # ... where only the candidate erred
+        self.discordant_primary = 0  # ... where only the primary erred
+        self.llm = LlmWindow()  # token timings and judge verdicts (LLM routes)
+
+    def live(self, backend: str, status: int, seconds: float) -> None:
+        """A live request finished (evidence only when the step is not shadowed)."""
+        if self.shadowed or status == 499:  # 499: the client left; says nothing about the model
+            return
+        side = self.candidate if backend == self.key[1] else self.primary if backend == self.key[0] else None
+        if side is not None:
+            side.record(self._ok(status, None), seconds, 400 <= status < 500)
+
+    def fallback(self) -> None:
+        """A request drawn for the candidate went to the primary: no candidate endpoint was in
+        rotation. For the rollout that is the candidate failing the request."""
+        if not self.shadowed:
+            self.candidate.requests += 1
+            self.candidate.errors += 1
+
+    def _ok(self, status: int, error: str | None) -> bool:
+        """No server error (5xx) or transport failure; a 4xx is the client's, unless counted."""
+        return error is None and status < (400 if self.count_4xx else 500)
+
+    def pair(self, live_status: int, live_error: str | None, live_s: float,
+             shadow_status: int, shadow_error: str | None, shadow_s: float) -> None:
+        """A mirrored request finished on both sides (shadowed steps)."""
+        live_ok, shadow_ok = self._ok(live_status, live_error), self._ok(shadow_status, shadow_error)
+        self.primary.record(live_ok, live_s, live_error is None and 400 <= live_status < 500)
+        self.candidate.record(shadow_ok, shadow_s, shadow_error is None and 400 <= shadow_status < 500)
+        self.pairs += 1
+        self.discordant_candidate += live_ok and not shadow_ok
+        self.discordant_primary += shadow_ok and not live_ok
+
+    def compared(self, agree: bool) -> None:
+        self.comparisons += 1
+        self.agreements += agree
+
+    def scored(self, backend: str, correct: bool) -> None:
+        side = self.candidate if backend == self.key[1] else self.primary if backend == self.key[0] else None
+        if side is not None:
+            side.labelled += 1
+            side.correct += correct
+
+    def evidence(self) -> StepEvidence:
+        return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts(),
+                            self.pairs, self.discordant_candidate, self.discordant_primary)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
+                "primary": self.primary.to_json(), "candidate": self.candidate.to_json(), "pairs": self.pairs,
+                "discordant_candidate": self.discordant_candidate, "discordant_primary": self.discordant_primary,
+                "llm": self.llm.to_json()}
+
+    @classmethod
+    def from_json(cls, key: tuple[str, str], started_at: float, data: dict[str, Any],
+                  count_4xx: bool = False) -> WindowCounters:
+        c = cls(key, bool(data["shadowed"]), started_at, count_4xx)
+        c.comparisons, c.agreements = int(data["comparisons"]), int(data["agreements"])
+        c.primary, c.candidate = WindowSide.from_json(data["primary"]), WindowSide.from_json(data["candidate"])
+        # Windows saved before pairs were counted have none: they are judged unpaired.
+        c.pairs = int(data.get("pairs", 0))
+        c.discordant_candidate = int(data.get("discordant_candidate", 0))
+        c.discordant_primary = int(data.get("discordant_primary", 0))
+        if "llm" in data:
+            c.llm = LlmWindow.from_json(data["llm"])
+        c.evidence()  # validates
+        return c

@@ -1,0 +1,1 @@
+"""The data plane: accept, parse, match, choose, forward, relay, mirror."""

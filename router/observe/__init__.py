@@ -1,0 +1,1 @@
+"""Observation: metrics, monitoring, prediction log, feedback, alerts, webhooks."""
