@@ -5,13 +5,16 @@
 # The routing file is read from /etc/model-router/router.yaml, state is kept in the volume
 # /var/lib/model-router. docs/deployment.md has the details; tests/test_deploy.py checks this file.
 
-# Every dependency ships binary wheels for this base, so the image needs no compiler.
+# The build stage compiles the data path with mypyc (setup.py, MODEL_ROUTER_NATIVE=1) into the
+# wheel; the final image needs no compiler. Every other dependency ships binary wheels for this base.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY router ./router
 COPY backends ./backends
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip install --no-cache-dir "mypy>=1.10" "setuptools>=68" wheel \
+    && MODEL_ROUTER_NATIVE=1 pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -39,7 +39,13 @@ endef
 MLSERVER_VENV := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 
-.PHONY: test test-integration mlserver-env lint bench demo deps clean distclean $(VENV)
+# The data path compiled with mypyc (setup.py lists the modules): C extensions beside their sources,
+# rebuilt whenever one of them changes. Tests, bench and demo run against them; the package still
+# runs as pure Python without them (`make clean`).
+NATIVE_SRC := $(shell sed -n 's/^    "\(router\/[^"]*\.py\)",$$/\1/p' setup.py)
+NATIVE_STAMP := build/native.stamp
+
+.PHONY: test test-integration mlserver-env lint bench demo deps native clean distclean $(VENV)
 
 $(VENV): $(VENV_STAMP)
 
@@ -49,6 +55,17 @@ $(VENV_STAMP): pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
+
+native: $(NATIVE_STAMP)
+
+$(NATIVE_STAMP): $(NATIVE_SRC) setup.py $(VENV_STAMP)
+	@# gcc and the Python headers: Debian's python3-dev when the interpreter's own are missing.
+	@command -v gcc >/dev/null || { $(call apt_install,gcc libc6-dev); }
+	@$(PY) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	    || { $(call apt_install,python3-dev); }
+	MODEL_ROUTER_NATIVE=1 $(PY) setup.py -q build_ext --inplace --force >build-native.log 2>&1 \
+	    || { cat build-native.log >&2; exit 1; }
+	@rm -f build-native.log; mkdir -p build; touch $@
 
 mlserver-env: $(MLSERVER_STAMP)
 
@@ -74,24 +91,25 @@ lint: $(VENV)
 	$(VENV)/bin/mypy
 
 # Lint runs first: it is fast and needs no Debian packages.
-test: $(VENV) lint deps
+test: $(VENV) lint deps native
 	$(PY) -m pytest -q
 
 # Real MLServer instances behind a real router (tests/integration, skipped by `make test`).
-test-integration: $(VENV) mlserver-env
+test-integration: $(VENV) mlserver-env native
 	$(PY) -m pytest -q -o addopts="" -p no:cacheprovider tests/integration
 
-bench: $(VENV) deps
+bench: $(VENV) deps native
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py
 	@if [ -f bench/decisions.py ]; then echo "$(PY) bench/decisions.py"; $(PY) bench/decisions.py; fi
 
-demo: $(VENV)
+demo: $(VENV) native
 	$(PY) -m examples.demo
 
 clean:
 	rm -rf bench/out .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	find router -name '*.so' -delete
 
 distclean: clean
 	rm -rf $(VENV) $(MLSERVER_VENV)

@@ -82,3 +82,21 @@ def test_modules_stay_small() -> None:
 def test_demo_is_not_part_of_the_package() -> None:
     assert not (ROOT / "demo.py").exists()
     assert all("demo" not in deps for deps in graph().values())
+
+
+def test_compiled_modules_are_not_older_than_their_sources() -> None:
+    """The data path runs compiled (make native): an extension older than its source would run old
+    code. `make test` rebuilds first; this catches a stale build run by hand."""
+    stale = []
+    for ext in ROOT.rglob("*.so"):
+        source = ext.with_name(ext.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > ext.stat().st_mtime:
+            stale.append(str(source.relative_to(ROOT.parent)))
+    assert not stale, f"compiled modules older than their sources (run `make native`): {stale}"
+
+
+def test_setup_lists_only_modules_that_exist() -> None:
+    """setup.py's NATIVE list names real modules (a renamed module would silently run interpreted)."""
+    text = (ROOT.parent / "setup.py").read_text(encoding="utf-8")
+    listed = [line.strip().strip('",') for line in text.splitlines() if line.strip().startswith('"router/')]
+    assert listed and all((ROOT.parent / path).exists() for path in listed), listed

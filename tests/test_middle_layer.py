@@ -116,7 +116,7 @@ async def exchange(rt: Runtime, body: bytes = b'{"instances": [[1, 2]]}') -> Cli
                   [(b"host", b"Host", b"x"), (b"content-length", b"Content-Length", b"%d" % len(body))],
                   {b"host": b"x", b"content-length": b"%d" % len(body)}, body, True, "127.0.0.1", loop.time())
     client = Client()
-    Exchange(client, req, rt).start()  # type: ignore[arg-type]
+    Exchange(client, req, rt).start()
     async with asyncio.timeout(10):
         await client.done.wait()
     return client

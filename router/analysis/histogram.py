@@ -107,3 +107,17 @@ class SignedHistogram:
             if seen >= rank and n:
                 return BOUNDS[i] if i < len(BOUNDS) else BOUNDS[-1]
         return BOUNDS[-1]
+
+
+def export_buckets(hist: Histogram, bounds: tuple[float, ...] = EXPORT_BOUNDS) -> list[tuple[str, float]]:
+    """A histogram's cumulative counts at coarser `bounds` (Prometheus buckets, +Inf last): the fine
+    bounds fold exactly into the export's, which take every n-th of them."""
+    out: list[tuple[str, float]] = []
+    i = cumulative = 0
+    for bound in bounds:
+        while i < len(BOUNDS) and BOUNDS[i] <= bound * 1.000001:
+            cumulative += hist.counts[i]
+            i += 1
+        out.append((repr(bound), float(cumulative)))
+    out.append(("+Inf", float(hist.total)))
+    return out

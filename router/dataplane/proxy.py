@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from router.analysis.protocols import protocol_of_path
 from router.control.ledger import LiveOutcome
@@ -33,7 +33,6 @@ from router.dataplane.upstream import UpstreamConnection, UpstreamError, Upstrea
 if TYPE_CHECKING:
     from router.dataplane.balancer import BackendGroup
     from router.dataplane.request import Header, Request
-    from router.dataplane.server import ClientConnection
     from router.dataplane.shadow import MirroredRequest
     from router.runtime import Runtime
 
@@ -76,6 +75,22 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
     return b"".join(parts)
 
 
+class ClientSide(Protocol):
+    """What an Exchange needs of its client connection (dataplane.server.ClientConnection): the seam
+    that lets a test drive an Exchange with a 20-line stand-in."""
+
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def draining(self) -> bool: ...
+
+    def set_deadline(self, seconds: float, what: str) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def exchange_done(self, ex: Exchange, *, keep_alive: bool) -> None: ...
+
+
 class Exchange:
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
@@ -83,7 +98,7 @@ class Exchange:
                  "close_after", "deadline", "done", "fell_back", "group", "head_sent", "llm", "out", "pair", "pool",
                  "req", "route_name", "rt", "status", "task", "timeout", "upstream")
 
-    def __init__(self, client: ClientConnection, req: Request, rt: Runtime) -> None:
+    def __init__(self, client: ClientSide, req: Request, rt: Runtime) -> None:
         self.client = client
         self.req = req
         self.rt = rt

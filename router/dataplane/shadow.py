@@ -14,7 +14,6 @@ import contextlib
 import logging
 import random
 import time
-import weakref
 from collections import deque
 from collections.abc import Mapping
 from time import perf_counter
@@ -212,7 +211,6 @@ class Mirror:
     def __init__(self) -> None:
         self._backlog: deque[MirroredRequest] = deque()
         self.pacers: dict[str, Pacer] = {}
-        self._warmed_at: weakref.WeakKeyDictionary[UpstreamPool, float] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[None]] = set()
         self.judge = Judge()
 
@@ -281,10 +279,10 @@ class Mirror:
 
     def _warm(self, group: BackendGroup, pool: UpstreamPool) -> None:
         now = perf_counter()
-        if now - self._warmed_at.get(pool, -WARM_EVERY_S) < WARM_EVERY_S or pool.closing \
+        if now - pool.warmed_at < WARM_EVERY_S or pool.closing \
                 or pool.open >= pool.spec.max_connections:
             return
-        self._warmed_at[pool] = now
+        pool.warmed_at = now
         if not group.states[group.pools.index(pool)].available(time.monotonic()):
             return  # ejected or failing its health checks: no spares for an endpoint out of rotation
         task = asyncio.get_running_loop().create_task(self._open_spare(pool))

@@ -241,6 +241,7 @@ class UpstreamPool:
     def __init__(self, spec: PoolSpec) -> None:
         self.spec = spec
         self.name = spec.backend
+        self.warmed_at = -1e9  # when the mirror last opened a spare connection here (warm shadow pools)
         self.endpoint = spec.endpoint
         self.connect_timeout = spec.connect_timeout
         self.idle: list[UpstreamConnection] = []

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from router.analysis.histogram import BOUNDS, Histogram
+from router.analysis.histogram import export_buckets
 from router.control.llmstats import TOKEN_BUCKETS, BackendLlm, LlmState, TokenHistogram
 
 # The bucket boundaries the OpenTelemetry GenAI conventions advise for these two metrics.
@@ -67,22 +67,12 @@ def _shadow(llm: LlmState) -> Iterator[Metric]:
 
 def _add(ttft: HistogramMetricFamily, tpot: HistogramMetricFamily, tokens: HistogramMetricFamily,
          labels: list[str], b: BackendLlm) -> None:
-    ttft.add_metric(labels, _coarse(b.ttft, TTFT_BUCKETS), sum_value=b.ttft.sum)
-    tpot.add_metric(labels, _coarse(b.tpot, TPOT_BUCKETS), sum_value=b.tpot.sum)
+    ttft.add_metric(labels, export_buckets(b.ttft, TTFT_BUCKETS), sum_value=b.ttft.sum)
+    tpot.add_metric(labels, export_buckets(b.tpot, TPOT_BUCKETS), sum_value=b.tpot.sum)
     for kind, h in (("input", b.input), ("output", b.output)):
         tokens.add_metric([*labels, kind], _tokens(h), sum_value=h.sum)
 
 
-def _coarse(hist: Histogram, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    i = cumulative = 0
-    for bound in bounds:
-        while i < len(BOUNDS) and BOUNDS[i] <= bound * 1.000001:
-            cumulative += hist.counts[i]
-            i += 1
-        out.append((repr(bound), float(cumulative)))
-    out.append(("+Inf", float(hist.total)))
-    return out
 
 
 def _tokens(h: TokenHistogram) -> list[tuple[str, float]]:

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from router.analysis.decision import Phase
-from router.analysis.histogram import BOUNDS, EXPORT_BOUNDS, Histogram
+from router.analysis.histogram import EXPORT_BOUNDS, export_buckets
 from router.cluster.metrics import cluster_metrics
 from router.control.rollout import RolloutController
 from router.control.shadowstats import ShadowStats
@@ -161,7 +161,7 @@ def shadow_metrics(all_stats: Mapping[str, ShadowStats]) -> Iterator[Metric]:
         errors.add_metric([route, "live"], s.live_errors)
         errors.add_metric([route, "shadow"], s.shadow_errors)
         for side, hist in (("live", s.live_latency), ("shadow", s.shadow_latency)):
-            latency.add_metric([route, side], _coarse(hist), sum_value=hist.sum)
+            latency.add_metric([route, side], export_buckets(hist), sum_value=hist.sum)
     yield from (requests, comparisons, fields, noise, labels, errors, latency)
 
 
@@ -175,8 +175,8 @@ def rollout_metrics(rollouts: RolloutController) -> Iterator[Metric]:
     requests = GaugeMetricFamily("router_rollout_window_requests", "Requests in the current step window, "
                                  "by side and outcome.", labels=["route", "side", "result"])
     for name, rr in sorted(rollouts.routes.items()):
-        for p in Phase:
-            phase.add_metric([name, str(p)], 1 if rr.state.phase is p else 0)
+        for p in (*map(str, Phase), "completed"):  # completed: the promoted candidate is the primary now
+            phase.add_metric([name, p], 1 if rr.phase == p else 0)
         step.add_metric([name], rr.state.step_index)
         ev = rollouts.evidence(rr)
         comparisons.add_metric([name, "agree"], ev.agreements)
@@ -227,18 +227,6 @@ def monitor_metrics(monitor: Monitor) -> Iterator[Metric]:
     yield active
 
 
-def _coarse(hist: Histogram) -> list[tuple[str, float]]:
-    """A fine histogram summed into the exported bucket bounds."""
-    out: list[tuple[str, float]] = []
-    i = 0
-    cumulative = 0
-    for bound in EXPORT_BOUNDS:
-        while i < len(BOUNDS) and BOUNDS[i] <= bound * 1.000001:
-            cumulative += hist.counts[i]
-            i += 1
-        out.append((repr(bound), float(cumulative)))
-    out.append(("+Inf", float(hist.total)))
-    return out
 
 
 def make_registry(router: Callable[[], Router]) -> CollectorRegistry:

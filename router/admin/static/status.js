@@ -284,8 +284,8 @@
     const c = w.candidate || {};
     return section("Rollout",
       stepTimeline(rollout, id),
-      // Steps count from 0, as in the decision reasons and the log.
-      h("p", null, "step ", num(`${id}-step`, rollout.step_index, fmtInt(rollout.step_index)), ` of 0–${(rollout.steps || []).length - 1}`,
+      // The one step convention (router.control.steps): "step 2 of 4 (10%)"; step_index stays 0-based.
+      h("p", null, num(`${id}-step`, rollout.step_index, rollout.step_label || `step ${fmtInt(rollout.step_index + 1)}`),
         ", candidate at ", num(`${id}-rollout-percent`, rollout.candidate_percent, fmtPercent(rollout.candidate_percent)),
         rollout.approval_required ? (rollout.approved ? " · approved" : " · needs approval") : "",
         rollout.primary_only ? " · primary only" : ""),

@@ -1,0 +1,38 @@
+"""Optional native build of the data path with mypyc (MODEL_ROUTER_NATIVE=1).
+
+The package is pure Python and runs unchanged without it. With it, the modules every request goes
+through are compiled to C extensions that sit beside their sources (`make native` builds them in
+place, which is what `make test` and `make bench` run against; the Dockerfile builds them into the
+wheel). Metadata lives in pyproject.toml; this file only adds the extensions.
+"""
+
+import os
+
+from setuptools import setup
+
+# The per-request path: parsing, matching, choosing, forwarding, relaying, counting. Classes other
+# code subclasses (the ledger: router.cluster) stay interpreted: mypyc classes cannot be subclassed
+# by interpreted ones.
+NATIVE = [
+    "router/dataplane/server.py",
+    "router/dataplane/reqparse.py",
+    "router/dataplane/proxy.py",
+    "router/dataplane/upstream.py",
+    "router/dataplane/http11.py",
+    "router/dataplane/request.py",
+    "router/dataplane/table.py",
+    "router/dataplane/policy.py",
+    "router/dataplane/balancer.py",
+    "router/control/window.py",
+    "router/control/splits.py",
+    "router/control/timeseries.py",
+]
+
+ext_modules = []
+if os.environ.get("MODEL_ROUTER_NATIVE") == "1":
+    from mypyc.build import mypycify
+
+    # group_name inside the package: the shared runtime library lands in router/, not at the top level.
+    ext_modules = mypycify(NATIVE, group_name="router.native", opt_level="3")
+
+setup(ext_modules=ext_modules)
