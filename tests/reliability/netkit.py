@@ -307,14 +307,25 @@ def router_in_thread(tl: ThreadLoop, tmp: Path, config: dict[str, Any],
 
 
 @contextlib.contextmanager
-def router_before_h11_backend(tmp: Path) -> Iterator[tuple[Address, H11Backend]]:
-    """A router (in a thread) with one catch-all route to an h11-parsing backend, for module fixtures."""
+def router_with_h11_backend(tmp: Path, routes: list[dict[str, Any]] | None = None,
+                            limits: dict[str, Any] | None = None) -> Iterator[tuple[RouterProcess, H11Backend]]:
+    """A router (in a thread) in front of one h11-parsing backend named `b`, with extra `limits`,
+    for module-wide fixtures; the routes default to one catch-all."""
     tl = ThreadLoop()
     backend = H11Backend(tl).start()
-    routes = [{"name": "all", "match": {"path_prefix": "/"}, "primary": "b"}]
+    routes = routes or [{"name": "all", "match": {"path_prefix": "/"}, "primary": "b"}]
+    config = base_config(tmp, {"b": backend.url}, routes)
+    config["limits"].update(limits or {})
     try:
-        with router_in_thread(tl, tmp, base_config(tmp, {"b": backend.url}, routes)) as rp:
-            yield rp.host_port, backend
+        with router_in_thread(tl, tmp, config) as rp:
+            yield rp, backend
     finally:
         backend.stop()
         tl.close()
+
+
+@contextlib.contextmanager
+def router_before_h11_backend(tmp: Path) -> Iterator[tuple[Address, H11Backend]]:
+    """A router with one catch-all route to an h11-parsing backend, for module fixtures."""
+    with router_with_h11_backend(tmp) as (rp, backend):
+        yield rp.host_port, backend

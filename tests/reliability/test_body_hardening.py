@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import base_config
 from tests.reliability.netkit import (
     Address,
-    H11Backend,
-    ThreadLoop,
     connect,
     parse_response,
     read_response,
     read_until_close,
-    router_in_thread,
+    router_with_h11_backend,
 )
 
 H = b"Host: model.example\r\n"
@@ -30,16 +27,8 @@ ROUTES = [{"name": "all", "match": {"path_prefix": "/"}, "primary": "b"}]
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Address]:
     """max_body 1 MiB, header_timeout 1s, the default min_body_rate (512 B/s)."""
     tmp: Path = tmp_path_factory.mktemp("bodies")
-    tl = ThreadLoop()
-    backend = H11Backend(tl).start()
-    cfg = base_config(tmp, {"b": backend.url}, ROUTES)
-    cfg["limits"].update({"max_body": "1MiB", "header_timeout": "1s"})
-    try:
-        with router_in_thread(tl, tmp, cfg) as rp:
-            yield rp.host_port
-    finally:
-        backend.stop()
-        tl.close()
+    with router_with_h11_backend(tmp, ROUTES, {"max_body": "1MiB", "header_timeout": "1s"}) as (rp, _):
+        yield rp.host_port
 
 
 def whole_body_then_read(addr: Address, raw: bytes) -> bytes:

@@ -22,7 +22,6 @@ from tests.helpers import BackendFactory, RouterFactory, base_config
 from tests.reliability.netkit import (
     Address,
     H11Backend,
-    ThreadLoop,
     connect,
     fd_count,
     get,
@@ -30,7 +29,7 @@ from tests.reliability.netkit import (
     read_response,
     read_until_close,
     request_once,
-    router_in_thread,
+    router_with_h11_backend,
     send_and_read,
     trickle_and_read,
     wait_until,
@@ -47,34 +46,18 @@ H = b"Host: model.example\r\n"
 def sized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Address, H11Backend, int]]:
     """A router with small size limits: (address, backend, router pid)."""
     tmp: Path = tmp_path_factory.mktemp("sized")
-    tl = ThreadLoop()
-    backend = H11Backend(tl).start()
-    cfg = base_config(tmp, {"b": backend.url}, ROUTES)
-    cfg["limits"].update({"max_header_size": f"{MAX_HEADER_SIZE}B", "max_headers": MAX_HEADERS,
-                          "max_body": f"{MAX_BODY}B"})
-    try:
-        with router_in_thread(tl, tmp, cfg) as rp:
-            assert rp.proc is not None
-            yield rp.host_port, backend, rp.proc.pid
-    finally:
-        backend.stop()
-        tl.close()
+    limits = {"max_header_size": f"{MAX_HEADER_SIZE}B", "max_headers": MAX_HEADERS, "max_body": f"{MAX_BODY}B"}
+    with router_with_h11_backend(tmp, ROUTES, limits) as (rp, backend):
+        assert rp.proc is not None
+        yield rp.host_port, backend, rp.proc.pid
 
 
 @pytest.fixture(scope="module")
 def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Address]:
     """A router with one-second header and idle deadlines."""
     tmp: Path = tmp_path_factory.mktemp("timed")
-    tl = ThreadLoop()
-    backend = H11Backend(tl).start()
-    cfg = base_config(tmp, {"b": backend.url}, ROUTES)
-    cfg["limits"].update({"header_timeout": "1s", "idle_timeout": "1s"})
-    try:
-        with router_in_thread(tl, tmp, cfg) as rp:
-            yield rp.host_port
-    finally:
-        backend.stop()
-        tl.close()
+    with router_with_h11_backend(tmp, ROUTES, {"header_timeout": "1s", "idle_timeout": "1s"}) as (rp, _):
+        yield rp.host_port
 
 
 _sentinels = itertools.count()

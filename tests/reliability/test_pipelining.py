@@ -13,16 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import base_config
 from tests.reliability.netkit import (
     Address,
-    H11Backend,
-    ThreadLoop,
     connect,
     parse_response,
     read_response,
     read_until_close,
-    router_in_thread,
+    router_with_h11_backend,
 )
 
 H = b"Host: model.example\r\n"
@@ -34,17 +31,9 @@ _TCP_ESTABLISHED = 1
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Address, int]]:
     """A router with one-second header and idle deadlines: (address, pid). Only /api is routed."""
     tmp: Path = tmp_path_factory.mktemp("pipelining")
-    tl = ThreadLoop()
-    backend = H11Backend(tl).start()
-    cfg = base_config(tmp, {"b": backend.url}, ROUTES)
-    cfg["limits"].update({"header_timeout": "1s", "idle_timeout": "1s"})
-    try:
-        with router_in_thread(tl, tmp, cfg) as rp:
-            assert rp.proc is not None
-            yield rp.host_port, rp.proc.pid
-    finally:
-        backend.stop()
-        tl.close()
+    with router_with_h11_backend(tmp, ROUTES, {"header_timeout": "1s", "idle_timeout": "1s"}) as (rp, _):
+        assert rp.proc is not None
+        yield rp.host_port, rp.proc.pid
 
 
 def rss_kib(pid: int) -> int:
