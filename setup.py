@@ -10,9 +10,9 @@ import os
 
 from setuptools import setup
 
-# The per-request path: parsing, matching, choosing, forwarding, relaying, counting. Classes other
-# code subclasses (the ledger: router.cluster) stay interpreted: mypyc classes cannot be subclassed
-# by interpreted ones.
+# The per-request path: parsing, matching, choosing, forwarding, relaying, counting. A compiled class
+# that interpreted code subclasses (the ledger: router.cluster) says so with
+# `mypyc_attr(allow_interpreted_subclasses=True)`.
 NATIVE = [
     "router/dataplane/server.py",
     "router/dataplane/reqparse.py",
@@ -23,9 +23,12 @@ NATIVE = [
     "router/dataplane/table.py",
     "router/dataplane/policy.py",
     "router/dataplane/balancer.py",
+    "router/control/ledger.py",
     "router/control/window.py",
     "router/control/splits.py",
     "router/control/timeseries.py",
+    "router/observe/monitor.py",
+    "router/observe/alerts.py",
 ]
 
 ext_modules = []

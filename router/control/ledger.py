@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from mypy_extensions import mypyc_attr
+
 from router.analysis.compare import DECODED_TOO_LARGE, Comparison
 from router.analysis.decision import LlmEvidence, StepEvidence
 from router.analysis.histogram import EXPORT_BOUNDS
@@ -36,14 +38,23 @@ from router.observe.feedback import FeedbackResult
 PREVIOUS_KEEP_S = 3600.0  # how long a replaced shadow report stays visible as `previous`
 
 
-class LiveOutcome(NamedTuple):
-    """A live exchange ended (status 499: the client left)."""
+class LiveOutcome:
+    """A live exchange ended (status 499: the client left). One per request, so a plain class: the
+    native build compiles its constructor (a dataclass's or NamedTuple's stays interpreted Python,
+    about 8,000 instructions a request). Read-only by convention, as the other outcome records."""
 
-    route: str
-    backend: str
-    status: int
-    seconds: float
-    fell_back: bool = False  # drawn for the candidate, served by the primary: no window sample
+    __slots__ = ("backend", "fell_back", "route", "seconds", "status")
+
+    def __init__(self, route: str, backend: str, status: int, seconds: float, fell_back: bool = False) -> None:
+        self.route = route
+        self.backend = backend
+        self.status = status
+        self.seconds = seconds
+        self.fell_back = fell_back  # drawn for the candidate, served by the primary: no window sample
+
+    def __repr__(self) -> str:
+        return (f"LiveOutcome(route={self.route!r}, backend={self.backend!r}, status={self.status}, "
+                f"seconds={self.seconds!r}, fell_back={self.fell_back})")
 
 
 class PairOutcome(NamedTuple):
@@ -117,6 +128,7 @@ class RequestStats:
             self.by_backend[route][backend] += 1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # router.cluster's SharedLedger extends it
 class Ledger:
     """Local state for one router process (the embedded default: one process, files in state_dir)."""
 

@@ -17,7 +17,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -67,7 +67,8 @@ class DataServer:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         """`reuse_port`: several worker processes accept on the same port (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: ClientConnection(self), host, port,
+        factory = cast(Callable[[], asyncio.Protocol], lambda: ClientConnection(self))
+        self.server = await loop.create_server(factory, host, port,
                                                backlog=2048, reuse_address=True, reuse_port=reuse_port or None)
         self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
@@ -100,8 +101,13 @@ class DataServer:
         return clean
 
 
-class ClientConnection(RequestReader, asyncio.Protocol):
-    """One client connection: run its requests in order, bound what it may queue, enforce deadlines."""
+class ClientConnection(RequestReader):
+    """One client connection: run its requests in order, bound what it may queue, enforce deadlines.
+
+    An asyncio protocol by duck typing (uvloop and asyncio look the methods up, they never check the
+    class): inheriting `asyncio.Protocol`, a Python class, would make mypyc compile this as a plain
+    Python class whose every attribute access is a dict lookup, the hottest object of all.
+    """
 
     def __init__(self, server: DataServer) -> None:
         self.server = server

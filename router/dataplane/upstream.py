@@ -12,8 +12,9 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -42,8 +43,11 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to a backend, carrying one request at a time."""
+class UpstreamConnection:
+    """One keep-alive connection to a backend, carrying one request at a time.
+
+    An asyncio protocol by duck typing, not a subclass of `asyncio.Protocol`: see ClientConnection.
+    """
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -120,6 +124,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamError(kind, "backend closed the connection before the response was complete",
                                      sent_nothing=not self._got_bytes))
         sink.flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost decides what the close meant
+
+    def pause_writing(self) -> None:
+        pass  # one small request per connection: the kernel buffer takes it
+
+    def resume_writing(self) -> None:
+        pass
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -311,8 +324,8 @@ class UpstreamPool:
 
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    protocol, e.host, e.port, ssl=self._ssl, server_hostname=e.host if self._ssl else None)
+                await loop.create_connection(cast(Callable[[], asyncio.Protocol], protocol), e.host, e.port,
+                                             ssl=self._ssl, server_hostname=e.host if self._ssl else None)
         except TimeoutError:
             self._give_back(made)
             raise UpstreamError("connect_timeout", f"backend {self.name!r} ({e.url}) did not accept a connection "
@@ -327,7 +340,7 @@ class UpstreamPool:
             # the slot must come back, or the pool stays "full" of connections that never were.
             self._give_back(made)
             raise
-        return conn
+        return made[0]  # create_connection made exactly one
 
     def _give_back(self, made: list[UpstreamConnection]) -> None:
         """Free the slot of a connect that failed, unless its half-made connection already did."""
