@@ -23,6 +23,7 @@ NATIVE = [
     "router/dataplane/table.py",
     "router/dataplane/policy.py",
     "router/dataplane/balancer.py",
+    "router/runtime.py",
     "router/control/ledger.py",
     "router/control/window.py",
     "router/control/splits.py",

@@ -9,7 +9,6 @@ swaps in one assignment (Traefik's and Caddy's "build the new, swap, stop the ol
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from router.config import Config
@@ -24,23 +23,29 @@ if TYPE_CHECKING:
     from router.observe.monitor import Monitor
 
 
-@dataclass(frozen=True, slots=True)
 class Runtime:
     """Everything a request needs: config, table, backend groups (live and shadow) and the owners
-    of state it reports to."""
+    of state it reports to. Read-only once built (a reload builds a new one).
 
-    config: Config
-    table: RoutingTable
-    groups: Mapping[str, BackendGroup]
-    shadow_groups: Mapping[str, BackendGroup]  # the shadow's own pools, so copies never queue live requests
-    ledger: Ledger
-    mirror: Mirror
-    health: HealthRegistry
-    monitor: Monitor | None
+    A plain class, not a dataclass: the native build compiles it, so the data path reads its
+    fields natively (a compiled dataclass would evaluate the annotations, some of which exist only
+    for type checking).
+    """
 
-    @property
-    def via(self) -> bytes:
-        return self.config.proxy.via_entry
+    __slots__ = ("config", "groups", "health", "ledger", "mirror", "monitor", "shadow_groups", "table", "via")
+
+    def __init__(self, config: Config, table: RoutingTable, groups: Mapping[str, BackendGroup],
+                 shadow_groups: Mapping[str, BackendGroup], ledger: Ledger, mirror: Mirror,
+                 health: HealthRegistry, monitor: Monitor | None) -> None:
+        self.config = config
+        self.table = table
+        self.groups = groups
+        self.shadow_groups = shadow_groups  # the shadow's own pools, so copies never queue live requests
+        self.ledger = ledger
+        self.mirror = mirror
+        self.health = health
+        self.monitor = monitor
+        self.via = config.proxy.via_entry  # this router's Via entry, once per runtime
 
     @property
     def pools(self) -> list[UpstreamPool]:

@@ -82,6 +82,21 @@ def via_names(value: bytes) -> list[bytes]:
     return names
 
 
+_TOKENS_CACHE: dict[bytes, frozenset[bytes]] = {}
+_TOKENS_CACHE_MAX = 256
+
+
+def tokens_of(connection: bytes) -> frozenset[bytes]:
+    """`connection_tokens` of one Connection value, remembered: nearly every peer sends one of a
+    few values (keep-alive, close), and this runs on every request and response."""
+    tokens = _TOKENS_CACHE.get(connection)
+    if tokens is None:
+        tokens = connection_tokens([connection])
+        if len(_TOKENS_CACHE) < _TOKENS_CACHE_MAX:
+            _TOKENS_CACHE[connection] = tokens
+    return tokens
+
+
 def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     """Header names listed in Connection headers: hop-by-hop for this one connection."""
     out: set[bytes] = set()

@@ -18,10 +18,10 @@ from router.control.ledger import LiveOutcome
 from router.dataplane.http11 import (
     SKIP_REQUEST,
     SKIP_RESPONSE,
-    connection_tokens,
     error_response,
     new_request_id,
     status_line,
+    tokens_of,
     valid_request_id,
     via_names,
 )
@@ -54,12 +54,16 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
     """
     index = req.index
     connection = index.get(b"connection")
-    drop = connection_tokens([connection]) if connection else _NOTHING
+    drop = tokens_of(connection) if connection else _NOTHING
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
     for lname, name, value in req.headers:
         if lname in SKIP_REQUEST or lname in drop:
             continue
-        parts += (name, b": ", value, b"\r\n")
+        # appends, not `parts += (...)`: compiled, each is one PyList_Append and no tuple
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     xff = index.get(b"x-forwarded-for")
     prior_via = index.get(b"via")
     peer = req.peer.encode()
@@ -223,7 +227,7 @@ class Exchange:
         parts = [status_line(status)]
         length: bytes | None = None
         chunked_upstream = False
-        drop = connection_tokens([connection]) if connection else _NOTHING
+        drop = tokens_of(connection) if connection else _NOTHING
         for lname, name, value in headers:
             if lname in SKIP_RESPONSE or lname in drop:
                 if lname == b"content-length":
@@ -231,7 +235,10 @@ class Exchange:
                 elif lname == b"transfer-encoding":
                     chunked_upstream = True
                 continue
-            parts += (name, b": ", value, b"\r\n")
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         req = self.req
         no_body = req.method == b"HEAD" or status == 204 or status == 304
         if length is not None and not chunked_upstream:

@@ -42,6 +42,7 @@ LINGER_TIME = 30.0
 LINGER_IDLE = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}  # the only ones on_headers_complete lets through
 _DEFAULT_WRITE_BUFFER = 64 * 1024  # uvloop's and asyncio's own high-water mark
 
 
@@ -217,7 +218,7 @@ class ClientConnection(RequestReader):
     def on_message_complete(self) -> None:
         parser = self.parser
         body = self._body
-        req = Request(parser.get_method(), self._url, parser.get_http_version().encode(), self._headers,
+        req = Request(parser.get_method(), self._url, _VERSIONS[self._version], self._headers,
                       self._index, body[0] if len(body) == 1 else b"".join(body), parser.should_keep_alive(),
                       self.peer, self._started)
         self._in_body = False
