@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
 import httptools
@@ -30,6 +30,23 @@ class Rejected(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+_LOWER: dict[bytes, bytes] = {}  # header name as sent -> lower case, for names that passed the check
+_LOWER_MAX = 4096  # distinct spellings remembered (a client cannot grow it without bound)
+
+
+def _lower_checked(name: bytes) -> bytes:
+    """The lower-case header name, after refusing an underscore, remembered for the next request:
+    per header, one dict lookup instead of two method calls. `find`, not `in`: CPython's bytes `in`
+    first tries the operand as an int and clears the TypeError."""
+    if name.find(b"_") >= 0:
+        # Some frameworks map X_Forwarded_For to X-Forwarded-For: never let it through.
+        raise Rejected(400, f"header name with an underscore refused: {name.decode('latin-1')}")
+    lname = name.lower()
+    if len(_LOWER) < _LOWER_MAX:
+        _LOWER[name] = lname
+    return lname
 
 
 class RequestReader:
@@ -62,6 +79,12 @@ class RequestReader:
         self._upgrade_ignored = False
         self._limits = limits
         self._inv_rate = 1.0 / limits.min_body_rate
+        # the limits read on every request, as native fields (Limits is an interpreted dataclass)
+        self._max_header_size = limits.max_header_size
+        self._header_timeout = limits.header_timeout
+        self._max_headers = limits.max_headers
+        self._max_body = limits.max_body
+        self._max_body_digits = len(str(limits.max_body))
 
     def set_deadline(self, seconds: float, reason: str) -> None:
         raise NotImplementedError
@@ -77,31 +100,28 @@ class RequestReader:
         # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
         self._started = perf_counter()
         if self.exchange is None:
-            self.set_deadline(self._limits.header_timeout, "request headers")
+            self.set_deadline(self._header_timeout, "request headers")
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
-        if self._head_size > self._limits.max_header_size:
-            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
+        if self._head_size > self._max_header_size:
+            raise Rejected(431, f"request head larger than {self._max_header_size} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_body:
             return  # a chunked body's trailer: dropped, never a header (as nginx does)
-        # find, not `in`: CPython's bytes `in` first tries the operand as an int and clears the
-        # TypeError, a formatted exception per header (about 2,000 instructions).
-        if name.find(b"_") >= 0:
-            # Some frameworks map X_Forwarded_For to X-Forwarded-For: never let it through.
-            raise Rejected(400, f"header name with an underscore refused: {name.decode('latin-1')}")
         headers = self._headers
-        if len(headers) >= self._limits.max_headers:
-            raise Rejected(431, f"more than {self._limits.max_headers} request headers")
+        if len(headers) >= self._max_headers:
+            raise Rejected(431, f"more than {self._max_headers} request headers")
         # The head's size as parsed (it may all arrive in one read, which the byte count in
         # data_received cannot see).
         self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._limits.max_header_size:
-            raise Rejected(431, f"request head larger than {self._limits.max_header_size} bytes")
-        lname = name.lower()
+        if self._head_size > self._max_header_size:
+            raise Rejected(431, f"request head larger than {self._max_header_size} bytes")
+        lname = _LOWER.get(name)
+        if lname is None:
+            lname = _lower_checked(name)
         index = self._index
         if lname in index:
             if lname == b"host":
@@ -120,7 +140,7 @@ class RequestReader:
         version = self._version = self.parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise Rejected(400, f"unsupported HTTP version {version}")
-        if not self._url.startswith(b"/"):
+        if self._url[:1] != b"/":
             raise Rejected(400, "request target must be a path (origin-form), e.g. /v1/models/x")
         index = self._index
         if version == "1.1" and b"host" not in index:
@@ -137,8 +157,9 @@ class RequestReader:
                     raise Rejected(400, f"Transfer-Encoding must end with chunked: {te.decode('latin-1')}")
                 raise Rejected(501, f"transfer coding not supported: {te.decode('latin-1')} (only chunked)")
         length = index.get(b"content-length")
-        if length is not None and int(length) > self._limits.max_body:  # llhttp checked it is one number
-            raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
+        # llhttp checked it is one number; fewer digits than max_body's cannot be larger
+        if length is not None and len(length) >= self._max_body_digits and int(length) > self._max_body:
+            raise Rejected(413, f"request body larger than max_body ({self._max_body} bytes)")
         # Only when no earlier response is in progress, which the interim line would split.
         expect = index.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue" and self.exchange is None \
@@ -147,8 +168,8 @@ class RequestReader:
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self._limits.max_body:
-            raise Rejected(413, f"request body larger than max_body ({self._limits.max_body} bytes)")
+        if self._body_size > self._max_body:
+            raise Rejected(413, f"request body larger than max_body ({self._max_body} bytes)")
         self._body.append(body)
         if self.exchange is None:
             self._body_deadline()
@@ -158,7 +179,7 @@ class RequestReader:
         header_timeout, arrive at min_body_rate on average (as Apache's RequestReadTimeout MinRate)."""
         if self._write_paused:
             return
-        now = self.loop.time()
+        now = monotonic()  # the clock of every connection deadline (server.ClientConnection)
         timeout = self._limits.header_timeout
         if self._body_base == 0.0:
             self._body_base = now + timeout

@@ -16,7 +16,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -75,7 +75,7 @@ class DataServer:
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = monotonic()
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.on_deadline()
         self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
@@ -118,7 +118,7 @@ class ClientConnection(RequestReader):
         self.queue: deque[Request] = deque()
         self.closed = False
         self.pending_reject: bytes | None = None
-        self.deadline = _NEVER  # loop time when on_deadline fires
+        self.deadline = _NEVER  # time.monotonic() when on_deadline fires
         self.deadline_reason = ""
         self._write_paused = False  # the client's output buffer is over its high-water mark
         self._reading_paused = False
@@ -175,8 +175,8 @@ class ClientConnection(RequestReader):
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request: {exc}")
             return
-        if self._in_head and self._head_bytes > self._limits.max_header_size:
-            self._reject(431, f"request head larger than {self._limits.max_header_size} bytes")
+        if self._in_head and self._head_bytes > self._max_header_size:
+            self._reject(431, f"request head larger than {self._max_header_size} bytes")
 
     def eof_received(self) -> bool | None:
         # A client that closes its side has gone, as nginx and Envoy treat it: closing here leads
@@ -322,7 +322,7 @@ class ClientConnection(RequestReader):
         self.closed = True
         self._lingering = True
         self._linger_left = LINGER_BYTES
-        now = self.loop.time()
+        now = monotonic()
         self._linger_end = now + LINGER_TIME
         self.deadline, self.deadline_reason = now + LINGER_IDLE, LINGERING
         transport.write_eof()
@@ -334,7 +334,7 @@ class ClientConnection(RequestReader):
         if self._linger_left <= 0:
             self.close()
         else:
-            self.deadline = min(self.loop.time() + LINGER_IDLE, self._linger_end)
+            self.deadline = min(monotonic() + LINGER_IDLE, self._linger_end)
 
     def close_if_idle(self) -> None:
         if self.exchange is None and not self.queue and not self._in_head:
@@ -369,7 +369,9 @@ class ClientConnection(RequestReader):
     def set_deadline(self, seconds: float, reason: str) -> None:
         if self._write_paused:
             return  # the client must read first: its deadline stands
-        self.deadline = self.loop.time() + seconds
+        # monotonic(), as the sweep: a C call where loop.time() is a method looked up by name,
+        # and this runs several times a request
+        self.deadline = monotonic() + seconds
         self.deadline_reason = reason
 
     def on_deadline(self) -> None:
