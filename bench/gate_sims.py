@@ -30,7 +30,7 @@ from router.analysis.decision import (
     error_budget,
     latency_gate,
 )
-from router.analysis.sequential import difference_llr, paired_llr
+from router.analysis.gates import sprt_verdict
 
 POLICY = RolloutPolicy()  # the defaults: agreement, error-rate and latency gates
 ALPHA, BETA = error_budget(POLICY)
@@ -105,12 +105,14 @@ def agreement_cases() -> tuple[list[Case], int]:
 BASE_ERRORS = 0.01
 
 
-def _sprt_verdict(llr: float, n: int, policy: RolloutPolicy = POLICY) -> Verdict:
-    """The error-rate and accuracy gates' verdict from their log likelihood ratio."""
+def _sprt_verdict(paired: bool, counts: tuple[int, ...], after: tuple[int, ...], good: float, bad: float, n: int,
+                  policy: RolloutPolicy = POLICY) -> Verdict:
+    """The error-rate and accuracy gates' verdict from their log likelihood ratio and fail level."""
     alpha, beta = error_budget(policy)
     if n < policy.min_samples:
         return Verdict.INCONCLUSIVE
-    if llr <= math.log(beta):
+    llr, level = sprt_verdict(paired, counts, after, good, bad, alpha, beta)
+    if llr <= level:
         return Verdict.FAIL
     return Verdict.PASS if llr >= -math.log(alpha) else Verdict.INCONCLUSIVE
 
@@ -123,7 +125,7 @@ def error_cases(paired: bool, shared: float | None = None) -> tuple[list[Case], 
     batch = 100
     if paired:
         def judge(t: tuple[int, ...]) -> Verdict:
-            return _sprt_verdict(paired_llr(t[1], t[2], t[0], good, bad), t[0])
+            return _sprt_verdict(True, (t[1], t[2], t[0]), (t[1] + 1, t[2], t[0] + 1), good, bad, t[0])
 
         def discordant(diff: float) -> tuple[float, float]:
             pc = p + diff
@@ -139,7 +141,7 @@ def error_cases(paired: bool, shared: float | None = None) -> tuple[list[Case], 
             return b + c - (b - c) ** 2
     else:
         def judge(t: tuple[int, ...]) -> Verdict:
-            return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], good, bad), t[0])
+            return _sprt_verdict(False, (t[1], t[0], t[2], t[0]), (t[1] + 1, t[0] + 1, t[2], t[0]), good, bad, t[0])
 
         def draw_for(diff: float) -> Draw:
             return lambda rng: (batch, int(rng.binomial(batch, p + diff)), int(rng.binomial(batch, p)))
@@ -164,7 +166,8 @@ def accuracy_cases() -> tuple[list[Case], int]:
     alpha, beta = error_budget(WITH_ACCURACY)
 
     def judge(t: tuple[int, ...]) -> Verdict:
-        return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], good, bad), t[0], WITH_ACCURACY)
+        return _sprt_verdict(False, (t[1], t[0], t[2], t[0]), (t[1], t[0] + 1, t[2], t[0]), good, bad, t[0],
+                             WITH_ACCURACY)
 
     def draw_for(diff: float) -> Draw:
         return lambda rng: (batch, int(rng.binomial(batch, p + diff)), int(rng.binomial(batch, p)))
@@ -239,8 +242,9 @@ def zone_cases() -> list[tuple[str, list[Case]]]:
         d = policy.gates.error_margin
 
         def judge_err(t: tuple[int, ...], policy: RolloutPolicy = policy, gate: float = gate) -> Verdict:
-            return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], gate - policy.gates.error_margin,
-                                                gate + policy.gates.error_margin), t[0], policy)
+            good, bad = gate - policy.gates.error_margin, gate + policy.gates.error_margin
+            return _sprt_verdict(False, (t[1], t[0], t[2], t[0]), (t[1] + 1, t[0] + 1, t[2], t[0]), good, bad,
+                                 t[0], policy)
 
         cases = [Case("error rate", f"+{diff:g}", wrong, _two_binomials(100, base + diff, base), judge_err, 100,
                       200_000) for diff, wrong in ((gate + d, Verdict.PASS), (gate - d, Verdict.FAIL))]

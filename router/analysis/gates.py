@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
+from router.analysis.boundaries import fail_level, information_paired, information_unpaired
 from router.analysis.rollout_types import (
     BUCKET_FACTOR,
     LATENCY_BUCKETS_S,
@@ -119,44 +120,72 @@ def _solve(f: Callable[[float], float], target: float, lo: float, hi: float) -> 
 
 @dataclass(frozen=True, slots=True)
 class _Sprt:
-    """A two-rate SPRT's result: its log likelihood ratio, the gate values at which it would pass
-    and fail (the inverted test), and whether it used the pairing."""
+    """A two-rate SPRT's result: its log likelihood ratio, the level at or below which it fails
+    now (`router.analysis.boundaries`), the gate values at which it would pass and fail (the
+    inverted test), and whether it used the pairing."""
 
     llr: float
+    fail_level: float
     pass_at: float
     fail_at: float
     paired: bool
 
 
+def _sprt_counts(evidence: StepEvidence, gate: Gate) -> tuple[bool, tuple[int, ...], tuple[int, ...]]:
+    """(paired, the counts the test reads, the same after one more candidate failure)."""
+    c, p = evidence.candidate, evidence.primary
+    if gate is Gate.ERROR_RATE and evidence.paired:
+        b, d, n = evidence.discordant_candidate, evidence.discordant_primary, evidence.pairs
+        return True, (b, d, n), (b + 1, d, n + 1)
+    if gate is Gate.ACCURACY and evidence.feedback_paired:
+        b, d, n = evidence.only_candidate_right, evidence.only_primary_right, evidence.labelled_pairs
+        return True, (b, d, n), (b, d + 1, n + 1)
+    if gate is Gate.ERROR_RATE:
+        return False, (c.errors, c.requests, p.errors, p.requests), (c.errors + 1, c.requests + 1, p.errors,
+                                                                     p.requests)
+    return False, (c.correct, c.labelled, p.correct, p.labelled), (c.correct, c.labelled + 1, p.correct, p.labelled)
+
+
+def _counts_llr(paired: bool, counts: tuple[int, ...], good: float, bad: float) -> float:
+    if paired:
+        return paired_llr(counts[0], counts[1], counts[2], good, bad)
+    return difference_llr(counts[0], counts[1], counts[2], counts[3], good, bad)
+
+
+def _information(paired: bool, counts: tuple[int, ...], width: float) -> float:
+    if paired:
+        return information_paired(counts[0], counts[1], counts[2], width)
+    return information_unpaired(counts[0], counts[1], counts[2], counts[3], width)
+
+
+def sprt_verdict(paired: bool, counts: tuple[int, ...], after_failure: tuple[int, ...], good: float, bad: float,
+                 alpha: float, beta: float) -> tuple[float, float]:
+    """(log likelihood ratio of good against bad, the fail level now): the test passes at a ratio
+    >= log(1/alpha) and fails at one <= the level (`boundaries.fail_level`)."""
+    llr = _counts_llr(paired, counts, good, bad)
+    jump = llr - _counts_llr(paired, after_failure, good, bad)
+    return llr, fail_level(beta, _information(paired, counts, abs(bad - good)), jump)
+
+
 def _difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
     """The SPRT of candidate-minus-primary at `threshold` -+ the indifference, oriented so that a
     positive ratio favours the candidate (lower rates are better for errors, higher for accuracy)."""
-    c, p, g = evidence.candidate, evidence.primary, policy.gates
+    g = policy.gates
     alpha, beta = error_budget(policy)
     sign, d = (1.0, g.error_margin) if gate is Gate.ERROR_RATE else (-1.0, g.accuracy_margin)
-    paired = gate is Gate.ERROR_RATE and evidence.paired
-    if paired:
-        counts = (evidence.discordant_candidate, evidence.discordant_primary, evidence.pairs)
-
-        def llr(t: float) -> float:
-            return paired_llr(*counts, t - sign * d, t + sign * d)
-    else:
-        two = (c.errors, c.requests, p.errors, p.requests) if sign > 0 else (c.correct, c.labelled, p.correct,
-                                                                                p.labelled)
-
-        def llr(t: float) -> float:
-            return difference_llr(*two, t - sign * d, t + sign * d)
-    # The ratio rises with the gate for errors (a higher allowance favours the candidate) and falls
-    # with it for accuracy; each test boundary is where it meets Wald's threshold.
-    lo, hi = -1 + d * 1.000001, 1 - d * 1.000001
+    paired, counts, after = _sprt_counts(evidence, gate)
+    llr, level = sprt_verdict(paired, counts, after, threshold - sign * d, threshold + sign * d, alpha, beta)
 
     def oriented(u: float) -> float:  # increasing in u for both orientations
-        return llr(sign * u)
+        return _counts_llr(paired, counts, sign * u - sign * d, sign * u + sign * d)
 
+    # The ratio rises with the gate for errors (a higher allowance favours the candidate) and falls
+    # with it for accuracy; each test boundary is where it meets its threshold.
+    lo, hi = -1 + d * 1.000001, 1 - d * 1.000001
     ends = sorted((sign * lo, sign * hi))
     pass_at = sign * _solve(oriented, -math.log(alpha), *ends)
-    fail_at = sign * _solve(oriented, math.log(beta), *ends)
-    return _Sprt(llr(threshold), pass_at, fail_at, paired)
+    fail_at = sign * _solve(oriented, level, *ends)
+    return _Sprt(llr, level, pass_at, fail_at, paired)
 
 
 # -- gates --------------------------------------------------------------------------------------
@@ -209,7 +238,7 @@ def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: fl
     `low`, pass at every gate above `high`); `ci_low`/`ci_high` is a confidence sequence.
     """
     c, p = evidence.candidate, evidence.primary
-    alpha, beta = error_budget(policy)
+    alpha = error_budget(policy)[0]
     t = _difference_sprt(evidence, policy, Gate.ERROR_RATE, threshold)
     if t.paired:
         n, gamma = evidence.pairs, _ci_level(policy) / 2
@@ -220,7 +249,7 @@ def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: fl
         n = min(c.requests, p.requests)
         ci = _difference_bounds(c.errors, c.requests, p.errors, p.requests, _ci_level(policy) / 2)
     estimate = c.errors / c.requests - p.errors / p.requests if min(c.requests, p.requests) else None
-    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= t.fail_level)
     d = policy.gates.error_margin
     return GateResult(Gate.ERROR_RATE, verdict, estimate, t.fail_at, t.pass_at, threshold, n, ci[0], ci[1],
                       policy.confidence, (threshold - d, threshold + d), t.paired)
@@ -262,11 +291,11 @@ def accuracy_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: floa
     scores each side's predictions separately). `low`: every gate at or below it would pass;
     `high`: every gate above it would fail."""
     c, p = evidence.candidate, evidence.primary
-    alpha, beta = error_budget(policy)
+    alpha = error_budget(policy)[0]
     t = _difference_sprt(evidence, policy, Gate.ACCURACY, threshold)
     n = min(c.labelled, p.labelled)
     estimate = c.correct / c.labelled - p.correct / p.labelled if n else None
-    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= t.fail_level)
     ci = _difference_bounds(c.correct, c.labelled, p.correct, p.labelled, _ci_level(policy) / 2)
     d = policy.gates.accuracy_margin
     return GateResult(Gate.ACCURACY, verdict, estimate, t.pass_at, t.fail_at, threshold, n, ci[0], ci[1],

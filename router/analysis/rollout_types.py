@@ -16,7 +16,8 @@ from router.analysis.histogram import FINE
 
 __all__ = [
     "BUCKET_FACTOR", "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "TERMINAL", "Action", "Decision", "Gate",
-    "GateResult", "Gates", "InvalidTransition", "LlmEvidence", "OperatorAction", "Phase", "RolloutPolicy",
+    "GateResult", "Gates", "InvalidTransition", "LlmEvidence", "OperatorAction", "PairedLatency", "Phase",
+    "RolloutPolicy",
     "RolloutState",
     "SideCounts", "Snapshot", "StepEvidence", "Verdict", "error_budget", "latency_histogram",
 ]
@@ -276,16 +277,31 @@ class StepEvidence:
     pairs: int = 0  # mirrored requests both sides answered (shadowed steps) ...
     discordant_candidate: int = 0  # ... where only the candidate erred
     discordant_primary: int = 0  # ... where only the primary erred
+    labelled_pairs: int = 0  # shadowed requests whose feedback scored both predictions ...
+    only_candidate_right: int = 0  # ... where only the candidate's was right
+    only_primary_right: int = 0  # ... where only the primary's was
+    paired_latency: PairedLatency | None = None  # shadowed steps: exceedances on the same request
 
     def __post_init__(self) -> None:
         _check_counts([(self.agreements, self.comparisons),
-                       (self.discordant_candidate + self.discordant_primary, self.pairs)])
+                       (self.discordant_candidate + self.discordant_primary, self.pairs),
+                       (self.only_candidate_right + self.only_primary_right, self.labelled_pairs)])
 
     def __add__(self, other: StepEvidence) -> StepEvidence:
         return StepEvidence(self.comparisons + other.comparisons, self.agreements + other.agreements,
                             self.primary + other.primary, self.candidate + other.candidate,
                             self.pairs + other.pairs, self.discordant_candidate + other.discordant_candidate,
-                            self.discordant_primary + other.discordant_primary)
+                            self.discordant_primary + other.discordant_primary,
+                            self.labelled_pairs + other.labelled_pairs,
+                            self.only_candidate_right + other.only_candidate_right,
+                            self.only_primary_right + other.only_primary_right,
+                            _add_latency(self.paired_latency, other.paired_latency))
+
+    @property
+    def feedback_paired(self) -> bool:
+        """Every labelled prediction on both sides came from a request whose feedback scored both
+        (a shadowed step), so the paired accuracy test applies."""
+        return 0 < self.labelled_pairs == self.candidate.labelled == self.primary.labelled
 
     @property
     def paired(self) -> bool:
@@ -296,6 +312,28 @@ class StepEvidence:
     @staticmethod
     def merge(parts: Iterable[StepEvidence]) -> StepEvidence:
         return reduce(StepEvidence.__add__, parts, StepEvidence())
+
+
+@dataclass(frozen=True, slots=True)
+class PairedLatency:
+    """Exceedances of the same requests on both sides (shadowed steps), per threshold index i
+    (t = LATENCY_BUCKETS_S[i]): `worse[k][i]` counts pairs whose candidate took longer than
+    factors[k] x t while the primary took at most t; `better[k][i]` the reverse. k = 0 is the pass
+    test's factor (gate x indifference), k = 1 the fail test's (gate / indifference)."""
+
+    factors: tuple[float, float]
+    worse: tuple[tuple[int, ...], tuple[int, ...]]
+    better: tuple[tuple[int, ...], tuple[int, ...]]
+
+    def __add__(self, other: PairedLatency) -> PairedLatency:
+        if self.factors != other.factors:
+            raise ValueError("paired latency counted against different factors does not add up")
+        return PairedLatency(self.factors, (_add(self.worse[0], other.worse[0]), _add(self.worse[1], other.worse[1])),
+                             (_add(self.better[0], other.better[0]), _add(self.better[1], other.better[1])))
+
+
+def _add_latency(a: PairedLatency | None, b: PairedLatency | None) -> PairedLatency | None:
+    return a if b is None else b if a is None else a + b
 
 
 def latency_histogram(latencies_s: Iterable[float]) -> tuple[int, ...]:
