@@ -22,6 +22,7 @@ import numpy as np
 from router.analysis.decision import (
     LATENCY_BUCKETS_S,
     Gates,
+    PairedLatency,
     RolloutPolicy,
     SideCounts,
     StepEvidence,
@@ -214,9 +215,56 @@ def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
     return cases, math.ceil(n)
 
 
+def _per_threshold(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How many of the ranges [lo, hi) cover each threshold index (the window's starts and ends)."""
+    keep = lo < hi
+    diff = np.zeros(len(BUCKETS) + 1, dtype=np.int64)
+    np.add.at(diff, lo[keep], 1)
+    np.add.at(diff, hi[keep], -1)
+    return np.cumsum(diff)[:len(BUCKETS)]
+
+
+def paired_latency_cases(shared: float, ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
+    """A shadowed step: each request's two latencies share a factor (log-correlation `shared`, the
+    request's size or the host), and the gate reads them pair by pair."""
+    g = POLICY.gates
+    gate, f, batch, nb = g.max_latency_ratio or 1.25, g.latency_indifference, 100, len(BUCKETS)
+    factors = (gate * f, gate / f)
+
+    def judge(t: tuple[int, ...]) -> Verdict:
+        a = np.asarray(t)
+        hp, hc, rest = a[:nb + 1], a[nb + 1:2 * nb + 2], a[2 * nb + 2:].reshape(4, nb)
+        n = int(hp.sum())
+        pl = PairedLatency(factors, (tuple(rest[0].tolist()), tuple(rest[2].tolist())),
+                           (tuple(rest[1].tolist()), tuple(rest[3].tolist())))
+        ev = StepEvidence(primary=SideCounts(n, latency=tuple(hp.tolist())),
+                          candidate=SideCounts(n, latency=tuple(hc.tolist())), pairs=n, paired_latency=pl)
+        return latency_gate(ev, POLICY, gate).verdict
+
+    def draw_for(ratio: float) -> Draw:
+        def draw(rng: np.random.Generator) -> tuple[int, ...]:
+            common = rng.standard_normal(batch)
+            z = math.sqrt(shared) * common + math.sqrt(1 - shared) * rng.standard_normal((2, batch))
+            live, shadow = MEDIAN_S * np.exp(SIGMA * z[0]), ratio * MEDIAN_S * np.exp(SIGMA * z[1])
+            above = np.searchsorted(BUCKETS, live)
+            parts = [np.bincount(above, minlength=nb + 1),
+                     np.bincount(np.searchsorted(BUCKETS, shadow), minlength=nb + 1)]
+            for factor in factors:
+                over = np.searchsorted(BUCKETS, shadow / factor)
+                parts += [_per_threshold(above, over), _per_threshold(over, above)]  # worse, better
+            return tuple(int(x) for x in np.concatenate(parts))
+        return draw
+
+    edges = [(gate * f, Verdict.PASS), (gate / f, Verdict.FAIL)]
+    edges += [(r, Verdict.PASS if r > gate else Verdict.FAIL) for r in ratios]
+    name = f"latency p99, paired {shared:.0%}"
+    cases = [Case(name, f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000) for r, wrong in edges]
+    return cases, latency_cases()[1]
+
+
 def all_cases() -> list[tuple[list[Case], int]]:
     return [agreement_cases(), error_cases(False), error_cases(True), error_cases(True, 0.5), accuracy_cases(),
-            latency_cases((1.6,))]
+            latency_cases((1.6,)), paired_latency_cases(0.0, (1.6,)), paired_latency_cases(0.8, (1.6,))]
 
 
 # -- expected sample size against the gate and its zone (docs/configuration.md) ---------------------

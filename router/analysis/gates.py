@@ -32,12 +32,14 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 
 from router.analysis.boundaries import fail_level, information_paired, information_unpaired
+from router.analysis.paired_latency import paired_claims
 from router.analysis.rollout_types import (
     BUCKET_FACTOR,
     LATENCY_BUCKETS_S,
     Gate,
     GateResult,
     LlmEvidence,
+    PairedLatency,
     RolloutPolicy,
     SideCounts,
     Snapshot,
@@ -252,7 +254,7 @@ def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: fl
     verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= t.fail_level)
     d = policy.gates.error_margin
     return GateResult(Gate.ERROR_RATE, verdict, estimate, t.fail_at, t.pass_at, threshold, n, ci[0], ci[1],
-                      policy.confidence, (threshold - d, threshold + d), t.paired)
+                      policy.confidence, (threshold - d, threshold + d), t.paired, _sprt_name(t))
 
 
 def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
@@ -265,15 +267,25 @@ def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float
     fails when candidate lower / primary upper (each at beta/2) exceeds gate / f. When both hold
     the truth is inside the zone, and the estimate's side of the gate decides. `high` and `low`
     are those bounds moved into the gate's frame (the gates at which the test would pass or fail).
+
+    On shadowed steps the paired test (`router.analysis.paired_latency`) runs beside it, each at
+    half of alpha and of beta, and either may decide (a union bound): pairing is much faster where
+    the two sides' latencies move together and at showing a slow candidate slow, while the
+    quantile bounds are faster at showing a candidate as fast as the primary fast.
     """
     g = policy.gates
     q, f, c, p = g.latency_quantile, g.latency_indifference, evidence.candidate.latency, evidence.primary.latency
     alpha, beta = error_budget(policy)
-    high = _ratio(_quantile_bounds(c, q, alpha / 2)[1], _quantile_bounds(p, q, alpha / 2)[0])
-    low = _ratio(_quantile_bounds(c, q, beta / 2)[0], _quantile_bounds(p, q, beta / 2)[1])
+    paired = _paired_latency(evidence, policy, threshold)
+    share = 1.0 if paired is None else 0.5
+    high = _ratio(_quantile_bounds(c, q, share * alpha / 2)[1], _quantile_bounds(p, q, share * alpha / 2)[0])
+    low = _ratio(_quantile_bounds(c, q, share * beta / 2)[0], _quantile_bounds(p, q, share * beta / 2)[1])
     n = min(sum(c), sum(p))
     estimate = _ratio(_quantile_estimate(c, q), _quantile_estimate(p, q))
     passes, fails = high is not None and high <= threshold * f, low is not None and low > threshold / f
+    if paired is not None:
+        paired_pass, paired_fail = paired_claims(paired, p, q, share * alpha, share * beta)
+        passes, fails = passes or paired_pass, fails or paired_fail
     if passes and fails:  # both tests reject: inside the zone, where the estimate decides
         fails = estimate is not None and estimate > threshold
         passes = not fails
@@ -282,24 +294,41 @@ def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float
           _ratio(_quantile_bounds(c, q, gamma)[1], _quantile_bounds(p, q, gamma)[0]))
     return GateResult(Gate.LATENCY, _verdict(n, policy.min_samples, passes, fails), estimate,
                       None if low is None else low * f, None if high is None else high / f, threshold, n,
-                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f))
+                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f), paired is not None,
+                      "paired and unpaired quantile tests" if paired is not None else "unpaired quantile test")
+
+
+def _paired_latency(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> PairedLatency | None:
+    """The paired exceedance counts, when every request on both sides is a counted pair and they
+    were taken at this gate's factors (`router.analysis.paired_latency`); else None (unpaired)."""
+    counts, f = evidence.paired_latency, policy.gates.latency_indifference
+    if counts is None or not evidence.paired:
+        return None
+    wanted = (threshold * f, threshold / f)
+    return counts if all(math.isclose(a, b) for a, b in zip(counts.factors, wanted, strict=True)) else None
 
 
 def accuracy_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
     """Candidate accuracy minus primary's, from user feedback, against `min_accuracy_delta`: the
-    error-rate SPRT mirrored (higher is better), d = `accuracy_indifference`, unpaired (feedback
-    scores each side's predictions separately). `low`: every gate at or below it would pass;
-    `high`: every gate above it would fail."""
+    error-rate SPRT mirrored (higher is better), d = `accuracy_indifference`. On a shadowed step
+    whose feedback scored both predictions of each request against the same truth, it reads only
+    the pairs where exactly one side was right (McNemar, as the error gate's paired test); otherwise
+    the two sides' labelled predictions are independent samples. `low`: every gate at or below it
+    would pass; `high`: every gate above it would fail."""
     c, p = evidence.candidate, evidence.primary
     alpha = error_budget(policy)[0]
     t = _difference_sprt(evidence, policy, Gate.ACCURACY, threshold)
-    n = min(c.labelled, p.labelled)
-    estimate = c.correct / c.labelled - p.correct / p.labelled if n else None
+    n = evidence.labelled_pairs if t.paired else min(c.labelled, p.labelled)
+    estimate = c.correct / c.labelled - p.correct / p.labelled if min(c.labelled, p.labelled) else None
     verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= t.fail_level)
     ci = _difference_bounds(c.correct, c.labelled, p.correct, p.labelled, _ci_level(policy) / 2)
     d = policy.gates.accuracy_margin
     return GateResult(Gate.ACCURACY, verdict, estimate, t.pass_at, t.fail_at, threshold, n, ci[0], ci[1],
-                      policy.confidence, (threshold - d, threshold + d))
+                      policy.confidence, (threshold - d, threshold + d), t.paired, _sprt_name(t))
+
+
+def _sprt_name(t: _Sprt) -> str:
+    return "paired SPRT (discordant pairs)" if t.paired else "unpaired SPRT"
 
 
 def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResult, ...]:

@@ -405,14 +405,15 @@ class GateResult:
     ci_high: float | None = None
     confidence: float | None = None
     zone: tuple[float, float] | None = None
-    paired: bool = False  # the error test read discordant pairs (a shadowed step)
+    paired: bool = False  # the test read discordant pairs (a shadowed step)
+    method: str | None = None  # the test used, for the log: "paired SPRT", "unpaired quantile", ...
 
     def __str__(self) -> str:
         def f(x: float | None) -> str:
             return "?" if x is None else f"{x:.4g}"
         ci = "" if self.confidence is None else \
             f"; {self.confidence:.4g} confidence interval [{f(self.ci_low)}, {f(self.ci_high)}]"
-        paired = ", paired" if self.paired else ""
+        paired = f", {self.method}" if self.method else ", paired" if self.paired else ""
         return (f"{self.name} {self.verdict}: {f(self.estimate)} vs {self.threshold:g} (n={self.n}{paired}{ci}; "
                 f"test boundaries [{f(self.low)}, {f(self.high)}])")
 
@@ -421,7 +422,7 @@ class GateResult:
         return {"gate": str(self.name), "verdict": str(self.verdict), "estimate": self.estimate,
                 "low": self.low, "high": self.high, "bounds": "sequential test boundaries",
                 "ci_low": self.ci_low, "ci_high": self.ci_high, "ci_confidence": self.confidence,
-                "zone": list(self.zone) if self.zone else None, "paired": self.paired,
+                "zone": list(self.zone) if self.zone else None, "paired": self.paired, "test": self.method,
                 "threshold": self.threshold, "n": self.n}
 
 
