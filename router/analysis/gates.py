@@ -48,6 +48,7 @@ from router.analysis.rollout_types import (
     error_budget,
 )
 from router.analysis.sequential import crossing, difference_llr, paired_llr, point_llr, rank_bounds, rate_bounds
+from router.analysis.stochastic import stochastic_latency_gate
 
 __all__ = ["accuracy_gate", "agreement_gate", "error_rate_gate", "evaluate_gates", "latency_gate"]
 
@@ -338,7 +339,9 @@ def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResul
         results.append(agreement_gate(ev, policy, g.min_agreement))
     if g.max_error_rate_increase is not None:
         results.append(error_rate_gate(ev, policy, g.max_error_rate_increase))
-    if g.max_latency_ratio is not None:
+    if g.max_latency_ratio is not None and g.latency_test == "stochastic":
+        results.append(stochastic_latency_gate(ev, policy))
+    elif g.max_latency_ratio is not None:
         results.append(latency_gate(ev, policy, g.max_latency_ratio))
     if g.min_accuracy_delta is not None and snapshot.feedback:
         results.append(accuracy_gate(ev, policy, g.min_accuracy_delta))

@@ -98,6 +98,7 @@ class InvalidTransition(ValueError):
 
 
 _ZERO_GATE_MARGIN = 0.005
+LATENCY_TESTS = ("quantile", "stochastic")
 
 
 def _margin(given: float | None, gate: float | None) -> float:
@@ -135,6 +136,9 @@ class Gates:
     max_tpot_ratio: float | None = None
     min_judge_win_rate: float | None = None
     llm_quantile: float = 0.9  # TTFT/TPOT quantile: p99 would need ~800 streamed samples per side
+    # "quantile": the candidate's latency_quantile against gate x the primary's; "stochastic": the
+    # whole distribution, from per-request comparisons (router.analysis.stochastic)
+    latency_test: str = "quantile"
 
     def __post_init__(self) -> None:
         problems = []
@@ -160,6 +164,8 @@ class Gates:
             problems.append("latency_indifference must be at least 1 (a factor around max_latency_ratio)")
         if not 0.5 <= self.latency_quantile < 1:
             problems.append("latency_quantile must lie in [0.5, 1)")
+        if self.latency_test not in LATENCY_TESTS:
+            problems.append(f"latency_test must be one of {', '.join(LATENCY_TESTS)}, got {self.latency_test!r}")
         problems += _llm_gate_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -281,11 +287,17 @@ class StepEvidence:
     only_candidate_right: int = 0  # ... where only the candidate's was right
     only_primary_right: int = 0  # ... where only the primary's was
     paired_latency: PairedLatency | None = None  # shadowed steps: exceedances on the same request
+    # per-request comparisons for the stochastic-order test: pairs compared, and how many had the
+    # candidate slower than gate x f (pass factor) and than gate / f (fail factor) times the primary
+    order_pairs: int = 0
+    order_worse_pass: int = 0
+    order_worse_fail: int = 0
 
     def __post_init__(self) -> None:
         _check_counts([(self.agreements, self.comparisons),
                        (self.discordant_candidate + self.discordant_primary, self.pairs),
-                       (self.only_candidate_right + self.only_primary_right, self.labelled_pairs)])
+                       (self.only_candidate_right + self.only_primary_right, self.labelled_pairs),
+                       (self.order_worse_pass, self.order_pairs), (self.order_worse_fail, self.order_pairs)])
 
     def __add__(self, other: StepEvidence) -> StepEvidence:
         return StepEvidence(self.comparisons + other.comparisons, self.agreements + other.agreements,
@@ -295,7 +307,9 @@ class StepEvidence:
                             self.labelled_pairs + other.labelled_pairs,
                             self.only_candidate_right + other.only_candidate_right,
                             self.only_primary_right + other.only_primary_right,
-                            _add_latency(self.paired_latency, other.paired_latency))
+                            _add_latency(self.paired_latency, other.paired_latency),
+                            self.order_pairs + other.order_pairs, self.order_worse_pass + other.order_worse_pass,
+                            self.order_worse_fail + other.order_worse_fail)
 
     @property
     def feedback_paired(self) -> bool:

@@ -78,7 +78,7 @@ def window_of(fields: Mapping[str, Any], shadowed: bool = False,
     llm = nested.get("llm", {})
     data = {"shadowed": shadowed, **{k: nested.get(k, 0) for k in (
                 "comparisons", "agreements", "pairs", "discordant_candidate", "discordant_primary", "labelled_pairs",
-                "only_candidate_right", "only_primary_right")},
+                "only_candidate_right", "only_primary_right", "order_pairs", "order_worse_pass", "order_worse_fail")},
             "latency_pairs": nested.get("latency_pairs", {}),
             "primary": side(nested.get("primary", {})), "candidate": side(nested.get("candidate", {})),
             "llm": {"ttft": [h or {} for h in listed(llm.get("ttft"), 2)],
@@ -129,7 +129,7 @@ class SharedLedger(Ledger):
             return None
         wid = window_id(route, window.started_at)
         return window_of(add_fields(self.sums.get(wid), flatten(window.to_json()), self.pending.get(wid)),
-                         window.shadowed, window.latency_factors)
+                         window.shadowed, window.factors)
 
     def evidence(self, route: str) -> StepEvidence | None:
         merged = self._merged(route)
@@ -150,7 +150,7 @@ class SharedLedger(Ledger):
             fields = flatten(w.to_json())
             if not fields:
                 continue
-            self.windows[route] = WindowCounters(w.key, w.shadowed, w.started_at, w.count_4xx, w.latency_factors)
+            self.windows[route] = WindowCounters(w.key, w.shadowed, w.started_at, w.count_4xx, w.factors)
             merged = self.pending.setdefault(window_id(route, w.started_at), {})
             for name, n in fields.items():
                 merged[name] = merged.get(name, 0) + n

@@ -131,8 +131,9 @@ class WindowCounters:
     """The evidence of one route's current step window, for the rollout of `key` = (primary, candidate)."""
 
     __slots__ = ("agreements", "candidate", "comparisons", "count_4xx", "discordant_candidate", "discordant_primary",
-                 "key", "labelled_pairs", "latency_pairs", "llm", "only_candidate_right", "only_primary_right", "pairs",
-                 "primary", "shadowed", "started_at")
+                 "factors", "key", "labelled_pairs", "latency_pairs", "llm", "only_candidate_right",
+                 "only_primary_right", "order_pairs", "order_worse_fail", "order_worse_pass", "pairs", "primary",
+                 "shadowed", "started_at", "unmatched")
 
     def __init__(self, key: tuple[str, str], shadowed: bool, started_at: float, count_4xx: bool = False,
                  latency_factors: tuple[float, float] | None = None) -> None:
@@ -150,13 +151,14 @@ class WindowCounters:
         self.llm = LlmWindow()  # token timings and judge verdicts (LLM routes)
         # Shadowed steps: exceedances of the same request, for the paired latency test (None: not counted)
         self.latency_pairs = LatencyPairs(latency_factors) if latency_factors is not None and shadowed else None
+        # Per-request comparisons for the stochastic-order test: the same request on shadowed steps,
+        # requests paired in order of arrival on canary steps (independent draws from each side)
+        self.factors = latency_factors
+        self.order_pairs = self.order_worse_pass = self.order_worse_fail = 0
+        self.unmatched: list[float | None] = [None, None]  # a canary side's latest sample waiting for the other's
         self.labelled_pairs = 0  # shadowed requests whose feedback scored both predictions ...
         self.only_candidate_right = 0  # ... where only the candidate's was right
         self.only_primary_right = 0  # ... where only the primary's was
-
-    @property
-    def latency_factors(self) -> tuple[float, float] | None:
-        return None if self.latency_pairs is None else self.latency_pairs.factors
 
     def live(self, backend: str, status: int, seconds: float) -> None:
         """A live request finished (evidence only when the step is not shadowed)."""
@@ -165,6 +167,23 @@ class WindowCounters:
         side = self.candidate if backend == self.key[1] else self.primary if backend == self.key[0] else None
         if side is not None:
             side.record(self._ok(status, None), seconds, 400 <= status < 500)
+            self._match(side is self.candidate, seconds)
+
+    def _match(self, candidate: bool, seconds: float) -> None:
+        """Pair a canary step's samples in order of arrival: draws from two independent streams."""
+        other = self.unmatched[not candidate]
+        if other is None:
+            self.unmatched[candidate] = seconds
+            return
+        self.unmatched[not candidate] = None
+        self._order(other if candidate else seconds, seconds if candidate else other)
+
+    def _order(self, primary_s: float, candidate_s: float) -> None:
+        if self.factors is None:
+            return
+        self.order_pairs += 1
+        self.order_worse_pass += candidate_s > self.factors[0] * primary_s
+        self.order_worse_fail += candidate_s > self.factors[1] * primary_s
 
     def fallback(self) -> None:
         """A request drawn for the candidate went to the primary: no candidate endpoint was in
@@ -188,6 +207,7 @@ class WindowCounters:
         self.discordant_primary += shadow_ok and not live_ok
         if self.latency_pairs is not None:
             self.latency_pairs.record(live_s, shadow_s)
+        self._order(live_s, shadow_s)
 
     def compared(self, agree: bool) -> None:
         self.comparisons += 1
@@ -211,7 +231,8 @@ class WindowCounters:
         return StepEvidence(self.comparisons, self.agreements, self.primary.counts(), self.candidate.counts(),
                             self.pairs, self.discordant_candidate, self.discordant_primary, self.labelled_pairs,
                             self.only_candidate_right, self.only_primary_right,
-                            None if self.latency_pairs is None else self.latency_pairs.counts())
+                            None if self.latency_pairs is None else self.latency_pairs.counts(), self.order_pairs,
+                            self.order_worse_pass, self.order_worse_fail)
 
     def to_json(self) -> dict[str, Any]:
         return {"shadowed": self.shadowed, "comparisons": self.comparisons, "agreements": self.agreements,
@@ -219,8 +240,10 @@ class WindowCounters:
                 "discordant_candidate": self.discordant_candidate, "discordant_primary": self.discordant_primary,
                 "labelled_pairs": self.labelled_pairs, "only_candidate_right": self.only_candidate_right,
                 "only_primary_right": self.only_primary_right, "llm": self.llm.to_json(),
-                **({} if self.latency_pairs is None else {"latency_factors": list(self.latency_pairs.factors),
-                                                          "latency_pairs": self.latency_pairs.to_json()})}
+                "order_pairs": self.order_pairs, "order_worse_pass": self.order_worse_pass,
+                "order_worse_fail": self.order_worse_fail,
+                **({} if self.factors is None else {"latency_factors": list(self.factors)}),
+                **({} if self.latency_pairs is None else {"latency_pairs": self.latency_pairs.to_json()})}
 
     @classmethod
     def from_json(cls, key: tuple[str, str], started_at: float, data: dict[str, Any],
@@ -239,6 +262,9 @@ class WindowCounters:
         c.labelled_pairs = int(data.get("labelled_pairs", 0))
         c.only_candidate_right = int(data.get("only_candidate_right", 0))
         c.only_primary_right = int(data.get("only_primary_right", 0))
+        c.order_pairs = int(data.get("order_pairs", 0))
+        c.order_worse_pass = int(data.get("order_worse_pass", 0))
+        c.order_worse_fail = int(data.get("order_worse_fail", 0))
         if factors is not None and c.shadowed:
             c.latency_pairs = LatencyPairs.from_json(factors, data.get("latency_pairs", {}))
         if "llm" in data:
