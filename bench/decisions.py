@@ -128,7 +128,7 @@ def table(rows: list[tuple[str, Figures]], runs: int) -> str:
 
 def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str, bool]]]:
     """Every gate for one step at its zone's edges, and the issue's targets checked."""
-    head = (f"{'gate':<20}{'true value':>12}{'wrong verdict':>20}{'inconclusive':>15}{'median n':>10}"
+    head = (f"{'gate':<34}{'true value':>12}{'wrong verdict':>20}{'inconclusive':>15}{'median n':>10}"
             f"{'p90 n':>9}{'fixed n':>9}{'median/fixed':>14}")
     lines, medians, ratios = [head, "-" * len(head)], {}, {}
     for cases, fixed in gate_sims.all_cases():
@@ -137,7 +137,7 @@ def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str
             medians[(case.gate, case.truth)] = o.median
             ratios[(case.gate, case.truth)] = o.median / fixed
             wrong = f"{case.wrong} {percent(o.wrong, runs)}"
-            lines.append(f"{case.gate:<20}{case.truth:>12}{wrong:>20}{100 * o.inconclusive:>14.1f}%"
+            lines.append(f"{case.gate:<34}{case.truth:>12}{wrong:>20}{100 * o.inconclusive:>14.1f}%"
                          f"{o.median:>10,.0f}{o.p90:>9,.0f}{fixed:>9,}{o.median / fixed:>14.2f}")
     parametric, free = gate_sims.latency_fixed_sizes()
     lines.append(f"latency p99 fixed n: {free:,} is the distribution-free test (order statistics as exact binomial "
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
           f"accuracy -0.01 -+{gate_sims.WITH_ACCURACY.gates.accuracy_margin} at {gate_sims.BASE_ACCURACY:.0%}; "
           f"latency p99 "
           f"{g.max_latency_ratio} x/ {g.latency_indifference} (lognormal, sigma {gate_sims.SIGMA})")
+    print("paired N%: a shadowed step whose two latencies (or errors, or misses) share N% of their variation "
+          "(paired 0%: independent);\nstochastic: the opt-in stochastic-order latency test, factors gate x f and "
+          "gate / f, fixed n = one binomial test at the gate")
     print("wrong verdict: a pass at the bad edge (or beyond), a fail at the good edge; n: samples per side "
           "(pairs when paired) at the verdict; caps 20,000 (agreement, latency), 60,000 (the others)\n")
     text, gate_checks = gate_table(args.step_runs, rng)

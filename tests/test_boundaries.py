@@ -7,20 +7,29 @@ import math
 
 import pytest
 
-from router.analysis.boundaries import LATE, _early_level, _ig_cdf, fail_level, information_paired, information_unpaired
+from router.analysis.boundaries import (
+    EARLY,
+    LATE,
+    _early_level,
+    _ig_cdf,
+    fail_level,
+    information_paired,
+    information_unpaired,
+)
 from router.analysis.decision import RolloutPolicy, error_rate_gate
 from router.analysis.rollout_types import SideCounts, StepEvidence, Verdict
 
 BETA = 0.01 / 12
 
 
-@pytest.mark.parametrize(("information", "jump", "expected"), [
-    (0.0, 0.0, -6.727), (14.0, 0.0, -6.727),  # early: below Wald's log(beta) = -7.090
-    (14.0, 0.3, -6.588),  # a jump's overshoot buys more
-    (14.2, 0.0, math.log(BETA) - LATE), (50.0, 0.3, math.log(BETA) - LATE),  # late: LATE nats beyond Wald's
-])
-def test_fail_level(information: float, jump: float, expected: float) -> None:
-    assert fail_level(BETA, information, jump) == pytest.approx(expected, abs=2e-3)
+def test_fail_level_is_lower_than_walds_early_and_higher_late() -> None:
+    wald = math.log(BETA)
+    c1, switch = _early_level(BETA, 1.0)
+    assert fail_level(BETA, 0.0, 0.0) == fail_level(BETA, switch, 0.0) == pytest.approx(-c1)
+    assert wald + 0.3 < -c1 < wald + 0.6  # 0.3-0.6 nats nearer zero: fails sooner at the bad edge
+    assert fail_level(BETA, switch * 1.01, 0.0) == fail_level(BETA, 1e6, 0.3) == wald - LATE
+    assert fail_level(BETA, 0.0, 0.3) > fail_level(BETA, 0.0, 0.0)  # a jump's overshoot buys more
+    assert 0 < switch < 2 * -wald  # before the flat test's mean crossing time
 
 
 @pytest.mark.parametrize("beta", [0.01, BETA, 1e-4])
@@ -28,9 +37,10 @@ def test_fail_level(information: float, jump: float, expected: float) -> None:
 def test_the_boundary_spends_exactly_beta_times_the_overshoot_credit(beta: float, credit: float) -> None:
     c1, switch = _early_level(beta, credit)
     early = _ig_cdf(switch, 2 * c1, c1 * c1)
+    assert early == pytest.approx(EARLY, abs=1e-6)
     spent = math.exp(-c1) * early + beta * math.exp(-LATE) * (1 - early)
     assert spent == pytest.approx(beta * credit, rel=1e-6)
-    assert 0.5 < early < 1 and c1 < -math.log(beta)
+    assert c1 < -math.log(beta)
 
 
 def test_inverse_gaussian_cdf() -> None:
@@ -50,7 +60,7 @@ def test_information_grows_with_samples_and_falls_with_spread() -> None:
 
 
 @pytest.mark.parametrize(("errors", "verdict"), [
-    ((3_000, 66, 3_000, 30), Verdict.FAIL),  # ratio -6.83: fails under the early boundary (-6.61), not Wald's (-7.09)
+    ((3_000, 66, 3_000, 30), Verdict.FAIL),  # ratio -6.83: fails under the early boundary (-6.50), not Wald's (-7.09)
     ((3_000, 31, 3_000, 30), Verdict.PASS),
     ((3_000, 55, 3_000, 30), Verdict.INCONCLUSIVE),
 ])

@@ -12,8 +12,9 @@ spends less than beta in two ways, and both are recovered here:
 * **Where the budget is spent.** The same identity holds for any boundary that rises with time:
   false fail = E_bad[exp(-c(tau))]. A flat boundary spends beta evenly over every crossing; most
   candidates at the bad edge cross near the flat test's mean time, so a boundary that is lower
-  until then (`EARLY`) and `LATE` nats higher afterwards spends more of beta where it shortens the
-  typical run, and pays with a longer tail (the p90). Time is counted in information (the ratio's
+  until a little over half of them (`EARLY`) would have crossed it, and `LATE` nats higher
+  afterwards, spends more of beta where it shortens the typical run (the median), and pays with a
+  longer tail (the p90). Time is counted in information (the ratio's
   variance at the edges, from the counts), where the ratio at the bad edge is a Brownian motion of
   drift 1/2 and variance 1, so the crossing time is inverse Gaussian and the split is exact
   under the normal approximation.
@@ -27,9 +28,10 @@ import math
 from functools import lru_cache
 from statistics import NormalDist
 
-__all__ = ["LATE", "fail_level", "information_paired", "information_unpaired"]
+__all__ = ["EARLY", "LATE", "fail_level", "information_paired", "information_unpaired"]
 
-LATE = 1.5  # nats: how much higher the fail boundary sits after the switch than Wald's
+LATE = 2.0  # nats: how much higher the fail boundary sits after the switch than Wald's
+EARLY = 0.6  # the share of bad-edge candidates the early boundary is meant to fail before the switch
 _PHI = NormalDist().cdf
 _SMOOTH = 0.5  # pseudo-counts so that zero counts still give a finite variance
 
@@ -45,20 +47,19 @@ def _ig_cdf(x: float, mean: float, shape: float) -> float:
 
 @lru_cache(maxsize=1024)
 def _early_level(beta: float, credit: float) -> tuple[float, float]:
-    """(c1, switch): the fail boundary in nats below zero before `switch` (information) so that the
-    false fails before and after it (at Wald's level + LATE) add up to beta x credit."""
+    """(c1, switch): the fail boundary in nats below zero, and the information at which it moves to
+    Wald's level + LATE, such that a candidate at the bad edge crosses c1 before the switch with
+    probability EARLY, and the false fails before and after the switch add up to beta x credit:
+    exp(-c1) EARLY + exp(-(a + LATE)) (1 - EARLY) = beta x credit, a = log(1/beta)."""
     a = -math.log(beta)
-    switch = 2 * a  # the flat test's mean crossing time at the bad edge, in information
-
-    def spent(c1: float) -> float:
-        early = _ig_cdf(switch, 2 * c1, c1 * c1)
-        return math.exp(-c1) * early + math.exp(-(a + LATE)) * (1 - early)
-
-    target, lo, hi = beta * credit, max(a - 4.0, 0.5), a + LATE
-    for _ in range(60):  # spent() falls as c1 rises
+    c1 = -math.log((beta * credit - math.exp(-(a + LATE)) * (1 - EARLY)) / EARLY)
+    lo, hi = 0.0, 2 * c1
+    while _ig_cdf(hi, 2 * c1, c1 * c1) < EARLY:
+        hi *= 2
+    for _ in range(60):  # the EARLY quantile of the crossing time (inverse Gaussian), by bisection
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if spent(mid) <= target else (mid, hi)
-    return hi, switch
+        lo, hi = (lo, mid) if _ig_cdf(mid, 2 * c1, c1 * c1) >= EARLY else (mid, hi)
+    return c1, hi
 
 
 def fail_level(beta: float, information: float, jump: float) -> float:

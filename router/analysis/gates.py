@@ -13,9 +13,13 @@ Why the statistics look the way they do (the numbers themselves are in `router.a
   either may happen. Demanding certainty right at the threshold is what made tests slow.
 * agreement: Wald's SPRT of p = gate - d against p = gate + d.
 * error rate, accuracy: the SPRT of the difference at gate -+ d, the primary's rate profiled out
-  (approximate; measured in bench/decisions.py); on shadowed steps, on the discordant pairs only.
+  (approximate; measured in bench/decisions.py); on shadowed steps, on the discordant pairs only
+  (accuracy: when feedback scored both predictions of each request). The fail boundary spends the
+  whole beta (`router.analysis.boundaries`).
 * latency: order-statistic confidence sequences on each side's quantile (one-sided mixtures for
-  the count of samples below the true quantile), judged against gate x f and gate / f.
+  the count of samples below the true quantile), judged against gate x f and gate / f; on shadowed
+  steps beside a paired exceedance test (`router.analysis.paired_latency`), each at half the
+  budget. Opt-in: a test of stochastic order instead (`router.analysis.stochastic`).
 * Every GateResult carries, beside the test's boundaries, a confidence sequence for the value.
 * Error budget (`error_budget`): a false pass of a bad candidate is bounded by alpha = 1 - confidence
   at every step, since advancing needs *all* gates to pass. A false failure of a good candidate can
