@@ -70,13 +70,3 @@ def paired_claims(counts: PairedLatency, primary: tuple[int, ...], q: float, alp
         fails = _holds(counts.worse[1], counts.better[1], span, beta / 2, below=False)
     return passes, fails
 
-
-def discordant_share(counts: PairedLatency, primary: tuple[int, ...], q: float) -> float | None:
-    """The share of worse among discordant pairs at the primary's sample quantile and the gate
-    (geometric mean of the pass and fail factors); for the decision log."""
-    n = sum(primary)
-    if n == 0:
-        return None
-    i = min(bisect_left(list(accumulate(primary)), max(1, round(n * q))), len(LATENCY_BUCKETS_S) - 1)
-    worse, better = counts.worse[0][i] + counts.worse[1][i], counts.better[0][i] + counts.better[1][i]
-    return worse / (worse + better) if worse + better else None
