@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from router.analysis.decision import (
     LATENCY_BUCKETS_S,
     Gates,
+    PairedLatency,
     RolloutPolicy,
     SideCounts,
     StepEvidence,
@@ -30,7 +31,8 @@ from router.analysis.decision import (
     error_budget,
     latency_gate,
 )
-from router.analysis.sequential import difference_llr, paired_llr
+from router.analysis.gates import sprt_verdict
+from router.analysis.stochastic import stochastic_latency_gate
 
 POLICY = RolloutPolicy()  # the defaults: agreement, error-rate and latency gates
 ALPHA, BETA = error_budget(POLICY)
@@ -105,12 +107,14 @@ def agreement_cases() -> tuple[list[Case], int]:
 BASE_ERRORS = 0.01
 
 
-def _sprt_verdict(llr: float, n: int, policy: RolloutPolicy = POLICY) -> Verdict:
-    """The error-rate and accuracy gates' verdict from their log likelihood ratio."""
+def _sprt_verdict(paired: bool, counts: tuple[int, ...], after: tuple[int, ...], good: float, bad: float, n: int,
+                  policy: RolloutPolicy = POLICY) -> Verdict:
+    """The error-rate and accuracy gates' verdict from their log likelihood ratio and fail level."""
     alpha, beta = error_budget(policy)
     if n < policy.min_samples:
         return Verdict.INCONCLUSIVE
-    if llr <= math.log(beta):
+    llr, level = sprt_verdict(paired, counts, after, good, bad, alpha, beta)
+    if llr <= level:
         return Verdict.FAIL
     return Verdict.PASS if llr >= -math.log(alpha) else Verdict.INCONCLUSIVE
 
@@ -123,7 +127,7 @@ def error_cases(paired: bool, shared: float | None = None) -> tuple[list[Case], 
     batch = 100
     if paired:
         def judge(t: tuple[int, ...]) -> Verdict:
-            return _sprt_verdict(paired_llr(t[1], t[2], t[0], good, bad), t[0])
+            return _sprt_verdict(True, (t[1], t[2], t[0]), (t[1] + 1, t[2], t[0] + 1), good, bad, t[0])
 
         def discordant(diff: float) -> tuple[float, float]:
             pc = p + diff
@@ -139,7 +143,7 @@ def error_cases(paired: bool, shared: float | None = None) -> tuple[list[Case], 
             return b + c - (b - c) ** 2
     else:
         def judge(t: tuple[int, ...]) -> Verdict:
-            return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], good, bad), t[0])
+            return _sprt_verdict(False, (t[1], t[0], t[2], t[0]), (t[1] + 1, t[0] + 1, t[2], t[0]), good, bad, t[0])
 
         def draw_for(diff: float) -> Draw:
             return lambda rng: (batch, int(rng.binomial(batch, p + diff)), int(rng.binomial(batch, p)))
@@ -164,7 +168,8 @@ def accuracy_cases() -> tuple[list[Case], int]:
     alpha, beta = error_budget(WITH_ACCURACY)
 
     def judge(t: tuple[int, ...]) -> Verdict:
-        return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], good, bad), t[0], WITH_ACCURACY)
+        return _sprt_verdict(False, (t[1], t[0], t[2], t[0]), (t[1], t[0] + 1, t[2], t[0]), good, bad, t[0],
+                             WITH_ACCURACY)
 
     def draw_for(diff: float) -> Draw:
         return lambda rng: (batch, int(rng.binomial(batch, p + diff)), int(rng.binomial(batch, p)))
@@ -185,7 +190,7 @@ MEDIAN_S, SIGMA = 0.05, 0.5  # lognormal latencies: p99 is about 3.2 times the m
 
 def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
     g = POLICY.gates
-    gate, f, q, batch = g.max_latency_ratio or 1.25, g.latency_indifference, g.latency_quantile, 100
+    gate, f, batch = g.max_latency_ratio or 1.25, g.latency_indifference, 100
 
     def judge(t: tuple[int, ...]) -> Verdict:
         half = len(t) // 2
@@ -204,16 +209,145 @@ def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
     edges = [(gate * f, Verdict.PASS), (gate / f, Verdict.FAIL)]
     edges += [(r, Verdict.PASS if r > gate else Verdict.FAIL) for r in ratios]
     cases = [Case("latency p99", f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000) for r, wrong in edges]
-    # The sample p99's log has sd sigma * sqrt(q(1-q)) / phi(z_q) / sqrt(n) per side (normal
-    # approximation, shape known): a parametric fixed-size test, kinder than a distribution-free one.
-    sd = math.sqrt(2) * SIGMA * math.sqrt(q * (1 - q)) / NormalDist().pdf(Z(q))
-    n = ((Z(1 - ALPHA) + Z(1 - BETA)) * sd / (2 * math.log(f))) ** 2
+    return cases, latency_fixed_sizes()[1]
+
+
+def latency_fixed_sizes() -> tuple[int, int]:
+    """(parametric, distribution-free) fixed-size tests of the p99 ratio with the same error rates.
+
+    The sample p99's log has sd s = sigma * sqrt(q(1-q)) / phi(z_q) / sqrt(n) per side (normal
+    approximation). Parametric: the shape is known, so one threshold on the ratio of sample p99s
+    separates the edges: sqrt(2) s (z_alpha + z_beta) <= 2 log f. Distribution-free: the test
+    assumes nothing about the shape and reads order statistics as exact binomial confidence
+    bounds, as the gate does with one look: pass when candidate upper / primary lower (each at
+    alpha/2) <= gate x f, fail when candidate lower / primary upper (each at beta/2) > gate / f. Each
+    bound sits z s beyond its sample quantile, so the good edge passes with probability 1 - beta when
+    s (2 z_{alpha/2} + sqrt(2) z_beta) <= 2 log f, and the bad edge fails with probability 1 - alpha
+    when s (2 z_{beta/2} + sqrt(2) z_alpha) <= 2 log f; n is the larger of the two.
+    """
+    q, f = POLICY.gates.latency_quantile, POLICY.gates.latency_indifference
+    s = SIGMA * math.sqrt(q * (1 - q)) / NormalDist().pdf(Z(q))  # times 1 / sqrt(n)
+    parametric = (math.sqrt(2) * s * (Z(1 - ALPHA) + Z(1 - BETA)) / (2 * math.log(f))) ** 2
+    free = max(s * (2 * Z(1 - ALPHA / 2) + math.sqrt(2) * Z(1 - BETA)),
+               s * (2 * Z(1 - BETA / 2) + math.sqrt(2) * Z(1 - ALPHA))) ** 2 / (2 * math.log(f)) ** 2
+    return math.ceil(parametric), math.ceil(free)
+
+
+def _per_threshold(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How many of the ranges [lo, hi) cover each threshold index (the window's starts and ends)."""
+    keep = lo < hi
+    diff = np.zeros(len(BUCKETS) + 1, dtype=np.int64)
+    np.add.at(diff, lo[keep], 1)
+    np.add.at(diff, hi[keep], -1)
+    return np.cumsum(diff)[:len(BUCKETS)]
+
+
+def paired_latency_cases(shared: float, ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
+    """A shadowed step: each request's two latencies share a factor (log-correlation `shared`, the
+    request's size or the host), and the gate reads them pair by pair."""
+    g = POLICY.gates
+    gate, f, batch, nb = g.max_latency_ratio or 1.25, g.latency_indifference, 100, len(BUCKETS)
+    factors = (gate * f, gate / f)
+
+    def judge(t: tuple[int, ...]) -> Verdict:
+        a = np.asarray(t)
+        hp, hc, rest = a[:nb + 1], a[nb + 1:2 * nb + 2], a[2 * nb + 2:].reshape(4, nb)
+        n = int(hp.sum())
+        pl = PairedLatency(factors, (tuple(rest[0].tolist()), tuple(rest[2].tolist())),
+                           (tuple(rest[1].tolist()), tuple(rest[3].tolist())))
+        ev = StepEvidence(primary=SideCounts(n, latency=tuple(hp.tolist())),
+                          candidate=SideCounts(n, latency=tuple(hc.tolist())), pairs=n, paired_latency=pl)
+        return latency_gate(ev, POLICY, gate).verdict
+
+    def draw_for(ratio: float) -> Draw:
+        def draw(rng: np.random.Generator) -> tuple[int, ...]:
+            common = rng.standard_normal(batch)
+            z = math.sqrt(shared) * common + math.sqrt(1 - shared) * rng.standard_normal((2, batch))
+            live, shadow = MEDIAN_S * np.exp(SIGMA * z[0]), ratio * MEDIAN_S * np.exp(SIGMA * z[1])
+            above = np.searchsorted(BUCKETS, live)
+            parts = [np.bincount(above, minlength=nb + 1),
+                     np.bincount(np.searchsorted(BUCKETS, shadow), minlength=nb + 1)]
+            for factor in factors:
+                over = np.searchsorted(BUCKETS, shadow / factor)
+                parts += [_per_threshold(above, over), _per_threshold(over, above)]  # worse, better
+            return tuple(int(x) for x in np.concatenate(parts))
+        return draw
+
+    edges = [(gate * f, Verdict.PASS), (gate / f, Verdict.FAIL)]
+    edges += [(r, Verdict.PASS if r > gate else Verdict.FAIL) for r in ratios]
+    name = f"latency p99, paired {shared:.0%}"
+    cases = [Case(name, f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000) for r, wrong in edges]
+    return cases, latency_cases()[1]
+
+
+def stochastic_cases(shared: float | None) -> tuple[list[Case], int]:
+    """The stochastic-order test: shadowed (per-request comparisons, log-correlation `shared`) or a
+    canary step (None: independent draws from each side, paired in order of arrival)."""
+    g = POLICY.gates
+    gate, f, batch = g.max_latency_ratio or 1.25, g.latency_indifference, 100
+    factors, rho = (gate * f, gate / f), shared or 0.0
+    # min_samples 100 rather than 500: the bulk of two distributions 1.56x apart separates in a few
+    # hundred comparisons, and the default floor would be all the table showed
+    policy = replace(POLICY, min_samples=100, gates=replace(g, latency_test="stochastic"))
+
+    def judge(t: tuple[int, ...]) -> Verdict:
+        ev = StepEvidence(pairs=t[0] if shared is not None else 0, order_pairs=t[0], order_worse_pass=t[1],
+                          order_worse_fail=t[2])
+        return stochastic_latency_gate(ev, policy).verdict
+
+    def draw_for(ratio: float) -> Draw:
+        def draw(rng: np.random.Generator) -> tuple[int, ...]:
+            z = math.sqrt(rho) * rng.standard_normal(batch) + math.sqrt(1 - rho) * rng.standard_normal((2, batch))
+            live, cand = np.exp(SIGMA * z[0]), ratio * np.exp(SIGMA * z[1])
+            return batch, int((cand > factors[0] * live).sum()), int((cand > factors[1] * live).sum())
+        return draw
+
+    name = "stochastic, canary" if shared is None else f"stochastic, paired {rho:.0%}"
+    name += " (min 100)"
+    cases = [Case(name, f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000)
+             for r, wrong in ((gate * f, Verdict.PASS), (gate / f, Verdict.FAIL), (1.6, Verdict.PASS))]
+    # Fixed size: one binomial test at the gate of theta = P(candidate > gate x primary), whose value
+    # at each edge of the zone follows from the lognormal difference of logs.
+    sd = SIGMA * math.sqrt(2 * (1 - rho))
+    bad, good = NormalDist().cdf(math.log(f) / sd), NormalDist().cdf(-math.log(f) / sd)
+    n = ((Z(1 - ALPHA) * math.sqrt(bad * (1 - bad)) + Z(1 - BETA) * math.sqrt(good * (1 - good))) / (bad - good)) ** 2
+    return cases, math.ceil(n)
+
+
+def paired_accuracy_cases(shared: float) -> tuple[list[Case], int]:
+    """Feedback that scored both predictions of each shadowed request: a share `shared` of the
+    primary's misses are missed by the candidate too (hard inputs)."""
+    gate, d = WITH_ACCURACY.gates.min_accuracy_delta or 0.0, WITH_ACCURACY.gates.accuracy_margin
+    good, bad, p, batch = gate + d, gate - d, BASE_ACCURACY, 100
+    alpha, beta = error_budget(WITH_ACCURACY)
+
+    def judge(t: tuple[int, ...]) -> Verdict:
+        return _sprt_verdict(True, (t[1], t[2], t[0]), (t[1], t[2] + 1, t[0] + 1), good, bad, t[0], WITH_ACCURACY)
+
+    def discordant(diff: float) -> tuple[float, float]:
+        miss_p, miss_c = 1 - p, 1 - p - diff
+        both = min(shared * miss_p, miss_c)
+        return miss_p - both, miss_c - both  # only the candidate right, only the primary right
+
+    def draw_for(diff: float) -> Draw:
+        b, c = discordant(diff)
+        return lambda rng: (batch, *(int(x) for x in rng.multinomial(batch, [b, c, 1 - b - c])[:2]))
+
+    def var(diff: float) -> float:
+        b, c = discordant(diff)
+        return b + c - (b - c) ** 2
+
+    name = f"accuracy, paired {shared:.0%}"
+    cases = [Case(name, f"{bad:+g}", Verdict.PASS, draw_for(bad), judge, batch, 60_000),
+             Case(name, f"{good:+g}", Verdict.FAIL, draw_for(good), judge, batch, 60_000)]
+    n = ((Z(1 - alpha) * math.sqrt(var(bad)) + Z(1 - beta) * math.sqrt(var(good))) / (good - bad)) ** 2
     return cases, math.ceil(n)
 
 
 def all_cases() -> list[tuple[list[Case], int]]:
     return [agreement_cases(), error_cases(False), error_cases(True), error_cases(True, 0.5), accuracy_cases(),
-            latency_cases((1.6,))]
+            paired_accuracy_cases(0.5), latency_cases((1.6,)), paired_latency_cases(0.0, (1.6,)),
+            paired_latency_cases(0.8, (1.6,)), stochastic_cases(None), stochastic_cases(0.8)]
 
 
 # -- expected sample size against the gate and its zone (docs/configuration.md) ---------------------
@@ -239,8 +373,9 @@ def zone_cases() -> list[tuple[str, list[Case]]]:
         d = policy.gates.error_margin
 
         def judge_err(t: tuple[int, ...], policy: RolloutPolicy = policy, gate: float = gate) -> Verdict:
-            return _sprt_verdict(difference_llr(t[1], t[0], t[2], t[0], gate - policy.gates.error_margin,
-                                                gate + policy.gates.error_margin), t[0], policy)
+            good, bad = gate - policy.gates.error_margin, gate + policy.gates.error_margin
+            return _sprt_verdict(False, (t[1], t[0], t[2], t[0]), (t[1] + 1, t[0] + 1, t[2], t[0]), good, bad,
+                                 t[0], policy)
 
         cases = [Case("error rate", f"+{diff:g}", wrong, _two_binomials(100, base + diff, base), judge_err, 100,
                       200_000) for diff, wrong in ((gate + d, Verdict.PASS), (gate - d, Verdict.FAIL))]

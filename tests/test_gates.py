@@ -28,6 +28,7 @@ from router.analysis.decision import (
     latency_histogram,
 )
 from router.analysis.expectation import expected_samples, expected_seconds, gate_expectations
+from router.analysis.gates import sprt_verdict
 from router.analysis.sequential import brownian_time, difference_llr, paired_llr
 from router.config import ConfigError, parse_config
 from router.control.window import WindowCounters
@@ -176,8 +177,10 @@ def test_error_verdict_is_the_ratio_against_walds_thresholds(evidence: StepEvide
     """bench/decisions.py judges by the ratio directly; it must be what the gate does."""
     c, p = evidence.candidate, evidence.primary
     alpha, beta = error_budget(POLICY)
-    llr = difference_llr(c.errors, c.requests, p.errors, p.requests, 0.0, 0.01)
-    expected = FAIL if llr <= math.log(beta) else PASS if llr >= -math.log(alpha) else INC
+    llr, level = sprt_verdict(False, (c.errors, c.requests, p.errors, p.requests),
+                              (c.errors + 1, c.requests + 1, p.errors, p.requests), 0.0, 0.01, alpha, beta)
+    assert llr == difference_llr(c.errors, c.requests, p.errors, p.requests, 0.0, 0.01)
+    expected = FAIL if llr <= level else PASS if llr >= -math.log(alpha) else INC
     assert error_rate_gate(evidence, POLICY, 0.005).verdict is expected
 
 

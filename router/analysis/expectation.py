@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from router.analysis.gates import evaluate_gates, latency_gate
 from router.analysis.rollout_types import Gate, RolloutPolicy, SideCounts, Snapshot, StepEvidence, Verdict, error_budget
 from router.analysis.sequential import brownian_time, difference_llr, paired_llr, point_llr
+from router.analysis.stochastic import stochastic_claims
 
 __all__ = ["GateExpectation", "expected_samples", "expected_seconds", "gate_expectations"]
 
@@ -155,6 +156,8 @@ def _scaled(side: SideCounts, factor: float) -> SideCounts:
 
 
 def _latency(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
+    if policy.gates.latency_test == "stochastic":
+        return _stochastic(ev, policy)
     n = min(sum(ev.candidate.latency), sum(ev.primary.latency))
     if n == 0:
         return math.inf
@@ -163,6 +166,26 @@ def _latency(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float
         scaled = StepEvidence(primary=_scaled(ev.primary, factor), candidate=_scaled(ev.candidate, factor))
         return latency_gate(scaled, policy, threshold).verdict is not Verdict.INCONCLUSIVE
 
+    return _grow_until(decided, n)
+
+
+def _stochastic(ev: StepEvidence, policy: RolloutPolicy) -> float:
+    """The comparisons scaled up with their shares kept until the stochastic-order test decides."""
+    n = ev.order_pairs
+    if n == 0:
+        return math.inf
+    alpha, beta = error_budget(policy)
+
+    def decided(factor: float) -> bool:
+        m = round(n * factor)
+        return any(stochastic_claims(m, round(ev.order_worse_pass * factor), round(ev.order_worse_fail * factor),
+                                     alpha, beta))
+
+    return _grow_until(decided, n)
+
+
+def _grow_until(decided: Callable[[float], bool], n: int) -> float:
+    """Further samples until `decided` holds for the evidence scaled by a factor (math.inf past the cap)."""
     low, high = 1.0, 2.0
     while not decided(high):
         if high >= _LATENCY_SCALE_CAP:

@@ -13,9 +13,13 @@ Why the statistics look the way they do (the numbers themselves are in `router.a
   either may happen. Demanding certainty right at the threshold is what made tests slow.
 * agreement: Wald's SPRT of p = gate - d against p = gate + d.
 * error rate, accuracy: the SPRT of the difference at gate -+ d, the primary's rate profiled out
-  (approximate; measured in bench/decisions.py); on shadowed steps, on the discordant pairs only.
+  (approximate; measured in bench/decisions.py); on shadowed steps, on the discordant pairs only
+  (accuracy: when feedback scored both predictions of each request). The fail boundary spends the
+  whole beta (`router.analysis.boundaries`).
 * latency: order-statistic confidence sequences on each side's quantile (one-sided mixtures for
-  the count of samples below the true quantile), judged against gate x f and gate / f.
+  the count of samples below the true quantile), judged against gate x f and gate / f; on shadowed
+  steps beside a paired exceedance test (`router.analysis.paired_latency`), each at half the
+  budget. Opt-in: a test of stochastic order instead (`router.analysis.stochastic`).
 * Every GateResult carries, beside the test's boundaries, a confidence sequence for the value.
 * Error budget (`error_budget`): a false pass of a bad candidate is bounded by alpha = 1 - confidence
   at every step, since advancing needs *all* gates to pass. A false failure of a good candidate can
@@ -31,12 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
+from router.analysis.boundaries import fail_level, information_paired, information_unpaired
+from router.analysis.paired_latency import paired_claims
 from router.analysis.rollout_types import (
     BUCKET_FACTOR,
     LATENCY_BUCKETS_S,
     Gate,
     GateResult,
     LlmEvidence,
+    PairedLatency,
     RolloutPolicy,
     SideCounts,
     Snapshot,
@@ -45,6 +52,7 @@ from router.analysis.rollout_types import (
     error_budget,
 )
 from router.analysis.sequential import crossing, difference_llr, paired_llr, point_llr, rank_bounds, rate_bounds
+from router.analysis.stochastic import stochastic_latency_gate
 
 __all__ = ["accuracy_gate", "agreement_gate", "error_rate_gate", "evaluate_gates", "latency_gate"]
 
@@ -119,44 +127,72 @@ def _solve(f: Callable[[float], float], target: float, lo: float, hi: float) -> 
 
 @dataclass(frozen=True, slots=True)
 class _Sprt:
-    """A two-rate SPRT's result: its log likelihood ratio, the gate values at which it would pass
-    and fail (the inverted test), and whether it used the pairing."""
+    """A two-rate SPRT's result: its log likelihood ratio, the level at or below which it fails
+    now (`router.analysis.boundaries`), the gate values at which it would pass and fail (the
+    inverted test), and whether it used the pairing."""
 
     llr: float
+    fail_level: float
     pass_at: float
     fail_at: float
     paired: bool
 
 
+def _sprt_counts(evidence: StepEvidence, gate: Gate) -> tuple[bool, tuple[int, ...], tuple[int, ...]]:
+    """(paired, the counts the test reads, the same after one more candidate failure)."""
+    c, p = evidence.candidate, evidence.primary
+    if gate is Gate.ERROR_RATE and evidence.paired:
+        b, d, n = evidence.discordant_candidate, evidence.discordant_primary, evidence.pairs
+        return True, (b, d, n), (b + 1, d, n + 1)
+    if gate is Gate.ACCURACY and evidence.feedback_paired:
+        b, d, n = evidence.only_candidate_right, evidence.only_primary_right, evidence.labelled_pairs
+        return True, (b, d, n), (b, d + 1, n + 1)
+    if gate is Gate.ERROR_RATE:
+        return False, (c.errors, c.requests, p.errors, p.requests), (c.errors + 1, c.requests + 1, p.errors,
+                                                                     p.requests)
+    return False, (c.correct, c.labelled, p.correct, p.labelled), (c.correct, c.labelled + 1, p.correct, p.labelled)
+
+
+def _counts_llr(paired: bool, counts: tuple[int, ...], good: float, bad: float) -> float:
+    if paired:
+        return paired_llr(counts[0], counts[1], counts[2], good, bad)
+    return difference_llr(counts[0], counts[1], counts[2], counts[3], good, bad)
+
+
+def _information(paired: bool, counts: tuple[int, ...], width: float) -> float:
+    if paired:
+        return information_paired(counts[0], counts[1], counts[2], width)
+    return information_unpaired(counts[0], counts[1], counts[2], counts[3], width)
+
+
+def sprt_verdict(paired: bool, counts: tuple[int, ...], after_failure: tuple[int, ...], good: float, bad: float,
+                 alpha: float, beta: float) -> tuple[float, float]:
+    """(log likelihood ratio of good against bad, the fail level now): the test passes at a ratio
+    >= log(1/alpha) and fails at one <= the level (`boundaries.fail_level`)."""
+    llr = _counts_llr(paired, counts, good, bad)
+    jump = llr - _counts_llr(paired, after_failure, good, bad)
+    return llr, fail_level(beta, _information(paired, counts, abs(bad - good)), jump)
+
+
 def _difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
     """The SPRT of candidate-minus-primary at `threshold` -+ the indifference, oriented so that a
     positive ratio favours the candidate (lower rates are better for errors, higher for accuracy)."""
-    c, p, g = evidence.candidate, evidence.primary, policy.gates
+    g = policy.gates
     alpha, beta = error_budget(policy)
     sign, d = (1.0, g.error_margin) if gate is Gate.ERROR_RATE else (-1.0, g.accuracy_margin)
-    paired = gate is Gate.ERROR_RATE and evidence.paired
-    if paired:
-        counts = (evidence.discordant_candidate, evidence.discordant_primary, evidence.pairs)
-
-        def llr(t: float) -> float:
-            return paired_llr(*counts, t - sign * d, t + sign * d)
-    else:
-        two = (c.errors, c.requests, p.errors, p.requests) if sign > 0 else (c.correct, c.labelled, p.correct,
-                                                                                p.labelled)
-
-        def llr(t: float) -> float:
-            return difference_llr(*two, t - sign * d, t + sign * d)
-    # The ratio rises with the gate for errors (a higher allowance favours the candidate) and falls
-    # with it for accuracy; each test boundary is where it meets Wald's threshold.
-    lo, hi = -1 + d * 1.000001, 1 - d * 1.000001
+    paired, counts, after = _sprt_counts(evidence, gate)
+    llr, level = sprt_verdict(paired, counts, after, threshold - sign * d, threshold + sign * d, alpha, beta)
 
     def oriented(u: float) -> float:  # increasing in u for both orientations
-        return llr(sign * u)
+        return _counts_llr(paired, counts, sign * u - sign * d, sign * u + sign * d)
 
+    # The ratio rises with the gate for errors (a higher allowance favours the candidate) and falls
+    # with it for accuracy; each test boundary is where it meets its threshold.
+    lo, hi = -1 + d * 1.000001, 1 - d * 1.000001
     ends = sorted((sign * lo, sign * hi))
     pass_at = sign * _solve(oriented, -math.log(alpha), *ends)
-    fail_at = sign * _solve(oriented, math.log(beta), *ends)
-    return _Sprt(llr(threshold), pass_at, fail_at, paired)
+    fail_at = sign * _solve(oriented, level, *ends)
+    return _Sprt(llr, level, pass_at, fail_at, paired)
 
 
 # -- gates --------------------------------------------------------------------------------------
@@ -209,7 +245,7 @@ def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: fl
     `low`, pass at every gate above `high`); `ci_low`/`ci_high` is a confidence sequence.
     """
     c, p = evidence.candidate, evidence.primary
-    alpha, beta = error_budget(policy)
+    alpha = error_budget(policy)[0]
     t = _difference_sprt(evidence, policy, Gate.ERROR_RATE, threshold)
     if t.paired:
         n, gamma = evidence.pairs, _ci_level(policy) / 2
@@ -220,10 +256,10 @@ def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: fl
         n = min(c.requests, p.requests)
         ci = _difference_bounds(c.errors, c.requests, p.errors, p.requests, _ci_level(policy) / 2)
     estimate = c.errors / c.requests - p.errors / p.requests if min(c.requests, p.requests) else None
-    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= t.fail_level)
     d = policy.gates.error_margin
     return GateResult(Gate.ERROR_RATE, verdict, estimate, t.fail_at, t.pass_at, threshold, n, ci[0], ci[1],
-                      policy.confidence, (threshold - d, threshold + d), t.paired)
+                      policy.confidence, (threshold - d, threshold + d), t.paired, _sprt_name(t))
 
 
 def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
@@ -236,15 +272,25 @@ def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float
     fails when candidate lower / primary upper (each at beta/2) exceeds gate / f. When both hold
     the truth is inside the zone, and the estimate's side of the gate decides. `high` and `low`
     are those bounds moved into the gate's frame (the gates at which the test would pass or fail).
+
+    On shadowed steps the paired test (`router.analysis.paired_latency`) runs beside it, each at
+    half of alpha and of beta, and either may decide (a union bound): pairing is much faster where
+    the two sides' latencies move together and at showing a slow candidate slow, while the
+    quantile bounds are faster at showing a candidate as fast as the primary fast.
     """
     g = policy.gates
     q, f, c, p = g.latency_quantile, g.latency_indifference, evidence.candidate.latency, evidence.primary.latency
     alpha, beta = error_budget(policy)
-    high = _ratio(_quantile_bounds(c, q, alpha / 2)[1], _quantile_bounds(p, q, alpha / 2)[0])
-    low = _ratio(_quantile_bounds(c, q, beta / 2)[0], _quantile_bounds(p, q, beta / 2)[1])
+    paired = _paired_latency(evidence, policy, threshold)
+    share = 1.0 if paired is None else 0.5
+    high = _ratio(_quantile_bounds(c, q, share * alpha / 2)[1], _quantile_bounds(p, q, share * alpha / 2)[0])
+    low = _ratio(_quantile_bounds(c, q, share * beta / 2)[0], _quantile_bounds(p, q, share * beta / 2)[1])
     n = min(sum(c), sum(p))
     estimate = _ratio(_quantile_estimate(c, q), _quantile_estimate(p, q))
     passes, fails = high is not None and high <= threshold * f, low is not None and low > threshold / f
+    if paired is not None:
+        paired_pass, paired_fail = paired_claims(paired, p, q, share * alpha, share * beta)
+        passes, fails = passes or paired_pass, fails or paired_fail
     if passes and fails:  # both tests reject: inside the zone, where the estimate decides
         fails = estimate is not None and estimate > threshold
         passes = not fails
@@ -253,24 +299,41 @@ def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float
           _ratio(_quantile_bounds(c, q, gamma)[1], _quantile_bounds(p, q, gamma)[0]))
     return GateResult(Gate.LATENCY, _verdict(n, policy.min_samples, passes, fails), estimate,
                       None if low is None else low * f, None if high is None else high / f, threshold, n,
-                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f))
+                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f), paired is not None,
+                      "paired and unpaired quantile tests" if paired is not None else "unpaired quantile test")
+
+
+def _paired_latency(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> PairedLatency | None:
+    """The paired exceedance counts, when every request on both sides is a counted pair and they
+    were taken at this gate's factors (`router.analysis.paired_latency`); else None (unpaired)."""
+    counts, f = evidence.paired_latency, policy.gates.latency_indifference
+    if counts is None or not evidence.paired:
+        return None
+    wanted = (threshold * f, threshold / f)
+    return counts if all(math.isclose(a, b) for a, b in zip(counts.factors, wanted, strict=True)) else None
 
 
 def accuracy_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
     """Candidate accuracy minus primary's, from user feedback, against `min_accuracy_delta`: the
-    error-rate SPRT mirrored (higher is better), d = `accuracy_indifference`, unpaired (feedback
-    scores each side's predictions separately). `low`: every gate at or below it would pass;
-    `high`: every gate above it would fail."""
+    error-rate SPRT mirrored (higher is better), d = `accuracy_indifference`. On a shadowed step
+    whose feedback scored both predictions of each request against the same truth, it reads only
+    the pairs where exactly one side was right (McNemar, as the error gate's paired test); otherwise
+    the two sides' labelled predictions are independent samples. `low`: every gate at or below it
+    would pass; `high`: every gate above it would fail."""
     c, p = evidence.candidate, evidence.primary
-    alpha, beta = error_budget(policy)
+    alpha = error_budget(policy)[0]
     t = _difference_sprt(evidence, policy, Gate.ACCURACY, threshold)
-    n = min(c.labelled, p.labelled)
-    estimate = c.correct / c.labelled - p.correct / p.labelled if n else None
-    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= math.log(beta))
+    n = evidence.labelled_pairs if t.paired else min(c.labelled, p.labelled)
+    estimate = c.correct / c.labelled - p.correct / p.labelled if min(c.labelled, p.labelled) else None
+    verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= t.fail_level)
     ci = _difference_bounds(c.correct, c.labelled, p.correct, p.labelled, _ci_level(policy) / 2)
     d = policy.gates.accuracy_margin
     return GateResult(Gate.ACCURACY, verdict, estimate, t.pass_at, t.fail_at, threshold, n, ci[0], ci[1],
-                      policy.confidence, (threshold - d, threshold + d))
+                      policy.confidence, (threshold - d, threshold + d), t.paired, _sprt_name(t))
+
+
+def _sprt_name(t: _Sprt) -> str:
+    return "paired SPRT (discordant pairs)" if t.paired else "unpaired SPRT"
 
 
 def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResult, ...]:
@@ -280,7 +343,9 @@ def evaluate_gates(snapshot: Snapshot, policy: RolloutPolicy) -> tuple[GateResul
         results.append(agreement_gate(ev, policy, g.min_agreement))
     if g.max_error_rate_increase is not None:
         results.append(error_rate_gate(ev, policy, g.max_error_rate_increase))
-    if g.max_latency_ratio is not None:
+    if g.max_latency_ratio is not None and g.latency_test == "stochastic":
+        results.append(stochastic_latency_gate(ev, policy))
+    elif g.max_latency_ratio is not None:
         results.append(latency_gate(ev, policy, g.max_latency_ratio))
     if g.min_accuracy_delta is not None and snapshot.feedback:
         results.append(accuracy_gate(ev, policy, g.min_accuracy_delta))

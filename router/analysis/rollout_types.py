@@ -16,7 +16,8 @@ from router.analysis.histogram import FINE
 
 __all__ = [
     "BUCKET_FACTOR", "EMPTY_HISTOGRAM", "LATENCY_BUCKETS_S", "TERMINAL", "Action", "Decision", "Gate",
-    "GateResult", "Gates", "InvalidTransition", "LlmEvidence", "OperatorAction", "Phase", "RolloutPolicy",
+    "GateResult", "Gates", "InvalidTransition", "LlmEvidence", "OperatorAction", "PairedLatency", "Phase",
+    "RolloutPolicy",
     "RolloutState",
     "SideCounts", "Snapshot", "StepEvidence", "Verdict", "error_budget", "latency_histogram",
 ]
@@ -97,6 +98,7 @@ class InvalidTransition(ValueError):
 
 
 _ZERO_GATE_MARGIN = 0.005
+LATENCY_TESTS = ("quantile", "stochastic")
 
 
 def _margin(given: float | None, gate: float | None) -> float:
@@ -134,6 +136,9 @@ class Gates:
     max_tpot_ratio: float | None = None
     min_judge_win_rate: float | None = None
     llm_quantile: float = 0.9  # TTFT/TPOT quantile: p99 would need ~800 streamed samples per side
+    # "quantile": the candidate's latency_quantile against gate x the primary's; "stochastic": the
+    # whole distribution, from per-request comparisons (router.analysis.stochastic)
+    latency_test: str = "quantile"
 
     def __post_init__(self) -> None:
         problems = []
@@ -159,6 +164,8 @@ class Gates:
             problems.append("latency_indifference must be at least 1 (a factor around max_latency_ratio)")
         if not 0.5 <= self.latency_quantile < 1:
             problems.append("latency_quantile must lie in [0.5, 1)")
+        if self.latency_test not in LATENCY_TESTS:
+            problems.append(f"latency_test must be one of {', '.join(LATENCY_TESTS)}, got {self.latency_test!r}")
         problems += _llm_gate_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -276,16 +283,39 @@ class StepEvidence:
     pairs: int = 0  # mirrored requests both sides answered (shadowed steps) ...
     discordant_candidate: int = 0  # ... where only the candidate erred
     discordant_primary: int = 0  # ... where only the primary erred
+    labelled_pairs: int = 0  # shadowed requests whose feedback scored both predictions ...
+    only_candidate_right: int = 0  # ... where only the candidate's was right
+    only_primary_right: int = 0  # ... where only the primary's was
+    paired_latency: PairedLatency | None = None  # shadowed steps: exceedances on the same request
+    # per-request comparisons for the stochastic-order test: pairs compared, and how many had the
+    # candidate slower than gate x f (pass factor) and than gate / f (fail factor) times the primary
+    order_pairs: int = 0
+    order_worse_pass: int = 0
+    order_worse_fail: int = 0
 
     def __post_init__(self) -> None:
         _check_counts([(self.agreements, self.comparisons),
-                       (self.discordant_candidate + self.discordant_primary, self.pairs)])
+                       (self.discordant_candidate + self.discordant_primary, self.pairs),
+                       (self.only_candidate_right + self.only_primary_right, self.labelled_pairs),
+                       (self.order_worse_pass, self.order_pairs), (self.order_worse_fail, self.order_pairs)])
 
     def __add__(self, other: StepEvidence) -> StepEvidence:
         return StepEvidence(self.comparisons + other.comparisons, self.agreements + other.agreements,
                             self.primary + other.primary, self.candidate + other.candidate,
                             self.pairs + other.pairs, self.discordant_candidate + other.discordant_candidate,
-                            self.discordant_primary + other.discordant_primary)
+                            self.discordant_primary + other.discordant_primary,
+                            self.labelled_pairs + other.labelled_pairs,
+                            self.only_candidate_right + other.only_candidate_right,
+                            self.only_primary_right + other.only_primary_right,
+                            _add_latency(self.paired_latency, other.paired_latency),
+                            self.order_pairs + other.order_pairs, self.order_worse_pass + other.order_worse_pass,
+                            self.order_worse_fail + other.order_worse_fail)
+
+    @property
+    def feedback_paired(self) -> bool:
+        """Every labelled prediction on both sides came from a request whose feedback scored both
+        (a shadowed step), so the paired accuracy test applies."""
+        return 0 < self.labelled_pairs == self.candidate.labelled == self.primary.labelled
 
     @property
     def paired(self) -> bool:
@@ -296,6 +326,28 @@ class StepEvidence:
     @staticmethod
     def merge(parts: Iterable[StepEvidence]) -> StepEvidence:
         return reduce(StepEvidence.__add__, parts, StepEvidence())
+
+
+@dataclass(frozen=True, slots=True)
+class PairedLatency:
+    """Exceedances of the same requests on both sides (shadowed steps), per threshold index i
+    (t = LATENCY_BUCKETS_S[i]): `worse[k][i]` counts pairs whose candidate took longer than
+    factors[k] x t while the primary took at most t; `better[k][i]` the reverse. k = 0 is the pass
+    test's factor (gate x indifference), k = 1 the fail test's (gate / indifference)."""
+
+    factors: tuple[float, float]
+    worse: tuple[tuple[int, ...], tuple[int, ...]]
+    better: tuple[tuple[int, ...], tuple[int, ...]]
+
+    def __add__(self, other: PairedLatency) -> PairedLatency:
+        if self.factors != other.factors:
+            raise ValueError("paired latency counted against different factors does not add up")
+        return PairedLatency(self.factors, (_add(self.worse[0], other.worse[0]), _add(self.worse[1], other.worse[1])),
+                             (_add(self.better[0], other.better[0]), _add(self.better[1], other.better[1])))
+
+
+def _add_latency(a: PairedLatency | None, b: PairedLatency | None) -> PairedLatency | None:
+    return a if b is None else b if a is None else a + b
 
 
 def latency_histogram(latencies_s: Iterable[float]) -> tuple[int, ...]:
@@ -367,14 +419,15 @@ class GateResult:
     ci_high: float | None = None
     confidence: float | None = None
     zone: tuple[float, float] | None = None
-    paired: bool = False  # the error test read discordant pairs (a shadowed step)
+    paired: bool = False  # the test read discordant pairs (a shadowed step)
+    method: str | None = None  # the test used, for the log: "paired SPRT", "unpaired quantile", ...
 
     def __str__(self) -> str:
         def f(x: float | None) -> str:
             return "?" if x is None else f"{x:.4g}"
         ci = "" if self.confidence is None else \
             f"; {self.confidence:.4g} confidence interval [{f(self.ci_low)}, {f(self.ci_high)}]"
-        paired = ", paired" if self.paired else ""
+        paired = f", {self.method}" if self.method else ", paired" if self.paired else ""
         return (f"{self.name} {self.verdict}: {f(self.estimate)} vs {self.threshold:g} (n={self.n}{paired}{ci}; "
                 f"test boundaries [{f(self.low)}, {f(self.high)}])")
 
@@ -383,7 +436,7 @@ class GateResult:
         return {"gate": str(self.name), "verdict": str(self.verdict), "estimate": self.estimate,
                 "low": self.low, "high": self.high, "bounds": "sequential test boundaries",
                 "ci_low": self.ci_low, "ci_high": self.ci_high, "ci_confidence": self.confidence,
-                "zone": list(self.zone) if self.zone else None, "paired": self.paired,
+                "zone": list(self.zone) if self.zone else None, "paired": self.paired, "test": self.method,
                 "threshold": self.threshold, "n": self.n}
 
 

@@ -37,7 +37,7 @@ from router.config import Config, RouteConfig
 from router.control.rollout import RolloutController, RouteRollout
 from router.control.splits import SplitOverride
 from router.control.state import StateStore
-from router.control.window import WindowCounters
+from router.control.window import WindowCounters, latency_factors
 
 log = logging.getLogger("router.cluster")
 
@@ -216,7 +216,8 @@ class Member:
         rr.last, rr.primary_only = dict(saved.get("last", {})), bool(saved.get("primary_only", False))
         if started != rr.step_started_at or self.ledger.windows.get(name) is None:
             rr.step_started_at = started
-            self.ledger.open_window(name, WindowCounters(rr.key, rr.shadowed, started))
+            self.ledger.open_window(name, WindowCounters(rr.key, rr.shadowed, started, rr.cfg.count_4xx,
+                                                             latency_factors(rr.cfg.policy)))
 
     # -- the leader's decision
     async def decide(self) -> None:

@@ -52,8 +52,11 @@ def add_fields(*parts: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
-def window_of(fields: Mapping[str, Any]) -> WindowCounters:
-    """The counters in a window hash (values may be strings, as Redis returns them)."""
+def window_of(fields: Mapping[str, Any], shadowed: bool = False,
+              latency_factors: tuple[float, float] | None = None) -> WindowCounters:
+    """The counters in a window hash (values may be strings, as Redis returns them). The hash keeps
+    integers only: whether the window is shadowed, and the factors its paired latency counts were
+    taken at, come from the local window."""
     nested: dict[str, Any] = {}
     for name, value in fields.items():
         *path, leaf = (name.decode() if isinstance(name, bytes) else name).split(".")
@@ -73,14 +76,16 @@ def window_of(fields: Mapping[str, Any]) -> WindowCounters:
         return [d.get(str(i), 0) if isinstance(d, dict) else 0 for i in range(n)]
 
     llm = nested.get("llm", {})
-    data = {"shadowed": False, **{k: nested.get(k, 0) for k in ("comparisons", "agreements", "pairs",
-                                                               "discordant_candidate", "discordant_primary")},
+    data = {"shadowed": shadowed, **{k: nested.get(k, 0) for k in (
+                "comparisons", "agreements", "pairs", "discordant_candidate", "discordant_primary", "labelled_pairs",
+                "only_candidate_right", "only_primary_right", "order_pairs", "order_worse_pass", "order_worse_fail")},
+            "latency_pairs": nested.get("latency_pairs", {}),
             "primary": side(nested.get("primary", {})), "candidate": side(nested.get("candidate", {})),
             "llm": {"ttft": [h or {} for h in listed(llm.get("ttft"), 2)],
                     "tpot": [h or {} for h in listed(llm.get("tpot"), 2)],
                     "output": listed(llm.get("output"), 2), "answers": listed(llm.get("answers"), 2),
                     "judge": listed(llm.get("judge"), 3)}}
-    return WindowCounters.from_json(("", ""), 0.0, data)
+    return WindowCounters.from_json(("", ""), 0.0, data, latency_factors=latency_factors)
 
 
 def window_id(route: str, started_at: float) -> str:
@@ -123,7 +128,8 @@ class SharedLedger(Ledger):
         if window is None:
             return None
         wid = window_id(route, window.started_at)
-        return window_of(add_fields(self.sums.get(wid), flatten(window.to_json()), self.pending.get(wid)))
+        return window_of(add_fields(self.sums.get(wid), flatten(window.to_json()), self.pending.get(wid)),
+                         window.shadowed, window.factors)
 
     def evidence(self, route: str) -> StepEvidence | None:
         merged = self._merged(route)
@@ -144,7 +150,7 @@ class SharedLedger(Ledger):
             fields = flatten(w.to_json())
             if not fields:
                 continue
-            self.windows[route] = WindowCounters(w.key, w.shadowed, w.started_at, w.count_4xx)
+            self.windows[route] = WindowCounters(w.key, w.shadowed, w.started_at, w.count_4xx, w.factors)
             merged = self.pending.setdefault(window_id(route, w.started_at), {})
             for name, n in fields.items():
                 merged[name] = merged.get(name, 0) + n

@@ -11,6 +11,7 @@ import yaml
 from router.analysis.compare import CompareSpec
 from router.analysis.decision import Action, Gates, RolloutPolicy
 from router.analysis.protocols import PROTOCOLS, MirrorPaths, default_mirror_paths, mirror_paths
+from router.analysis.rollout_types import LATENCY_TESTS
 from router.config.llmconfig import JudgeConfig, read_judge, read_models
 from router.config.types import (
     PREDICTION_KINDS,
@@ -186,12 +187,17 @@ _ZONE_KEYS = ("agreement_indifference", "error_indifference", "accuracy_indiffer
 
 
 def _gates(r: Reader, node: yaml.Node, path: str) -> Gates | None:
-    m = r.mapping(node, path, frozenset(_GATE_KEYS + _ZONE_KEYS))
+    m = r.mapping(node, path, frozenset((*_GATE_KEYS, *_ZONE_KEYS, "latency_test")))
     if m is None:
         return None
     d = Gates()
+    test = r.get(m, "latency_test", path, _choice(r, LATENCY_TESTS), d.latency_test)
+    if test is None:
+        return None
     values: dict[str, float | None] = {k: getattr(d, k) for k in _GATE_KEYS + _ZONE_KEYS}
     for key, value_node in m.items():
+        if key == "latency_test":
+            continue
         # An explicit null switches a gate off; an indifference zone always has a width.
         nullable = key in _GATE_KEYS and yaml_null(value_node)
         values[key] = None if nullable else r.number(value_node, join(path, key))
@@ -203,7 +209,7 @@ def _gates(r: Reader, node: yaml.Node, path: str) -> Gates | None:
         quantile = values["llm_quantile"]
         return Gates(values["min_agreement"], values["max_latency_ratio"], values["max_error_rate_increase"],
                      values["min_accuracy_delta"], **zones, **llm,  # type: ignore[arg-type]
-                     llm_quantile=d.llm_quantile if quantile is None else quantile)
+                     llm_quantile=d.llm_quantile if quantile is None else quantile, latency_test=test)
     except ValueError as exc:
         r.error(node, path, str(exc))
         return None

@@ -33,7 +33,7 @@ from router.control.splits import Splits
 from router.control.timeseries import TimeSeries
 from router.control.window import WindowCounters
 from router.dataplane.policy import Choice
-from router.observe.feedback import FeedbackResult
+from router.observe.feedback import FeedbackResult, Scored
 
 PREVIOUS_KEEP_S = 3600.0  # how long a replaced shadow report stays visible as `previous`
 
@@ -126,6 +126,12 @@ class RequestStats:
         h[-1] += seconds
         if backend:
             self.by_backend[route][backend] += 1
+
+
+def _pairs_with(live: Scored, shadow: Scored, key: tuple[str, str]) -> bool:
+    """The shadow's score is of the same request as the live one, and the two are the rollout's pair."""
+    return (shadow.shadow and live.route == shadow.route and live.predicted_at == shadow.predicted_at
+            and (live.backend, shadow.backend) == key and live.correct is not None and shadow.correct is not None)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # router.cluster's SharedLedger extends it
@@ -277,9 +283,17 @@ class Ledger:
 
     def scored(self, result: FeedbackResult) -> None:
         """Feedback for predictions made during a route's current step counts for the accuracy gate."""
-        for s in result.scored:
+        scored = result.scored
+        for i, s in enumerate(scored):
             window = self.windows.get(s.route)
-            if window is not None and s.correct is not None and s.predicted_at >= window.started_at:
+            if window is None or s.correct is None or s.predicted_at < window.started_at:
+                continue
+            after = scored[i + 1] if i + 1 < len(scored) else None
+            if s.shadow and i and _pairs_with(scored[i - 1], s, window.key):
+                continue  # counted with its live prediction
+            if after is not None and after.shadow and _pairs_with(s, after, window.key):
+                window.scored_pair(s.correct, bool(after.correct))  # both against the same truth
+            else:
                 window.scored(s.backend, s.correct)
 
     def _window_for(self, route: str, shadow_backend: str) -> WindowCounters | None:

@@ -41,7 +41,7 @@ from router.control.ledger import Ledger
 from router.control.lifecycle import completes, fields_text, mirror_stop, reverse_of, top_fields
 from router.control.state import StateStore
 from router.control.steps import step_label
-from router.control.window import WindowCounters
+from router.control.window import WindowCounters, latency_factors
 from router.observe.webhook import Webhook
 
 log = logging.getLogger("router.control.rollout")
@@ -184,7 +184,8 @@ class RolloutController:
                 if saved.get("completed"):
                     return self._completed(route, cfg, key, now, dict(saved.get("last", {})))
                 started = float(saved["step_started_at"])
-                window = WindowCounters.from_json(key, started, saved["counters"], cfg.count_4xx)
+                window = WindowCounters.from_json(key, started, saved["counters"], cfg.count_4xx,
+                                                  latency_factors(cfg.policy))
                 rr = RouteRollout(route.name, cfg, key, state, window.shadowed, started,
                                   float(saved["rollout_started_at"]), dict(saved.get("last", {})),
                                   primary_only=bool(saved.get("primary_only", False)))
@@ -204,7 +205,8 @@ class RolloutController:
     def _fresh(self, route: RouteConfig, cfg: RolloutConfig, key: tuple[str, str], now: float,
                state: RolloutState, *, primary_only: bool = False) -> RouteRollout:
         rr = RouteRollout(route.name, cfg, key, state, shadowed(route), now, now, primary_only=primary_only)
-        self.ledger.open_window(route.name, WindowCounters(key, rr.shadowed, now, cfg.count_4xx))
+        self.ledger.open_window(route.name, WindowCounters(key, rr.shadowed, now, cfg.count_4xx,
+                                                                   latency_factors(cfg.policy)))
         why = "; saved state unreadable: primary only until an operator acts" if primary_only else ""
         where = step_label(state.step_index, cfg.policy.steps)
         self._record(rr, Decision(Action.NONE, state, f"rollout of {key[1]} against {key[0]} starts at "
@@ -220,7 +222,8 @@ class RolloutController:
             # Where the evidence comes from changed: the window so far measured something else.
             rr.shadowed = shadowed(route)
             rr.step_started_at = now
-            self.ledger.open_window(rr.name, WindowCounters(rr.key, rr.shadowed, now, rr.cfg.count_4xx))
+            self.ledger.open_window(rr.name, WindowCounters(rr.key, rr.shadowed, now, rr.cfg.count_4xx,
+                                                                   latency_factors(rr.cfg.policy)))
         return rr
 
     def evidence(self, rr: RouteRollout) -> StepEvidence:
@@ -273,7 +276,8 @@ class RolloutController:
         if top:
             decision = replace(decision, reason=f"{decision.reason}; most disagreeing fields: {fields_text(top)}")
         if decision.new_window:
-            self.ledger.open_window(rr.name, WindowCounters(rr.key, rr.shadowed, now, rr.cfg.count_4xx))
+            self.ledger.open_window(rr.name, WindowCounters(rr.key, rr.shadowed, now, rr.cfg.count_4xx,
+                                                                   latency_factors(rr.cfg.policy)))
             rr.step_started_at = now
         if decision.restart_deadline:
             rr.rollout_started_at = now

@@ -130,6 +130,7 @@ class Scored(NamedTuple):
     predicted_at: float
     correct: bool | None
     error: float | None
+    shadow: bool = False  # the shadow's prediction of the request scored just before, with the same truth
 
 
 class Aggregate(NamedTuple):
@@ -319,7 +320,7 @@ class FeedbackStore:
         if shadow[0] is not None:  # the shadow's prediction, scored with the same truth
             theirs = _score(item, *shadow[1:])
             scored.append(Scored(route, shadow[0], predicted_at, *(theirs if isinstance(theirs, tuple) else
-                                                                   (None, None))))
+                                                                   (None, None)), shadow=True))
         truth = item["value"] if "value" in item else _label_text(item["label"])
         self._db.execute("UPDATE predictions SET truth = ?, answered_at = ? WHERE request_id = ?", (truth, now, rid))
         return rid, "accepted" if isinstance(live, tuple) else live
