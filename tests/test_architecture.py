@@ -17,6 +17,7 @@ def module_name(path: Path) -> str:
 def runtime_imports(path: Path, known: set[str]) -> set[str]:
     """Modules of the package that `path` imports when it runs (imports under TYPE_CHECKING only
     serve annotations and are left out; imports inside functions count)."""
+    own = module_name(path)
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -31,8 +32,16 @@ def runtime_imports(path: Path, known: set[str]) -> set[str]:
             names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
+        # importing a.b.c first runs the packages a and a.b: their __init__ modules are imports too
+        # (but not this module's own packages, which are already running when it is imported)
+        names += [parent for n in names for parent in _parents(n) if not own.startswith(parent + ".")]
         out.update(n for n in names if n in known)
     return out
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def graph() -> dict[str, set[str]]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from router.cluster.config import ClusterConfig
 from router.config import ConfigError, parse_config
+from router.config.clusterconfig import ClusterConfig
 from tests.helpers import ROOT, free_port
 
 BASE = ("listen: 127.0.0.1:8080\nbackends: {a: {url: 'http://127.0.0.1:1'}}\n"

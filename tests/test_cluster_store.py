@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import redis as redis_sync
 
-from router.cluster.config import ClusterConfig
 from router.cluster.lease import Lease
 from router.cluster.shared_ledger import SharedLedger
 from router.cluster.store import Store, StoreDown
 from router.cluster.sync import SharedState, StateDoc, StateProblem
 from router.config import parse_config
+from router.config.clusterconfig import ClusterConfig
 from router.control.splits import Splits
 from router.control.state import StateStore
 from router.control.window import WindowCounters

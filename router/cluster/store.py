@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from router.cluster.config import ClusterConfig
+from router.config.clusterconfig import ClusterConfig
 
 log = logging.getLogger("router.cluster")
 

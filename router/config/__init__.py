@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from router.cluster.config import parse_cluster, parse_workers, workers_problem
+from router.config.clusterconfig import parse_cluster, parse_workers, workers_problem
 from router.config.routes import _ROUTE_KEYS, _routes
 from router.config.types import (
     Address,

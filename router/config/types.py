@@ -11,7 +11,7 @@ from typing import Literal
 from router.analysis.compare import CompareSpec
 from router.analysis.decision import RolloutPolicy
 from router.analysis.protocols import EVERY_PATH, MirrorPaths
-from router.cluster.config import ClusterConfig
+from router.config.clusterconfig import ClusterConfig
 from router.config.llmconfig import JudgeConfig, ModelMatch
 from router.observe.alerts import AlertConfig
 from router.observe.predlog import PredictionLogConfig

@@ -8,7 +8,7 @@ several router processes add up field by field.
 from __future__ import annotations
 
 import bisect
-from typing import Any
+from typing import Any, ClassVar
 
 from router.analysis.decision import EMPTY_HISTOGRAM, LATENCY_BUCKETS_S, RolloutPolicy, SideCounts, StepEvidence
 from router.analysis.rollout_types import PairedLatency
@@ -34,7 +34,7 @@ class LatencyPairs:
 
     __slots__ = ("factors", "ranges")
 
-    KINDS = ("worse", "better")
+    KINDS: ClassVar[tuple[str, str]] = ("worse", "better")  # ClassVar: a class constant to the native build
 
     def __init__(self, factors: tuple[float, float]) -> None:
         self.factors = factors
