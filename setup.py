@@ -24,6 +24,7 @@ NATIVE = [
     "router/dataplane/policy.py",
     "router/dataplane/balancer.py",
     "router/runtime.py",
+    "router/analysis/histogram.py",
     "router/control/ledger.py",
     "router/control/window.py",
     "router/control/splits.py",

@@ -13,7 +13,6 @@ same methods, so neither the data plane nor its readers change.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -24,7 +23,7 @@ from mypy_extensions import mypyc_attr
 
 from router.analysis.compare import DECODED_TOO_LARGE, Comparison
 from router.analysis.decision import LlmEvidence, StepEvidence
-from router.analysis.histogram import EXPORT_BOUNDS
+from router.analysis.histogram import EXPORT_BOUNDS, bucket_index
 from router.analysis.llm import LlmOutcome
 from router.config import Config, RouteConfig
 from router.control.llmstats import LlmState
@@ -105,27 +104,34 @@ class RouteSnapshot:
 
 
 class RequestStats:
-    """Request counters and latency histograms by route and backend: plain ints, summable."""
+    """Request counters and latency histograms by route and backend: plain ints, summable.
+
+    Plain dicts updated with get-and-set rather than defaultdicts: compiled, those are the C dict
+    functions, where a defaultdict (a subclass) goes through generic item calls."""
 
     def __init__(self) -> None:
-        self.requests: defaultdict[tuple[str, str, int], int] = defaultdict(int)
+        self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[tuple[str, str], list[float]] = {}
-        self.by_backend: dict[str, defaultdict[str, int]] = {}  # route -> backend -> requests
-        self.choices: defaultdict[tuple[str, str, str], int] = defaultdict(int)
-        self.sticky_key_missing: defaultdict[str, int] = defaultdict(int)
-        self.upstream_errors: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.by_backend: dict[str, dict[str, int]] = {}  # route -> backend -> requests
+        self.choices: dict[tuple[str, str, str], int] = {}
+        self.sticky_key_missing: dict[str, int] = {}
+        self.upstream_errors: dict[tuple[str, str], int] = {}
 
     def finished(self, route: str, backend: str, status: int, seconds: float) -> None:
-        self.requests[(route, backend, status)] += 1
-        h = self.latency.get((route, backend))
+        key = (route, backend, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        pair = (route, backend)
+        h = self.latency.get(pair)
         if h is None:
             # counts per bucket, then +Inf, then the sum of observations
-            h = self.latency[(route, backend)] = [0.0] * (len(EXPORT_BOUNDS) + 2)
-            self.by_backend.setdefault(route, defaultdict(int))
-        h[bisect.bisect_left(EXPORT_BOUNDS, seconds)] += 1
+            h = self.latency[pair] = [0.0] * (len(EXPORT_BOUNDS) + 2)
+            self.by_backend.setdefault(route, {})
+        h[bucket_index(EXPORT_BOUNDS, seconds)] += 1.0
         h[-1] += seconds
         if backend:
-            self.by_backend[route][backend] += 1
+            counts = self.by_backend[route]
+            counts[backend] = counts.get(backend, 0) + 1
 
 
 def _pairs_with(live: Scored, shadow: Scored, key: tuple[str, str]) -> bool:
@@ -154,12 +160,16 @@ class Ledger:
 
     # -- outcome records from the data plane (hot path: O(1), no I/O)
     def chosen(self, route: str, choice: Choice) -> None:
-        self.stats.choices[(route, choice.backend, choice.reason)] += 1
+        choices = self.stats.choices
+        key = (route, choice.backend, choice.reason)
+        choices[key] = choices.get(key, 0) + 1
         if choice.key_missing:
-            self.stats.sticky_key_missing[route] += 1
+            missing = self.stats.sticky_key_missing
+            missing[route] = missing.get(route, 0) + 1
 
     def upstream_error(self, backend: str, kind: str) -> None:
-        self.stats.upstream_errors[(backend, kind)] += 1
+        errors = self.stats.upstream_errors
+        errors[(backend, kind)] = errors.get((backend, kind), 0) + 1
 
     def fallback(self, route: str) -> None:
         self.fallbacks[route] += 1

@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import time
 from array import array
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from router.analysis.decision import LATENCY_BUCKETS_S
+from router.analysis.histogram import bucket_index
 
 BUCKET_S = 10
 SLOTS = 90  # 15 minutes
@@ -50,7 +50,7 @@ class Series:
         if error:
             current[_ERR] += 1
         if seconds is not None:
-            current[_HIST + bisect_left(LATENCY_BOUNDS, seconds)] += 1
+            current[_HIST + bucket_index(LATENCY_BOUNDS, seconds)] += 1
 
     def _roll(self, bucket: int) -> None:
         """Store the finished bucket in its row (the one of 15 minutes before is overwritten)."""

@@ -74,7 +74,9 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
     if body is None:
         body = req.body
     if body or req.method in _BODY_METHODS:
-        parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(b"Content-Length: ")  # not `%d` formatting: str() of an int is a C call compiled
+        parts.append(str(len(body)).encode("ascii"))
+        parts.append(b"\r\n")
     parts += (b"\r\n", body)
     return b"".join(parts)
 
