@@ -32,7 +32,8 @@ class Runtime:
     for type checking).
     """
 
-    __slots__ = ("config", "groups", "health", "ledger", "mirror", "monitor", "shadow_groups", "table", "via")
+    __slots__ = ("backend_header", "config", "groups", "health", "ledger", "mirror", "monitor", "shadow_groups",
+                 "table", "via", "via_name")
 
     def __init__(self, config: Config, table: RoutingTable, groups: Mapping[str, BackendGroup],
                  shadow_groups: Mapping[str, BackendGroup], ledger: Ledger, mirror: Mirror,
@@ -45,7 +46,10 @@ class Runtime:
         self.mirror = mirror
         self.health = health
         self.monitor = monitor
-        self.via = config.proxy.via_entry  # this router's Via entry, once per runtime
+        # read on every request: copied out of the (interpreted) config objects once per runtime
+        self.via = config.proxy.via_entry  # this router's Via entry
+        self.via_name = config.proxy.via.encode()  # its pseudonym, to spot a loop
+        self.backend_header = config.proxy.backend_header
 
     @property
     def pools(self) -> list[UpstreamPool]:

@@ -94,6 +94,7 @@ class BackendGroup:
     def __init__(self, backend: BackendConfig, pools: list[UpstreamPool], registry: HealthRegistry) -> None:
         self.backend = backend
         self.name = backend.name
+        self.header_line = b"X-Model-Backend: " + backend.name.encode() + b"\r\n"  # on every response
         self.pools = pools
         self.states = [registry.state(backend.name, p.endpoint) for p in pools]
         self.registry = registry

@@ -139,7 +139,7 @@ class Exchange:
         req.own_id = new_request_id()
         req.request_id = rid if rid is not None and valid_request_id(rid) else req.own_id
         via = req.index.get(b"via")
-        if via is not None and rt.config.proxy.via.encode() in via_names(via):
+        if via is not None and rt.via_name in via_names(via):
             # Our own Via entry: a route points back at this router (or a sibling with the same name).
             self._respond_error(508, f"request already passed through {rt.config.proxy.via!r} (Via: "
                                 f"{via.decode('latin-1')}); a route points back at the router")
@@ -186,9 +186,9 @@ class Exchange:
         monitor = rt.monitor
         if monitor is not None and monitor.wants_body(req.own_id):
             self.captured = []
-        self.timeout = rc.timeout or rt.config.limits.request_timeout
+        self.timeout = route.timeout
         self.deadline = perf_counter() + self.timeout
-        self.attempts_left = rc.retries
+        self.attempts_left = route.retries
         self.client.set_deadline(self.timeout, "backend response")
         self._dispatch(pool)
 
@@ -252,8 +252,8 @@ class Exchange:
             else:
                 self.close_after = True  # HTTP/1.0 client: the close marks the end of the body
         parts += (b"X-Request-Id: ", req.request_id, b"\r\nX-Router-Request-Id: ", req.own_id, b"\r\n")
-        if self.rt.config.proxy.backend_header:
-            parts += (b"X-Model-Backend: ", self.backend.encode(), b"\r\n")
+        if self.rt.backend_header and self.group is not None:
+            parts.append(self.group.header_line)
         if self.close_after or self.client.draining:
             self.close_after = True
             parts.append(b"Connection: close\r\n")

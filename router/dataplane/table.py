@@ -61,10 +61,10 @@ class Route:
     simple: bool
     models: ModelMatch | None  # match.model, or None: a slot read keeps other routes' cost at one check
     llm: bool  # measure tokens, rewrite models, fall back (see is_llm)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
+    # Read on every request, copied out of the (interpreted) config objects once per runtime:
+    name: str
+    timeout: float  # the route's timeout, or limits.request_timeout
+    retries: int
 
     def conditions_hold(self, method: str, path: str, header: Callable[[str], str | None]) -> bool:
         m = self.config.match
@@ -140,7 +140,8 @@ class RoutingTable:
 def _compile(rc: RouteConfig, index: int, config: Config) -> Route:
     pattern = rc.match.path_regex
     return Route(rc, index, re.compile(pattern) if pattern is not None else None,
-                 Choice(rc.primary, "primary"), not rc.overrides, rc.match.model, is_llm(rc, config))
+                 Choice(rc.primary, "primary"), not rc.overrides, rc.match.model, is_llm(rc, config),
+                 rc.name, rc.timeout or config.limits.request_timeout, rc.retries)
 
 
 def is_llm(rc: RouteConfig, config: Config) -> bool:
