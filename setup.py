@@ -23,6 +23,7 @@ NATIVE = [
     "router/dataplane/table.py",
     "router/dataplane/policy.py",
     "router/dataplane/balancer.py",
+    "router/dataplane/shadow.py",
     "router/runtime.py",
     "router/analysis/histogram.py",
     "router/control/ledger.py",
