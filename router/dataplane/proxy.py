@@ -28,7 +28,7 @@ from router.dataplane.http11 import (
 from router.dataplane.llmproxy import LlmExchange
 from router.dataplane.policy import RequestView, choose
 from router.dataplane.table import BadModel
-from router.dataplane.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from router.dataplane.upstream import ResponseSink, UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from router.dataplane.balancer import BackendGroup
@@ -97,7 +97,7 @@ class ClientSide(Protocol):
     def exchange_done(self, ex: Exchange, *, keep_alive: bool) -> None: ...
 
 
-class Exchange:
+class Exchange(ResponseSink):
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
     __slots__ = ("attempts_left", "backend", "captured", "captured_encoding", "captured_size", "chunked", "client",

@@ -28,7 +28,7 @@ from router.control.ledger import ComparedOutcome, PairOutcome
 from router.dataplane.balancer import BackendGroup
 from router.dataplane.proxy import upstream_request
 from router.dataplane.request import Header, Request
-from router.dataplane.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from router.dataplane.upstream import ResponseSink, UpstreamConnection, UpstreamError, UpstreamPool
 from router.observe.judge import Judge
 from router.observe.monitor import Finished
 
@@ -93,7 +93,7 @@ class Capture:
         return b"".join(self.body)
 
 
-class CaptureSink:
+class CaptureSink(ResponseSink):
     """Receives a shadow (or noise) response into a Capture; enforces the shadow's timeout."""
 
     def __init__(self, pair: MirroredRequest, side: Capture, timeout: float) -> None:
