@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp import web
+
+from tests.forked import Process, start_router_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-123"
@@ -48,7 +49,7 @@ class RouterProcess:
 
     config_path: Path
     config: dict[str, Any]
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     output: list[str] = field(default_factory=list)
 
     @property
@@ -73,9 +74,8 @@ class RouterProcess:
     async def start(self, env: dict[str, str] | None = None) -> RouterProcess:
         self.write(self.config)
         full_env = {**os.environ, "ROUTER_ADMIN_TOKEN": TOKEN, **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--config", str(self.config_path), "--log-level", "warning"],
-            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = start_router_process(
+            ["serve", "--config", str(self.config_path), "--log-level", "warning"], full_env)
         await self.wait_ready()
         return self
 
@@ -111,7 +111,7 @@ class RouterProcess:
         if self.proc.stdout:
             self.output.append(self.proc.stdout.read().decode())
             self.proc.stdout.close()
-        code, self.proc = self.proc.returncode, None
+        code, self.proc = self.proc.wait(), None
         return code
 
 
