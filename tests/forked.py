@@ -107,6 +107,7 @@ class Zygote:
 
 
 _zygote: Zygote | None = None
+_zygote_lock = threading.Lock()  # netkit starts routers from threads of its own
 
 
 def start_router_process(argv: list[str], env: dict[str, str]) -> Process:
@@ -115,7 +116,9 @@ def start_router_process(argv: list[str], env: dict[str, str]) -> Process:
     if os.environ.get("MODEL_ROUTER_TEST_FORK", "1") == "0":
         return subprocess.Popen([sys.executable, "-m", "router", *argv], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if _zygote is None or _zygote.proc.poll() is not None:
-        _zygote = Zygote()
-        atexit.register(_zygote.close)
-    return _zygote.start(argv, env)
+    with _zygote_lock:
+        if _zygote is None or _zygote.proc.poll() is not None:
+            _zygote = Zygote()
+            atexit.register(_zygote.close)
+        zygote = _zygote
+    return zygote.start(argv, env)
