@@ -90,9 +90,11 @@ lint: $(VENV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Lint runs first: it is fast and needs no Debian packages.
+# Lint runs first: it is fast and needs no Debian packages. Two xdist workers, each given whole
+# files (module fixtures stay in one process): the tests mostly wait, so two overlap well even on a
+# 2-core machine. Each worker hands out its own ports (tests/helpers.py free_port).
 test: $(VENV) lint deps native
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Real MLServer instances behind a real router (tests/integration, skipped by `make test`).
 test-integration: $(VENV) mlserver-env native

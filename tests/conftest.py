@@ -19,6 +19,10 @@ from tests.helpers import (
 )
 from tests.redis_server import RedisServer, redis_server
 
+# A fake's handler still running when its test ends (a deliberately slow backend) is cancelled after
+# this long, instead of aiohttp's default 60 s wait: the test has made its assertions by then.
+TEARDOWN_S = 0.5
+
 
 @pytest.fixture
 async def make_router(tmp_path: Path) -> AsyncIterator[RouterFactory]:
@@ -50,7 +54,7 @@ async def make_model() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     async def make(**options: Any) -> str:
         port = free_port()
         app = build_app(ServerOptions(port=port, **options))
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=TEARDOWN_S)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         runners.append(runner)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,47 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from tests.forked import Process, start_router_process
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-123"
 
 
+def _port_block() -> range | None:
+    """This pytest process's own ports: below the kernel's ephemeral range, split between xdist workers.
+
+    A port from bind(0) is in the ephemeral range, so between free_port() and the router's own bind
+    another test's outgoing connection, or another xdist worker's free_port(), can take it (seen: a
+    router's admin port answered by another worker's router). Ports below that range are only ever
+    handed out here, and each worker hands out its own. None (use bind(0)) if the range is unusual."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    start = 30000  # above the demo tests' moved ports (at most 29901)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    size = (low - start) // max(workers, 1)
+    if size < 200:
+        return None
+    return range(start + index * size, start + (index + 1) * size)
+
+
+_BLOCK = _port_block()
+_next_ports = itertools.cycle(random.sample(list(_BLOCK), len(_BLOCK))) if _BLOCK else None
+
+
 def free_port() -> int:
+    """A port free now and not handed out again before this process has gone through its block."""
+    for _ in range(len(_BLOCK) if _BLOCK else 0):
+        assert _next_ports is not None
+        port = next(_next_ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -48,7 +85,7 @@ class RouterProcess:
 
     config_path: Path
     config: dict[str, Any]
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     output: list[str] = field(default_factory=list)
 
     @property
@@ -73,26 +110,33 @@ class RouterProcess:
     async def start(self, env: dict[str, str] | None = None) -> RouterProcess:
         self.write(self.config)
         full_env = {**os.environ, "ROUTER_ADMIN_TOKEN": TOKEN, **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--config", str(self.config_path), "--log-level", "warning"],
-            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = start_router_process(
+            ["serve", "--config", str(self.config_path), "--log-level", "warning"], full_env)
         await self.wait_ready()
         return self
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                    raise RuntimeError(f"router exited with {self.proc.returncode}:\n{out}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(self.admin + "/-/healthz") as r:
-                        if r.status == 200:
-                            return
-                await asyncio.sleep(0.05)
-        raise RuntimeError("router did not become ready")
+        """Wait for the ready line, which `serve` prints once the data listener is bound and the signal
+        handlers are in place. (`/-/healthz` answers earlier, while the data listener may still be
+        starting: a test that connected then was refused.) What is read here stays in the output."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        early = bytearray()
+        os.set_blocking(fd, False)
+        try:
+            deadline = time.monotonic() + timeout
+            while b"model-router listening on " not in early:
+                with contextlib.suppress(BlockingIOError):
+                    while chunk := os.read(fd, 65536):
+                        early += chunk
+                    if self.proc.wait(1) is not None:  # EOF: the router has exited
+                        raise RuntimeError(f"router exited with {self.proc.returncode}:\n{early.decode()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"router did not become ready:\n{early.decode()}")
+                await asyncio.sleep(0.02)
+        finally:
+            os.set_blocking(fd, True)
+            self.output.append(early.decode(errors="replace"))
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -111,7 +155,7 @@ class RouterProcess:
         if self.proc.stdout:
             self.output.append(self.proc.stdout.read().decode())
             self.proc.stdout.close()
-        code, self.proc = self.proc.returncode, None
+        code, self.proc = self.proc.wait(), None
         return code
 
 
@@ -186,7 +230,9 @@ async def start_backend(name: str, handler: Handler | None = None, port: int | N
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", record)
-    backend.runner = web.AppRunner(app, access_log=None)
+    # A handler still running at teardown (a deliberately slow backend) is cancelled after 0.5 s
+    # instead of aiohttp's default 60 s wait: the test has made its assertions by then.
+    backend.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await backend.runner.setup()
     port = port or free_port()
     await web.TCPSite(backend.runner, "127.0.0.1", port).start()

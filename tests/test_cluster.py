@@ -277,8 +277,9 @@ async def test_redis_stopped_under_traffic_fails_static(make_router: RouterFacto
                 async def store_down() -> bool:
                     return all([await metric(s, m, "router_cluster_store_up") == 0 for m in members])
                 await eventually(store_down, "router_cluster_store_up 0 on every member")
-                deadline = asyncio.get_running_loop().time() + 10
-                while asyncio.get_running_loop().time() < deadline:  # 10 s of traffic without Redis
+                # 5 s of traffic without Redis: over twice the 2 s lease, so any leader has lost it
+                deadline = asyncio.get_running_loop().time() + 5
+                while asyncio.get_running_loop().time() < deadline:
                     for m in members:
                         info = await route(s, m)
                         assert (info["rollout"]["phase"], info["candidate_percent"]) == ("shadowing", 0), info
