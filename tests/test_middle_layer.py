@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp.test_utils import TestClient, TestServer
 
+from router.admin.api import build_admin_app
 from router.analysis.compare import Comparison
 from router.analysis.decision import Phase
-from router.app import restart_notes
+from router.app import Router, restart_notes
 from router.config import Config, parse_config
 from router.control.ledger import ComparedOutcome, Ledger, LiveOutcome, PairOutcome
 from router.control.rollout import RolloutController
@@ -263,3 +265,21 @@ def test_restart_notes_name_each_setting_a_reload_cannot_apply(tmp_path: Path) -
     notes = restart_notes(cfg, parse_config(text))
     assert any(n.startswith("listen changed (127.0.0.1:1 -> 127.0.0.1:3)") for n in notes)
     assert any("monitoring.capture_bytes" in n for n in notes)
+
+
+async def test_healthz_says_starting_until_the_data_port_listens(tmp_path: Path) -> None:
+    """The admin listener comes up first; a readiness probe must not see 200 before the data port."""
+    doc = {"listen": f"127.0.0.1:{free_port()}", "admin": {"listen": f"127.0.0.1:{free_port()}"},
+           "state_dir": str(tmp_path / "state"), "backends": {"m": {"url": "http://127.0.0.1:9"}},
+           "routes": [{"name": "m", "match": {"path_prefix": "/m"}, "primary": "m"}]}
+    config = parse_config(yaml.safe_dump(doc))
+    router = Router(config, tmp_path / "r.yaml")
+    async with TestClient(TestServer(build_admin_app(router))) as client:
+        starting = await client.get("/-/healthz")
+        assert (starting.status, await starting.json()) == (503, {"status": "starting"})
+        await router.data.start(config.listen.host, config.listen.port)
+        try:
+            ready = await client.get("/-/healthz")
+            assert (ready.status, await ready.json()) == (200, {"status": "ok"})
+        finally:
+            await router.data.drain(0.1)

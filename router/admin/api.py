@@ -54,6 +54,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
+    if router.data.server is None:
+        # The admin listener starts first: until the data port listens, a probe that took 200 for
+        # ready would send traffic to a closed port.
+        return web.json_response({"status": "starting"}, status=503)
     if router.data.draining:
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ok"})
