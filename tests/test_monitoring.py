@@ -126,7 +126,13 @@ async def test_alerts_latency_errors_and_drift_but_not_steady_traffic(
         async with s.post(v1 + "/-/control", json=knobs) as resp:
             assert resp.status == 200
 
-    async def wait_for(s: aiohttp.ClientSession, kind: str, limit: float = 20) -> dict[str, Any]:
+    async def served(s: aiohttp.ClientSession) -> float:
+        async with s.get(r.admin + "/metrics") as resp:
+            text = await resp.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("router_requests_total{"))
+
+    async def wait_for(s: aiohttp.ClientSession, kind: str, limit: float = 40) -> dict[str, Any]:
         for _ in range(int(limit / 0.2)):
             async with s.get(r.admin + "/-/alerts") as resp:
                 found = [a for a in (await resp.json())["alerts"] if a["kind"] == kind]
@@ -138,7 +144,15 @@ async def test_alerts_latency_errors_and_drift_but_not_steady_traffic(
     async with aiohttp.ClientSession() as s:
         workers = [asyncio.create_task(traffic(s)) for _ in range(3)]
         try:
-            await asyncio.sleep(7)  # steady traffic: a baseline, and no alert
+            # Steady traffic until the detector has a full baseline (5 s of it, and enough samples:
+            # on a loaded machine 7 s may bring too few), then: no alert.
+            started = asyncio.get_running_loop().time()
+            for _ in range(300):
+                if asyncio.get_running_loop().time() - started >= 7 and await served(s) >= 600:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError(f"steady traffic: only {await served(s)} requests in 60 s")
             async with s.get(r.admin + "/-/alerts") as resp:
                 assert (await resp.json())["alerts"] == []
             await control(s, latency_ms=60)
