@@ -134,13 +134,7 @@ def error_cases(paired: bool, shared: float | None = None) -> tuple[list[Case], 
             both = pc * p if shared is None else shared * p
             return pc - both, p - both
 
-        def draw_for(diff: float) -> Draw:
-            b, c = discordant(diff)
-            return lambda rng: (batch, *(int(x) for x in rng.multinomial(batch, [b, c, 1 - b - c])[:2]))
-
-        def var(diff: float) -> float:
-            b, c = discordant(diff)
-            return b + c - (b - c) ** 2
+        draw_for, var = _discordant_pairs(discordant, batch)
     else:
         def judge(t: tuple[int, ...]) -> Verdict:
             return _sprt_verdict(False, (t[1], t[0], t[2], t[0]), (t[1] + 1, t[0] + 1, t[2], t[0]), good, bad, t[0])
@@ -329,13 +323,7 @@ def paired_accuracy_cases(shared: float) -> tuple[list[Case], int]:
         both = min(shared * miss_p, miss_c)
         return miss_p - both, miss_c - both  # only the candidate right, only the primary right
 
-    def draw_for(diff: float) -> Draw:
-        b, c = discordant(diff)
-        return lambda rng: (batch, *(int(x) for x in rng.multinomial(batch, [b, c, 1 - b - c])[:2]))
-
-    def var(diff: float) -> float:
-        b, c = discordant(diff)
-        return b + c - (b - c) ** 2
+    draw_for, var = _discordant_pairs(discordant, batch)
 
     name = f"accuracy, paired {shared:.0%}"
     cases = [Case(name, f"{bad:+g}", Verdict.PASS, draw_for(bad), judge, batch, 60_000),
@@ -381,6 +369,22 @@ def zone_cases() -> list[tuple[str, list[Case]]]:
                       200_000) for diff, wrong in ((gate + d, Verdict.PASS), (gate - d, Verdict.FAIL))]
         rows.append((f"error rate +{gate} -+{d:g} over {base:.1%}", cases))
     return rows
+
+
+def _discordant_pairs(discordant: Callable[[float], tuple[float, float]],
+                      batch: int) -> tuple[Callable[[float], Draw], Callable[[float], float]]:
+    """For a paired design whose `discordant(diff)` gives the chances of the two kinds of discordant
+    pair: a batch draw (batch, kind-1 count, kind-2 count), and the per-pair variance of the
+    difference (for the fixed-size reference)."""
+    def draw_for(diff: float) -> Draw:
+        b, c = discordant(diff)
+        return lambda rng: (batch, *(int(x) for x in rng.multinomial(batch, [b, c, 1 - b - c])[:2]))
+
+    def var(diff: float) -> float:
+        b, c = discordant(diff)
+        return b + c - (b - c) ** 2
+
+    return draw_for, var
 
 
 def _binomial(batch: int, p: float) -> Draw:
