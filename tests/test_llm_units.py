@@ -4,9 +4,13 @@ judge's verdicts and the LLM gates."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from router.analysis import llm
 from router.analysis.decision import Gate, Gates, LlmEvidence, RolloutPolicy, Verdict, latency_histogram, llm_gates
 from router.analysis.llm import TokenMeter, retry_after, rewrite_model
 from router.config import ConfigError, parse_config
@@ -207,3 +211,28 @@ def test_window_llm_evidence_survives_persistence() -> None:
     old = w.to_json()
     del old["llm"]  # a state file from before LLM evidence existed still loads
     assert WindowCounters.from_json(key, 0.0, old).llm.evidence() == LlmEvidence()
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_the_compact_encoder_writes_what_json_dumps_writes(doc: object) -> None:
+    """rewrite_model's encoder is built once instead of per call: its output must not change."""
+    assert llm._compact(doc) == json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=40), _JSON.map(lambda d: json.dumps(d).encode("utf-8")),
+                 _JSON.map(lambda d: json.dumps(d).encode("utf-16")), _JSON.map(lambda d: b"\xef\xbb\xbf" + json.dumps(d).encode())))
+def test_loads_json_answers_as_json_loads(data: bytes) -> None:
+    """The same document, or the same kind of error, as json.loads for any bytes (UTF-16, a BOM, junk)."""
+    def outcome(fn: Any) -> object:
+        try:
+            return ("ok", json.dumps(fn(data), sort_keys=True))
+        except (ValueError, RecursionError) as exc:
+            return ("error", type(exc))
+    assert outcome(llm.loads_json) == outcome(json.loads)

@@ -12,8 +12,35 @@ its TTFT is the full latency and it has no TPOT.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import json.encoder
 from typing import TYPE_CHECKING, Any
+
+_DECODER = json.JSONDecoder()
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+# JSONEncoder.encode builds a new C encoder on every call (Python code, most of a small body's cost):
+# build it once, with the arguments encode would pass (no circular check: the document was parsed).
+_C_ENCODER = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _COMPACT.default, json.encoder.encode_basestring, None, ":", ",", False, False, True) \
+    if getattr(json.encoder, "c_make_encoder", None) is not None else None
+
+
+def _compact(doc: object) -> str:
+    """json.dumps(doc, ensure_ascii=False, separators=(",", ":")), byte for byte."""
+    if _C_ENCODER is None:
+        return _COMPACT.encode(doc)
+    return "".join(_C_ENCODER(doc, 0))
+
+
+def loads_json(data: bytes) -> Any:
+    """`json.loads(data)`, same results for every input, without its per-call Python work for the
+    common case: bytes that decode as UTF-8 go straight to the C scanner (json.loads first detects
+    the encoding in Python); anything else (UTF-16/32, a BOM, invalid JSON) takes json.loads itself,
+    so its answer or its error is json.loads's."""
+    try:
+        return _DECODER.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return json.loads(data)
+
 
 if TYPE_CHECKING:
     from router.dataplane.request import Header
@@ -22,19 +49,40 @@ MAX_JSON_BYTES = 1024 * 1024  # a non-streamed answer larger than this is not re
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
-@dataclass(frozen=True, slots=True)
 class LlmOutcome:
     """What one LLM response measured. `usage` is "reported" (from the body's usage), "counted"
-    (content events counted: one per event, which most servers send per token) or "none"."""
+    (content events counted: one per event, which most servers send per token) or "none".
 
-    streamed: bool
-    ttft: float | None
-    tpot: float | None
-    input_tokens: int | None
-    output_tokens: int | None
-    usage: str
-    finish_reason: str | None
-    text: str = ""  # the answer's text, for the judge (kept only when asked)
+    One per LLM request, so a plain class: compiled, its constructor is native (a dataclass's stays
+    interpreted). Read-only by convention; compares by value like the dataclass it was."""
+
+    __slots__ = ("finish_reason", "input_tokens", "output_tokens", "streamed", "text", "tpot", "ttft", "usage")
+
+    def __init__(self, streamed: bool, ttft: float | None, tpot: float | None, input_tokens: int | None,
+                 output_tokens: int | None, usage: str, finish_reason: str | None, text: str = "") -> None:
+        self.streamed = streamed
+        self.ttft = ttft
+        self.tpot = tpot
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.usage = usage
+        self.finish_reason = finish_reason
+        self.text = text  # the answer's text, for the judge (kept only when asked)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.streamed, self.ttft, self.tpot, self.input_tokens, self.output_tokens, self.usage,
+                self.finish_reason, self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LlmOutcome) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "LlmOutcome(" + ", ".join(f"{n}={v!r}" for n, v in zip(
+            ("streamed", "ttft", "tpot", "input_tokens", "output_tokens", "usage", "finish_reason", "text"),
+            self._fields(), strict=True)) + ")"
 
 
 class TokenMeter:
@@ -83,7 +131,7 @@ class TokenMeter:
         if not payload or payload == b"[DONE]":
             return
         try:
-            doc = json.loads(payload)
+            doc = loads_json(payload)
         except ValueError:
             return
         if not isinstance(doc, dict):
@@ -126,7 +174,7 @@ class TokenMeter:
         doc: object = None
         if self.size <= MAX_JSON_BYTES:
             try:
-                doc = json.loads(self.buf)
+                doc = loads_json(self.buf)
             except ValueError:
                 doc = None
         text = ""
@@ -161,13 +209,13 @@ def rewrite_model(body: bytes, model: str) -> bytes:
     """The body with its top-level `model` set to `model`; unchanged (same bytes) when it already is,
     or when it is not a JSON object (the backend will say what is wrong)."""
     try:
-        doc = json.loads(body)
+        doc = loads_json(body)
     except (ValueError, RecursionError):
         return body
     if not isinstance(doc, dict) or doc.get("model") == model:
         return body
     doc["model"] = model
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return _compact(doc).encode()
 
 
 def retry_after(headers: list[Header], default: float, cap: float = 300.0) -> float:

@@ -17,11 +17,11 @@ When the model cannot be read and no other route matches, the request is refused
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from router.analysis.llm import loads_json
 from router.config import Config, RouteConfig
 from router.config.llmconfig import ModelMatch
 from router.dataplane.policy import Choice
@@ -37,7 +37,7 @@ class BadModel(ValueError):
 def body_model(body: bytes) -> str:
     """The top-level `model` of a JSON object body; BadModel says what is wrong."""
     try:
-        doc = json.loads(body)
+        doc = loads_json(body)
     except (ValueError, RecursionError):
         raise BadModel("the request body is not valid JSON; this route is chosen by the JSON body's \"model\"") \
             from None
