@@ -63,6 +63,8 @@ $(NATIVE_STAMP): $(NATIVE_SRC) setup.py $(VENV_STAMP)
 	@command -v gcc >/dev/null || { $(call apt_install,gcc libc6-dev); }
 	@$(PY) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	    || { $(call apt_install,python3-dev); }
+	@# Extensions of modules no longer listed in setup.py would shadow their sources: start clean.
+	find router -name '*.so' -delete
 	MODEL_ROUTER_NATIVE=1 $(PY) setup.py -q build_ext --inplace --force >build-native.log 2>&1 \
 	    || { cat build-native.log >&2; exit 1; }
 	@rm -f build-native.log; mkdir -p build; touch $@

@@ -109,3 +109,14 @@ def test_setup_lists_only_modules_that_exist() -> None:
     text = (ROOT.parent / "setup.py").read_text(encoding="utf-8")
     listed = [line.strip().strip('",') for line in text.splitlines() if line.strip().startswith('"router/')]
     assert listed and all((ROOT.parent / path).exists() for path in listed), listed
+
+
+def test_every_compiled_module_is_listed_in_setup() -> None:
+    """An extension left from a module since taken out of setup.py would shadow its source (Python
+    imports the .so first) and run stale code; `make native` deletes them before building."""
+    text = (ROOT.parent / "setup.py").read_text(encoding="utf-8")
+    listed = {line.strip().strip('",') for line in text.splitlines() if line.strip().startswith('"router/')}
+    stray = [str(ext.relative_to(ROOT.parent)) for ext in ROOT.rglob("*.so")
+             if ext.name.split(".", 1)[0] != "native__mypyc"
+             and str(ext.with_name(ext.name.split(".", 1)[0] + ".py").relative_to(ROOT.parent)) not in listed]
+    assert not stray, f"compiled modules not listed in setup.py (run `make native`): {stray}"
