@@ -52,8 +52,12 @@ async def test_candidate_compared_with_live_model(make_router: RouterFactory, ma
                                                   tmp_path: Path) -> None:
     v1 = await make_model(version="v1")
     v2 = await make_model(version="v2", perturb=0.3, seed=7)
+    # max_concurrency high enough that pacing (a copy every shadow latency / max_concurrency) never
+    # drops a copy of these sequential requests, even when a loaded machine slows the shadow down:
+    # this test counts every copy.
     r = await make_router(base_config(tmp_path, {"v1": v1, "v2": v2}, shadow_route(
-        compare={"format": "kserve-v1", "ignore": ["$.model_version", "$.model_name"], "abs_tol": 1e-6})))
+        compare={"format": "kserve-v1", "ignore": ["$.model_version", "$.model_name"], "abs_tol": 1e-6},
+        max_concurrency=100_000)))
     async with aiohttp.ClientSession() as s:
         live = await post_many(s, r.url, 300)
         assert {(status, backend) for status, backend, _ in live} == {(200, "v1")}
