@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config
+from tests.helpers import TOKEN, BackendFactory, RouterFactory, base_config, eventually
 
 ModelFactory = Callable[..., Awaitable[str]]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -132,14 +132,12 @@ async def test_alerts_latency_errors_and_drift_but_not_steady_traffic(
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("router_requests_total{"))
 
-    async def wait_for(s: aiohttp.ClientSession, kind: str, limit: float = 40) -> dict[str, Any]:
-        for _ in range(int(limit / 0.2)):
+    async def wait_for(s: aiohttp.ClientSession, kind: str) -> dict[str, Any]:
+        async def found() -> dict[str, Any] | None:
             async with s.get(r.admin + "/-/alerts") as resp:
-                found = [a for a in (await resp.json())["alerts"] if a["kind"] == kind]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"no {kind} alert")
+                return next((a for a in (await resp.json())["alerts"] if a["kind"] == kind), None)
+        alert: dict[str, Any] = await eventually(found, f"a {kind} alert", timeout=40, step=0.2)
+        return alert
 
     async with aiohttp.ClientSession() as s:
         workers = [asyncio.create_task(traffic(s)) for _ in range(3)]
@@ -147,12 +145,10 @@ async def test_alerts_latency_errors_and_drift_but_not_steady_traffic(
             # Steady traffic until the detector has a full baseline (5 s of it, and enough samples:
             # on a loaded machine 7 s may bring too few), then: no alert.
             started = asyncio.get_running_loop().time()
-            for _ in range(300):
-                if asyncio.get_running_loop().time() - started >= 7 and await served(s) >= 600:
-                    break
-                await asyncio.sleep(0.2)
-            else:
-                raise AssertionError(f"steady traffic: only {await served(s)} requests in 60 s")
+
+            async def baseline_full() -> bool:
+                return asyncio.get_running_loop().time() - started >= 7 and await served(s) >= 600
+            await eventually(baseline_full, "7 s and 600 requests of steady traffic", timeout=60, step=0.2)
             async with s.get(r.admin + "/-/alerts") as resp:
                 assert (await resp.json())["alerts"] == []
             await control(s, latency_ms=60)

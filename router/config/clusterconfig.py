@@ -1,7 +1,8 @@
 """The `cluster:` and `workers:` keys of the routing YAML, parsed into frozen types.
 
-Separate from router/config.py so that the cluster's settings and their checks live with the
-code that uses them; config.py calls `parse_cluster` and `check_workers` like its other readers.
+The config package's reader (router/config/__init__.py) calls `parse_cluster`, `parse_workers` and
+`workers_problem` like its other readers; router.cluster imports the types from here. (It lived in
+router.cluster once, which made the two packages import each other.)
 """
 
 from __future__ import annotations

@@ -380,7 +380,7 @@ class Exchange(ResponseSink):
     # -- endings
     def _respond_error(self, status: int, message: str) -> None:
         extra = [(b"X-Model-Backend", self.backend.encode())] if self.backend and \
-            self.rt.config.proxy.backend_header else None
+            self.rt.backend_header else None
         self.close_after = self.close_after or self.client.draining
         route = self.rt.table.by_name.get(self.route_name) if self.route_name else None
         protocol = route.config.protocol if route is not None and route.config.protocol else \
