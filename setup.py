@@ -24,6 +24,7 @@ NATIVE = [
     "router/dataplane/policy.py",
     "router/dataplane/balancer.py",
     "router/dataplane/shadow.py",
+    "router/dataplane/shadowplan.py",
     "router/dataplane/llmproxy.py",
     "router/analysis/llm.py",
     "router/control/llmstats.py",

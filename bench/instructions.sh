@@ -4,6 +4,10 @@
 #
 #   bench/instructions.sh [ROOT] [OUT]      ROOT: a checkout with `make native` done (default .)
 #   SHADOW=1 bench/instructions.sh          the route mirrors 100% to a 200 ms shadow
+#   SHADOW=1 SHADOW_MAX_CONCURRENCY=1 ...    the same, pacing copies to about 5 a second: under
+#                                            valgrind's ~150 requests a second that mirrors about the
+#                                            share `make bench` mirrors at full speed (64 / 0.2 s of
+#                                            ~25,000), where the default lets half of them through
 #
 # The router runs under valgrind (about 50x slower), takes 3 s of wrk warm-up, then its counters
 # are zeroed and 8 s of load are counted. Only user space is counted (no kernel time). Needs
@@ -16,7 +20,7 @@ command -v wrk >/dev/null || { echo "wrk is not installed (make deps)" >&2; exit
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BP=$(free_port); SP=$(free_port); RP=$(free_port); AP=$(free_port)
 D=$(mktemp -d); trap 'kill $PIDS 2>/dev/null; rm -rf "$D"' EXIT
-SHADOW_KEY=""; [ "${SHADOW:-0}" = 1 ] && SHADOW_KEY=", shadow: {backend: s, percent: 100}"
+SHADOW_KEY=""; [ "${SHADOW:-0}" = 1 ] && SHADOW_KEY=", shadow: {backend: s, percent: 100, max_concurrency: ${SHADOW_MAX_CONCURRENCY:-64}}"
 cat > "$D/r.yaml" <<EOT
 listen: 127.0.0.1:$RP
 admin: {listen: 127.0.0.1:$AP}

@@ -29,6 +29,7 @@ from router.dataplane.balancer import HealthRegistry
 from router.dataplane.proxy import Exchange
 from router.dataplane.request import Request
 from router.dataplane.shadow import Mirror
+from router.dataplane.shadowplan import PATHS_REMEMBERED, Pacer, ShadowPlan
 from router.runtime import Runtime, compile_runtime
 from tests.helpers import eventually, free_port
 
@@ -177,6 +178,39 @@ async def test_mirror_paces_copies_under_their_own_label(tmp_path: Path, upstrea
     await exchange(rt)
     await exchange(rt)
     assert stats.mirrored == 1 and stats.dropped == {"paced": 2}
+
+
+async def test_a_reload_gives_the_mirror_new_settings_and_keeps_its_pacing(tmp_path: Path, upstream: Any) -> None:
+    url = await upstream(lambda raw: ok_json(b'{"predictions": [1]}'))
+    cfg = config(tmp_path, {"v1": url, "v2": url}, {"primary": "v1", "shadow": {"backend": "v2", "max_concurrency": 1}})
+    ledger, mirror = Ledger(Splits(StateStore(cfg.state_dir))), Mirror()
+    ledger.reconcile(cfg)
+    rt, _ = compile_runtime(cfg, ledger, mirror, HealthRegistry(), None)
+    await exchange(rt)
+    await eventually(lambda: mirror.in_flight("fraud") == 0, "the first copy to end")
+    pacer = mirror.pacers["fraud"]
+    assert pacer.latency_ewma > 0  # learnt from the first copy
+    # The reloaded route mirrors only small bodies: the next request is skipped for its size, which
+    # the old settings would not have done, by the same pacer (a reload does not forget the shadow).
+    cfg2 = config(tmp_path, {"v1": url, "v2": url},
+                  {"primary": "v1", "shadow": {"backend": "v2", "max_concurrency": 1, "max_body": 4}})
+    ledger.reconcile(cfg2)
+    rt2, _ = compile_runtime(cfg2, ledger, mirror, HealthRegistry(), None)
+    await exchange(rt2)
+    stats = rt2.ledger.shadow_stats("fraud")
+    assert stats is not None and stats.mirrored == 1 and stats.dropped == {"body_too_large": 1}
+    assert mirror.pacers["fraud"] is pacer
+
+
+async def test_shadow_plan_remembers_path_answers_within_a_bound(tmp_path: Path) -> None:
+    rt = runtime(config(tmp_path, {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
+                        {"primary": "v1", "shadow": {"backend": "v2", "paths": ["/v1/models/*:predict", "/v2/*"]}}))
+    plan = ShadowPlan(rt, rt.config.routes[0], Pacer())
+    assert plan.mirrors("/v1/models/a:predict") and not plan.mirrors("/v1/models/a/metadata")
+    assert not plan.mirrors("/v2/repository/models/a/unload")  # never, whatever the patterns say
+    assert all(plan.mirrors(f"/v1/models/m{i}:predict") for i in range(3 * PATHS_REMEMBERED))
+    assert not plan.mirrors("/v1/models/a/metadata")  # asked again after the memory was cleared
+    assert len(plan._matched) <= PATHS_REMEMBERED
 
 
 # -- the rollout loop against a ledger fed with outcome records -----------------------------------

@@ -17,9 +17,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.analysis.gates import evaluate_gates, latency_gate
+from router.analysis.gates import counts_llr, difference_sprt, evaluate_gates, latency_gate, sprt_counts
 from router.analysis.rollout_types import Gate, RolloutPolicy, SideCounts, Snapshot, StepEvidence, Verdict, error_budget
-from router.analysis.sequential import brownian_time, difference_llr, paired_llr, point_llr
+from router.analysis.sequential import brownian_time, point_llr
 from router.analysis.stochastic import stochastic_claims
 
 __all__ = ["GateExpectation", "expected_samples", "expected_seconds", "gate_expectations"]
@@ -88,12 +88,13 @@ def expected_seconds(snapshot: Snapshot, policy: RolloutPolicy, samples_per_s: f
 # -- the SPRT gates ------------------------------------------------------------------------------
 
 
-def _sprt_remaining(llr: float, n: int, variance_n: float, policy: RolloutPolicy) -> float:
-    """Brownian motion from the current ratio: drift llr / n and variance variance_n / n per sample."""
+def _sprt_remaining(llr: float, n: int, variance_n: float, policy: RolloutPolicy, fail_at: float) -> float:
+    """Brownian motion from the current ratio: drift llr / n and variance variance_n / n per sample,
+    between the pass level log(1/alpha) and `fail_at`, the level the test fails at now."""
     if n == 0:
         return math.inf
-    alpha, beta = error_budget(policy)
-    return brownian_time(llr, -math.log(alpha), math.log(beta), llr / n, variance_n / n)
+    alpha = error_budget(policy)[0]
+    return brownian_time(llr, -math.log(alpha), fail_at, llr / n, variance_n / n)
 
 
 def _slope(f: Callable[[int], float], k: int, n: int) -> float:
@@ -108,43 +109,43 @@ def _agreement(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> flo
         return point_llr(hits, n, threshold + d, threshold - d)
 
     p = k / n if n else 0.0
-    return _sprt_remaining(llr(k), n, n * p * (1 - p) * _slope(llr, k, n) ** 2, policy)
+    variance = n * p * (1 - p) * _slope(llr, k, n) ** 2
+    return _sprt_remaining(llr(k), n, variance, policy, math.log(error_budget(policy)[1]))
 
 
-def _two_sample(kc: int, nc: int, kp: int, np_: int, good: float, bad: float, policy: RolloutPolicy) -> float:
-    n = min(nc, np_)
-    if n == 0:
-        return math.inf
+def _difference(gate: Gate) -> Callable[[StepEvidence, RolloutPolicy, float], float]:
+    """The error-rate or accuracy SPRT from the counts it reads (paired or not, as the gate chose),
+    between its pass level and the fail level it uses now (`boundaries.fail_level`, which moves
+    with the information gathered: the estimate is Wald's for the boundary in force)."""
 
-    def llr(a: int, b: int) -> float:
-        return difference_llr(a, nc, b, np_, good, bad)
+    def remaining(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
+        g = policy.gates
+        sign, d = (1.0, g.error_margin) if gate is Gate.ERROR_RATE else (-1.0, g.accuracy_margin)
+        good, bad = threshold - sign * d, threshold + sign * d
+        test = difference_sprt(ev, policy, gate, threshold)
+        paired, counts, _ = sprt_counts(ev, gate)
 
-    gc, gp = _slope(lambda a: llr(a, kp), kc, nc), _slope(lambda b: llr(kc, b), kp, np_)
-    pc, pp = kc / nc, kp / np_
-    variance = nc * pc * (1 - pc) * gc ** 2 + np_ * pp * (1 - pp) * gp ** 2
-    return _sprt_remaining(llr(kc, kp), n, variance, policy)
+        def llr(*x: int) -> float:
+            return counts_llr(paired, x, good, bad)
 
+        if paired:  # b one-sided discordant pairs one way, c the other, of n: a trinomial
+            b, c, n = counts
+            if n == 0:
+                return math.inf
+            gb, gc = _slope(lambda x: llr(x, c, n), b, n - c), _slope(lambda y: llr(b, y, n), c, n - b)
+            pb, pc = b / n, c / n
+            variance = n * (pb * (1 - pb) * gb ** 2 + pc * (1 - pc) * gc ** 2 - 2 * pb * pc * gb * gc)
+        else:  # two independent binomials
+            kc, nc, kp, np_ = counts
+            n = min(nc, np_)
+            if n == 0:
+                return math.inf
+            gc, gp = _slope(lambda a: llr(a, nc, kp, np_), kc, nc), _slope(lambda a: llr(kc, nc, a, np_), kp, np_)
+            pc, pp = kc / nc, kp / np_
+            variance = nc * pc * (1 - pc) * gc ** 2 + np_ * pp * (1 - pp) * gp ** 2
+        return _sprt_remaining(test.llr, n, variance, policy, test.fail_level)
 
-def _error_rate(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
-    d = policy.gates.error_margin
-    good, bad = threshold - d, threshold + d
-    if not ev.paired:
-        cs, ps = ev.candidate, ev.primary
-        return _two_sample(cs.errors, cs.requests, ps.errors, ps.requests, good, bad, policy)
-    b, c, n = ev.discordant_candidate, ev.discordant_primary, ev.pairs  # only the candidate, only the primary
-
-    def llr(x: int, y: int) -> float:
-        return paired_llr(x, y, n, good, bad)
-
-    gb, gc = _slope(lambda x: llr(x, c), b, n - c), _slope(lambda y: llr(b, y), c, n - b)
-    pb, pc = b / n, c / n
-    variance = n * (pb * (1 - pb) * gb ** 2 + pc * (1 - pc) * gc ** 2 - 2 * pb * pc * gb * gc)
-    return _sprt_remaining(llr(b, c), n, variance, policy)
-
-
-def _accuracy(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float:
-    d, c, p = policy.gates.accuracy_margin, ev.candidate, ev.primary
-    return _two_sample(c.correct, c.labelled, p.correct, p.labelled, threshold + d, threshold - d, policy)
+    return remaining
 
 
 # -- the latency gate ----------------------------------------------------------------------------
@@ -198,5 +199,6 @@ def _grow_until(decided: Callable[[float], bool], n: int) -> float:
 
 
 _REMAINING: dict[Gate, Callable[[StepEvidence, RolloutPolicy, float], float]] = {
-    Gate.AGREEMENT: _agreement, Gate.ERROR_RATE: _error_rate, Gate.ACCURACY: _accuracy, Gate.LATENCY: _latency,
+    Gate.AGREEMENT: _agreement, Gate.ERROR_RATE: _difference(Gate.ERROR_RATE),
+    Gate.ACCURACY: _difference(Gate.ACCURACY), Gate.LATENCY: _latency,
 }

@@ -54,7 +54,8 @@ from router.analysis.rollout_types import (
 from router.analysis.sequential import crossing, difference_llr, paired_llr, point_llr, rank_bounds, rate_bounds
 from router.analysis.stochastic import stochastic_latency_gate
 
-__all__ = ["accuracy_gate", "agreement_gate", "error_rate_gate", "evaluate_gates", "latency_gate"]
+__all__ = ["accuracy_gate", "agreement_gate", "counts_llr", "difference_sprt", "error_rate_gate", "evaluate_gates",
+           "latency_gate", "sprt_counts"]
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ class _Sprt:
     paired: bool
 
 
-def _sprt_counts(evidence: StepEvidence, gate: Gate) -> tuple[bool, tuple[int, ...], tuple[int, ...]]:
+def sprt_counts(evidence: StepEvidence, gate: Gate) -> tuple[bool, tuple[int, ...], tuple[int, ...]]:
     """(paired, the counts the test reads, the same after one more candidate failure)."""
     c, p = evidence.candidate, evidence.primary
     if gate is Gate.ERROR_RATE and evidence.paired:
@@ -153,7 +154,7 @@ def _sprt_counts(evidence: StepEvidence, gate: Gate) -> tuple[bool, tuple[int, .
     return False, (c.correct, c.labelled, p.correct, p.labelled), (c.correct, c.labelled + 1, p.correct, p.labelled)
 
 
-def _counts_llr(paired: bool, counts: tuple[int, ...], good: float, bad: float) -> float:
+def counts_llr(paired: bool, counts: tuple[int, ...], good: float, bad: float) -> float:
     if paired:
         return paired_llr(counts[0], counts[1], counts[2], good, bad)
     return difference_llr(counts[0], counts[1], counts[2], counts[3], good, bad)
@@ -169,22 +170,22 @@ def sprt_verdict(paired: bool, counts: tuple[int, ...], after_failure: tuple[int
                  alpha: float, beta: float) -> tuple[float, float]:
     """(log likelihood ratio of good against bad, the fail level now): the test passes at a ratio
     >= log(1/alpha) and fails at one <= the level (`boundaries.fail_level`)."""
-    llr = _counts_llr(paired, counts, good, bad)
-    jump = llr - _counts_llr(paired, after_failure, good, bad)
+    llr = counts_llr(paired, counts, good, bad)
+    jump = llr - counts_llr(paired, after_failure, good, bad)
     return llr, fail_level(beta, _information(paired, counts, abs(bad - good)), jump)
 
 
-def _difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
+def difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
     """The SPRT of candidate-minus-primary at `threshold` -+ the indifference, oriented so that a
     positive ratio favours the candidate (lower rates are better for errors, higher for accuracy)."""
     g = policy.gates
     alpha, beta = error_budget(policy)
     sign, d = (1.0, g.error_margin) if gate is Gate.ERROR_RATE else (-1.0, g.accuracy_margin)
-    paired, counts, after = _sprt_counts(evidence, gate)
+    paired, counts, after = sprt_counts(evidence, gate)
     llr, level = sprt_verdict(paired, counts, after, threshold - sign * d, threshold + sign * d, alpha, beta)
 
     def oriented(u: float) -> float:  # increasing in u for both orientations
-        return _counts_llr(paired, counts, sign * u - sign * d, sign * u + sign * d)
+        return counts_llr(paired, counts, sign * u - sign * d, sign * u + sign * d)
 
     # The ratio rises with the gate for errors (a higher allowance favours the candidate) and falls
     # with it for accuracy; each test boundary is where it meets its threshold.
@@ -246,7 +247,7 @@ def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: fl
     """
     c, p = evidence.candidate, evidence.primary
     alpha = error_budget(policy)[0]
-    t = _difference_sprt(evidence, policy, Gate.ERROR_RATE, threshold)
+    t = difference_sprt(evidence, policy, Gate.ERROR_RATE, threshold)
     if t.paired:
         n, gamma = evidence.pairs, _ci_level(policy) / 2
         b_ci, c_ci = rate_bounds(evidence.discordant_candidate, n, gamma), rate_bounds(evidence.discordant_primary,
@@ -322,7 +323,7 @@ def accuracy_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: floa
     would pass; `high`: every gate above it would fail."""
     c, p = evidence.candidate, evidence.primary
     alpha = error_budget(policy)[0]
-    t = _difference_sprt(evidence, policy, Gate.ACCURACY, threshold)
+    t = difference_sprt(evidence, policy, Gate.ACCURACY, threshold)
     n = evidence.labelled_pairs if t.paired else min(c.labelled, p.labelled)
     estimate = c.correct / c.labelled - p.correct / p.labelled if min(c.labelled, p.labelled) else None
     verdict = _verdict(n, policy.min_samples, t.llr >= -math.log(alpha), t.llr <= t.fail_level)

@@ -28,6 +28,7 @@ from router.control.ledger import ComparedOutcome, PairOutcome
 from router.dataplane.balancer import BackendGroup
 from router.dataplane.proxy import upstream_request
 from router.dataplane.request import Header, Request
+from router.dataplane.shadowplan import Pacer, ShadowPlan
 from router.dataplane.upstream import ResponseSink, UpstreamConnection, UpstreamError, UpstreamPool
 from router.observe.judge import Judge
 from router.observe.monitor import Finished
@@ -142,23 +143,6 @@ class CaptureSink(ResponseSink):
         self.pair.side_done()
 
 
-class Pacer:
-    """Spaces one route's copies at what the shadow can take: max_concurrency per its typical latency.
-
-    Data-plane state, local to the process: copies and their answers spread evenly instead of
-    leaving and returning in bursts that would stall live requests."""
-
-    __slots__ = ("in_flight", "latency_ewma", "next_send")
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.latency_ewma = 0.0
-        self.next_send = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.latency_ewma = seconds if self.latency_ewma == 0 else 0.9 * self.latency_ewma + 0.1 * seconds
-
-
 class MirroredRequest:
     """A live request and its copies, compared once every side has finished."""
 
@@ -211,6 +195,7 @@ class Mirror:
     def __init__(self) -> None:
         self._backlog: deque[MirroredRequest] = deque()
         self.pacers: dict[str, Pacer] = {}
+        self._plans: dict[str, ShadowPlan] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.judge = Judge()
 
@@ -220,49 +205,67 @@ class Mirror:
 
     # -- the live path's only call
     def begin(self, rt: Runtime, route: RouteConfig, req: Request, live_backend: str) -> MirroredRequest | None:
-        cfg = route.shadow
-        if cfg is None or live_backend != route.primary or req.method not in cfg.methods:
-            return None
-        if route.name in rt.ledger.mirror_stopped:  # the rollout ended: the candidate gets no more copies
-            return None
-        # Every eligible live request keeps the shadow's pool warm, mirrored or not: a backend that
-        # closes idle connections must not leave rare copies to open their own.
-        group = rt.shadow_groups[cfg.backend]
-        for pool in group.pools:
-            if len(pool.idle) < WARM_IDLE:
-                self._warm(group, pool)
-        if cfg.percent < 100 and _draw() * 100 >= cfg.percent:
+        plan = self._plans.get(route.name)
+        if plan is None or plan.route is not route or plan.rt is not rt:  # first use, or a reload
+            plan = self._plan(rt, route)
+        if live_backend != plan.primary or req.method not in plan.methods:
             return None
         ledger = rt.ledger
-        if not cfg.paths.mirrors(req.path):
-            ledger.not_mirrored(route.name, "path")  # not an inference call (shadow.paths)
-            return None
-        if len(req.body) > cfg.max_body:
-            ledger.mirror_skipped(route.name, "body_too_large")
-            return None
-        pacer = self.pacers.get(route.name)
-        if pacer is None:
-            pacer = self.pacers[route.name] = Pacer()
-        if pacer.in_flight >= cfg.max_concurrency:
-            ledger.mirror_skipped(route.name, "concurrency")
+        if plan.name in ledger.mirror_stopped:  # the rollout ended: the candidate gets no more copies
             return None
         now = perf_counter()
-        if now < pacer.next_send:
-            ledger.mirror_skipped(route.name, "paced")
+        if now >= plan.warm_at:
+            # Every eligible live request keeps the shadow's pool warm, mirrored or not: a backend
+            # that closes idle connections must not leave rare copies to open their own. Looked at
+            # once per WARM_EVERY_S, the most often `_warm` opens a spare anyway.
+            plan.warm_at = now + WARM_EVERY_S
+            group = plan.group
+            for pool in group.pools:
+                if len(pool.idle) < WARM_IDLE:
+                    self._warm(group, pool)
+        if plan.percent < 100 and _draw() * 100 >= plan.percent:
             return None
-        pacer.next_send = now + pacer.latency_ewma / cfg.max_concurrency
+        if not plan.mirrors(req.path):
+            ledger.not_mirrored(plan.name, "path")  # not an inference call (shadow.paths)
+            return None
+        if len(req.body) > plan.max_body:
+            ledger.mirror_skipped(plan.name, "body_too_large")
+            return None
+        pacer = plan.pacer
+        if pacer.in_flight >= plan.max_concurrency:
+            ledger.mirror_skipped(plan.name, "concurrency")
+            return None
+        if now < pacer.next_send:
+            ledger.mirror_skipped(plan.name, "paced")
+            return None
+        pacer.next_send = now + pacer.latency_ewma / plan.max_concurrency
         pacer.in_flight += 1
-        ledger.mirrored(route.name)
-        noise = cfg.noise_percent > 0 and _draw() * 100 < cfg.noise_percent
+        ledger.mirrored(plan.name)
+        noise = plan.noise_percent > 0 and _draw() * 100 < plan.noise_percent
         pair = MirroredRequest(rt, route, req, pacer, noise)
-        timeout = cfg.timeout or route.timeout or rt.config.limits.request_timeout
-        if rt.table.by_name[route.name].llm:
-            pair.shadow_meter = TokenMeter(keep_text=cfg.judge is not None)
+        if plan.llm:
+            pair.shadow_meter = TokenMeter(keep_text=plan.judged)
             pair.shadow_meter.start(perf_counter())
-        self._send(rt.shadow_groups[cfg.backend], req, rt.via, CaptureSink(pair, pair.shadow, timeout))
+        self._send(plan.group, req, rt.via, CaptureSink(pair, pair.shadow, plan.timeout))
         if pair.noise is not None:
-            self._send(rt.shadow_groups[route.primary], req, rt.via, CaptureSink(pair, pair.noise, timeout))
+            self._send(rt.shadow_groups[plan.primary], req, rt.via, CaptureSink(pair, pair.noise, plan.timeout))
         return pair
+
+    def _plan(self, rt: Runtime, route: RouteConfig) -> ShadowPlan:
+        """A new plan for this route and runtime; after a reload, every plan of an older runtime
+        goes (a removed route's must not keep the old runtime alive)."""
+        if any(p.rt is not rt for p in self._plans.values()):
+            self._plans.clear()
+        plan = self._plans[route.name] = ShadowPlan(rt, route, self._pacer(route.name))
+        return plan
+
+    def _pacer(self, route: str) -> Pacer:
+        """The route's pacer: it outlives reloads, so that a reload neither resets the shadow's
+        learnt latency nor forgets the copies in flight."""
+        pacer = self.pacers.get(route)
+        if pacer is None:
+            pacer = self.pacers[route] = Pacer()
+        return pacer
 
     def _send(self, group: BackendGroup, req: Request, via: bytes, sink: CaptureSink) -> None:
         pool = group.pick(time.monotonic(), panic=True)
