@@ -153,6 +153,23 @@ def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str
     return "\n".join(lines), checks
 
 
+def eta_table(runs: int, rng: np.random.Generator) -> str:
+    """The status page's "a verdict is expected in about N" against the samples it actually took."""
+    head = (f"{'gate':<22}{'true value':>12}{'runs':>6}{'predicted: median':>19}{'actual: median':>16}"
+            f"{'actual <= predicted':>21}{'within 0.5-2x':>15}")
+    lines = [head, "-" * len(head)]
+    for eta in gate_sims.eta_cases():
+        predicted, actual = gate_sims.eta_run(eta, runs, rng)
+        if not actual:
+            continue
+        p, a = np.array(predicted), np.array(actual)
+        ok = float(np.mean(a <= p))
+        within = float(np.mean((a >= 0.5 * p) & (a <= 2 * p)))
+        lines.append(f"{eta.case.gate:<22}{eta.case.truth:>12}{len(a):>6}{np.median(p):>19,.0f}{np.median(a):>16,.0f}"
+                     f"{100 * ok:>20.0f}%{100 * within:>14.0f}%")
+    return "\n".join(lines)
+
+
 def zone_table(runs: int, rng: np.random.Generator) -> str:
     """Median samples to a verdict at each edge of the zone, for several gates and zone widths."""
     lines = [f"{'gate and zone':<36}{'bad edge: median | p90':>26}{'good edge: median | p90':>26}", "-" * 88]
@@ -195,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
           "(pairs when paired) at the verdict; caps 20,000 (agreement, latency), 60,000 (the others)\n")
     text, gate_checks = gate_table(args.step_runs, rng)
     print(text + "\n")
+    eta_runs = max(args.step_runs // 2, 1)
+    print(f"The status page's estimate of the samples still needed, taken at the first look past min_samples "
+          f"({gate_sims.POLICY.min_samples}) without a verdict, against the samples the run then took "
+          f"({eta_runs} runs; runs decided before min_samples have no estimate):\n")
+    print(eta_table(eta_runs, rng) + "\n")
     alpha, beta = error_budget(POLICY)
     n_fixed, critical = fixed_size(alpha, beta)
     seq = sequential(args.runs, rng)

@@ -23,14 +23,18 @@ from router.analysis.decision import (
     LATENCY_BUCKETS_S,
     Gates,
     PairedLatency,
+    Phase,
     RolloutPolicy,
+    RolloutState,
     SideCounts,
+    Snapshot,
     StepEvidence,
     Verdict,
     agreement_gate,
     error_budget,
     latency_gate,
 )
+from router.analysis.expectation import gate_expectations
 from router.analysis.gates import sprt_verdict
 from router.analysis.stochastic import stochastic_latency_gate
 
@@ -393,3 +397,62 @@ def _binomial(batch: int, p: float) -> Draw:
 
 def _two_binomials(batch: int, pc: float, pp: float) -> Draw:
     return lambda rng: (batch, int(rng.binomial(batch, pc)), int(rng.binomial(batch, pp)))
+
+
+# -- the status page's estimate of the time to a verdict ------------------------------------------
+
+
+@dataclass(frozen=True)
+class EtaCase:
+    """A gate at one edge, with the evidence its counts make and a policy where only it applies."""
+
+    case: Case
+    evidence: Callable[[tuple[int, ...]], StepEvidence]
+    policy: RolloutPolicy
+    shadowed: bool
+
+
+def eta_cases() -> list[EtaCase]:
+    only = {"agreement": Gates(max_latency_ratio=None, max_error_rate_increase=None),
+            "error rate": Gates(min_agreement=None, max_latency_ratio=None),
+            "latency p99": Gates(min_agreement=None, max_error_rate_increase=None)}
+
+    def agreement(t: tuple[int, ...]) -> StepEvidence:
+        return StepEvidence(t[0], t[1])
+
+    def errors(t: tuple[int, ...]) -> StepEvidence:
+        return StepEvidence(primary=SideCounts(t[0], t[2]), candidate=SideCounts(t[0], t[1]))
+
+    def latency(t: tuple[int, ...]) -> StepEvidence:
+        half = len(t) // 2
+        return StepEvidence(primary=SideCounts(sum(t[:half]), latency=t[:half]),
+                            candidate=SideCounts(sum(t[half:]), latency=t[half:]))
+
+    out = []
+    for cases, evidence, shadowed in ((agreement_cases()[0], agreement, True), (error_cases(False)[0], errors, False),
+                                      (latency_cases()[0], latency, False)):
+        out += [EtaCase(c, evidence, replace(POLICY, gates=only[c.gate]), shadowed) for c in cases]
+    return out
+
+
+def eta_run(eta: EtaCase, runs: int, rng: np.random.Generator) -> tuple[list[float], list[int]]:
+    """(predicted, actual) further samples per side, from the first look at min_samples or more that
+    has no verdict yet (where the status page first shows an estimate) to the verdict (the cap if none)."""
+    case, predicted, actual = eta.case, [], []
+    for _ in range(runs):
+        totals: tuple[int, ...] = ()
+        looked_at = 0
+        for n in range(case.batch, case.cap + 1, case.batch):
+            batch = case.draw(rng)
+            totals = batch if not totals else tuple(a + b for a, b in zip(totals, batch, strict=True))
+            if case.judge(totals) is not Verdict.INCONCLUSIVE:
+                break
+            if not looked_at and n >= eta.policy.min_samples:
+                phase = Phase.SHADOWING if eta.shadowed else Phase.PROGRESSING
+                snap = Snapshot(RolloutState(phase), eta.evidence(totals), 1.0, 0.0, 0.0, shadowed=eta.shadowed)
+                (expected,) = gate_expectations(snap, eta.policy)
+                predicted.append(expected.samples)
+                looked_at = n
+        if looked_at:
+            actual.append(n - looked_at)
+    return predicted, actual
