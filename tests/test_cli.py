@@ -32,7 +32,8 @@ async def test_cli_against_a_running_router(make_router: RouterFactory, make_mod
     v1, v2 = await make_model(version="v1"), await make_model(version="v2", perturb=0.5, seed=2)
     routes = [
         {"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1", "candidate": "v2",
-         "shadow": {"backend": "v2", "compare": {"format": "kserve-v1"}},
+         # max_concurrency: pacing never drops a copy, so all 30 requests are compared
+         "shadow": {"backend": "v2", "max_concurrency": 100_000, "compare": {"format": "kserve-v1"}},
          "rollout": {"steps": [0, 50, 100], "interval": "1h", "min_samples": 100000}},
         {"name": "plain", "match": {"path_prefix": "/v1/models/plain"}, "primary": "v1", "candidate": "v2"},
     ]

@@ -414,8 +414,10 @@ async def test_feedback_posted_to_one_member_joins_a_prediction_served_by_anothe
 async def test_shadow_reports_and_diffs_cover_every_member(make_router: RouterFactory, make_model: ModelFactory,
                                                            redis: RedisServer, tmp_path: Path) -> None:
     v1, bad = await make_model(version="v1"), await make_model(version="v2", perturb=3.0, seed=5)
+    # max_concurrency: pacing never drops a copy, so each member mirrors and compares all 15 of its requests
     routes = [{"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "v1",
-               "shadow": {"backend": "v2", "compare": {"format": "kserve-v1", "paths": ["$.predictions[*].label"]}}}]
+               "shadow": {"backend": "v2", "max_concurrency": 100_000,
+                          "compare": {"format": "kserve-v1", "paths": ["$.predictions[*].label"]}}}]
     a, b = await start_members(make_router, tmp_path, 2, {"v1": v1, "v2": bad}, routes, redis)
     async with aiohttp.ClientSession() as s:
         for m, prefix in ((a, "on-a"), (b, "on-b")):

@@ -144,7 +144,8 @@ async def test_a_compare_change_starts_a_new_shadow_report(make_router: RouterFa
 
     a, b = await make_backend("a", answer), await make_backend("b", answer)
     route = {"name": "fraud", "match": {"path_prefix": "/v1/models/fraud"}, "primary": "a",
-             "shadow": {"backend": "b", "compare": {"format": "json", "paths": ["$.label"]}}}
+             # max_concurrency: pacing never drops a copy, so every request below is compared
+             "shadow": {"backend": "b", "max_concurrency": 100_000, "compare": {"format": "json", "paths": ["$.label"]}}}
     cfg = base_config(tmp_path, {"a": a.url, "b": b.url}, [route])
     r = await make_router(cfg)
     async with aiohttp.ClientSession() as s:

@@ -35,8 +35,11 @@ async def test_status_page_shows_llm_figures(make_router: RouterFactory, make_mo
             "b": await make_model(name="m", ttft_ms=40, stream_delay_ms=5, signature="(b)")}
     judge = await make_model(judge_favour="(b)", judge_percent=75)
     routes = [{"name": "chat", "match": {"path": "/v1/chat/completions", "model": "chat-*"}, "primary": "a",
-               "shadow": {"backend": "b", "compare": {"format": "openai", "judge": {
-                   "url": judge, "model": "judge", "sample_percent": 100, "max_per_minute": 1000}}}}]
+               # Every one of the 8 requests is judged: pacing never drops a copy (max_concurrency),
+               # nor the judge a call however slowly it answers under load (its own max_concurrency).
+               "shadow": {"backend": "b", "max_concurrency": 100_000, "compare": {"format": "openai", "judge": {
+                   "url": judge, "model": "judge", "sample_percent": 100, "max_per_minute": 1000,
+                   "max_concurrency": 100}}}}]
     r = await make_router(llm_config(tmp_path, urls, {"a": "m", "b": "m"}, routes))
     async with client(r.url) as llm:
         for i in range(8):

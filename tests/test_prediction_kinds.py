@@ -144,7 +144,8 @@ async def test_feedback_that_cannot_be_scored_is_not_just_accepted(
 async def test_a_shadow_only_step_gets_accuracy_evidence(
         make_router: RouterFactory, make_backend: BackendFactory, tmp_path: Path) -> None:
     v1, v2 = await make_backend("v1", serve(v1_ints)), await make_backend("v2", serve(v1_ints))
-    routes = route(candidate="v2", shadow={"backend": "v2"},
+    # max_concurrency: pacing never drops a copy, so all 60 predictions are scored as the shadow's too
+    routes = route(candidate="v2", shadow={"backend": "v2", "max_concurrency": 100_000},
                    rollout={"steps": [0, 100], "interval": "200ms", "min_samples": 30, "max_duration": "2m",
                             "gates": {"min_agreement": None, "max_latency_ratio": None,
                                       "max_error_rate_increase": None, "min_accuracy_delta": -0.2}})

@@ -65,8 +65,9 @@ async def shadow_report(s: aiohttp.ClientSession, admin: str, route: str, expect
 
 
 def case_route(name: str, live: str, shadow: str, **compare: Any) -> dict[str, Any]:
+    # max_concurrency: pacing never drops a copy; the tests count every request's comparison
     return {"name": name, "match": {"path_prefix": "/v1/models/m", "headers": {"X-Case": name}}, "primary": live,
-            "shadow": {"backend": shadow, "compare": {"format": "kserve-v1", **compare}}}
+            "shadow": {"backend": shadow, "max_concurrency": 100_000, "compare": {"format": "kserve-v1", **compare}}}
 
 
 async def test_compressed_answers_are_compared_and_relayed_as_sent(

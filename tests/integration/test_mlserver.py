@@ -118,7 +118,9 @@ def labels(answer: dict[str, Any]) -> list[int]:
 
 def shadow_route(**extra: Any) -> list[dict[str, Any]]:
     return [{"name": "clf", "match": {"path_prefix": "/v2"}, "primary": "a",
-             "shadow": {"backend": "b", "compare": {"format": "open-inference-v2", "agree": "labels"}}, **extra}]
+             # max_concurrency: pacing never drops a copy; the tests count every request's comparison
+             "shadow": {"backend": "b", "max_concurrency": 100_000,
+                        "compare": {"format": "open-inference-v2", "agree": "labels"}}, **extra}]
 
 
 async def settle(s: aiohttp.ClientSession, admin: str, expected: int) -> dict[str, Any]:
