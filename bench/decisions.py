@@ -139,10 +139,10 @@ def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str
             wrong = f"{case.wrong} {percent(o.wrong, runs)}"
             lines.append(f"{case.gate:<34}{case.truth:>12}{wrong:>20}{100 * o.inconclusive:>14.1f}%"
                          f"{o.median:>10,.0f}{o.p90:>9,.0f}{fixed:>9,}{o.median / fixed:>14.2f}")
-    parametric, free = gate_sims.latency_fixed_sizes()
-    lines.append(f"latency p99 fixed n: {free:,} is the distribution-free test (order statistics as exact binomial "
-                 f"bounds, the shape unknown, as the gate),\n  the reference in the table; a parametric test that "
-                 f"knows the lognormal shape would need {parametric:,}")
+    shapes = {shape: gate_sims.latency_fixed_sizes(shape) for shape in gate_sims.SHAPES}
+    lines.append("latency p99 fixed n: the distribution-free test (order statistics as exact binomial bounds, the "
+                 "shape unknown, as the gate's fallback) is the reference in the table;\n  a parametric test that "
+                 "knows the shape would need " + ", ".join(f"{p:,} ({shape})" for shape, (p, _) in shapes.items()))
     latency = [k for k in medians if k[0].startswith("latency p99") and k[1] in ("x1", "x1.6")]
     checks = [("error rate median <= 10,000 per side",
                max(v for (g, _), v in medians.items() if g.startswith("error")) <= 10_000),
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
           f"-+{g.error_margin} over a {gate_sims.BASE_ERRORS:.0%} primary (paired: independent errors); "
           f"accuracy -0.01 -+{gate_sims.WITH_ACCURACY.gates.accuracy_margin} at {gate_sims.BASE_ACCURACY:.0%}; "
           f"latency p99 "
-          f"{g.max_latency_ratio} x/ {g.latency_indifference} (lognormal, sigma {gate_sims.SIGMA})")
+          f"{g.max_latency_ratio} x/ {g.latency_indifference} (lognormal, sigma {gate_sims.SIGMA}; pareto: tail "
+          f"index 2.5; bimodal: 3% of requests 8x slower)")
     print("paired N%: a shadowed step whose two latencies (or errors, or misses) share N% of their variation "
           "(paired 0%: independent);\nstochastic: the opt-in stochastic-order latency test, factors gate x f and "
           "gate / f, fixed n = one binomial test at the gate")

@@ -186,7 +186,23 @@ def accuracy_cases() -> tuple[list[Case], int]:
 MEDIAN_S, SIGMA = 0.05, 0.5  # lognormal latencies: p99 is about 3.2 times the median
 
 
-def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
+# Latency shapes beside the lognormal: a heavy (Pareto, tail index 2.5) tail, and a bimodal one
+# (3% of requests about 8x slower: the p99 sits in the slow mode, as with a cache miss or a retry).
+SHAPES = ("lognormal", "pareto", "bimodal")
+
+
+def draw_latencies(shape: str, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    if shape == "lognormal":
+        return MEDIAN_S * np.exp(SIGMA * rng.standard_normal(size))
+    if shape == "pareto":
+        return MEDIAN_S * (1 + rng.pareto(2.5, size))
+    if shape == "bimodal":
+        slow = rng.random(size) < 0.03
+        return MEDIAN_S * np.exp(0.2 * rng.standard_normal(size)) * np.where(slow, 8.0, 1.0)
+    raise ValueError(shape)
+
+
+def latency_cases(ratios: tuple[float, ...] = (), shape: str = "lognormal") -> tuple[list[Case], int]:
     g = POLICY.gates
     gate, f, batch = g.max_latency_ratio or 1.25, g.latency_indifference, 100
 
@@ -198,7 +214,7 @@ def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
 
     def draw_for(ratio: float) -> Draw:
         def draw(rng: np.random.Generator) -> tuple[int, ...]:
-            lat = MEDIAN_S * np.exp(SIGMA * rng.standard_normal((2, batch)))
+            lat = draw_latencies(shape, rng, (2, batch))
             lat[1] *= ratio
             hists = [np.bincount(np.searchsorted(BUCKETS, side), minlength=len(BUCKETS) + 1) for side in lat]
             return tuple(int(x) for x in np.concatenate(hists))
@@ -206,14 +222,28 @@ def latency_cases(ratios: tuple[float, ...] = ()) -> tuple[list[Case], int]:
 
     edges = [(gate * f, Verdict.PASS), (gate / f, Verdict.FAIL)]
     edges += [(r, Verdict.PASS if r > gate else Verdict.FAIL) for r in ratios]
-    cases = [Case("latency p99", f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000) for r, wrong in edges]
-    return cases, latency_fixed_sizes()[1]
+    name = "latency p99" if shape == "lognormal" else f"latency p99, {shape}"
+    cases = [Case(name, f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000) for r, wrong in edges]
+    return cases, latency_fixed_sizes(shape)[1]
 
 
-def latency_fixed_sizes() -> tuple[int, int]:
+def _log_quantile_slope(shape: str, q: float) -> float:
+    """d log Q(p) / dp at q: how far the log quantile moves per unit of probability (the sample
+    quantile's standard error is sqrt(q(1-q)/n) times this). Exact for the lognormal and the
+    Pareto; for the mixture, by finite differences on a large seeded sample."""
+    if shape == "lognormal":
+        return SIGMA / NormalDist().pdf(Z(q))
+    if shape == "pareto":
+        return 1 / (2.5 * (1 - q))
+    sample = np.log(draw_latencies(shape, np.random.default_rng(0), (1, 4_000_000))[0])
+    h = 0.002
+    return float((np.quantile(sample, q + h) - np.quantile(sample, q - h)) / (2 * h))
+
+
+def latency_fixed_sizes(shape: str = "lognormal") -> tuple[int, int]:
     """(parametric, distribution-free) fixed-size tests of the p99 ratio with the same error rates.
 
-    The sample p99's log has sd s = sigma * sqrt(q(1-q)) / phi(z_q) / sqrt(n) per side (normal
+    The sample p99's log has sd s / sqrt(n) per side, s = sqrt(q(1-q)) x d log Q / dp (normal
     approximation). Parametric: the shape is known, so one threshold on the ratio of sample p99s
     separates the edges: sqrt(2) s (z_alpha + z_beta) <= 2 log f. Distribution-free: the test
     assumes nothing about the shape and reads order statistics as exact binomial confidence
@@ -224,7 +254,7 @@ def latency_fixed_sizes() -> tuple[int, int]:
     when s (2 z_{beta/2} + sqrt(2) z_alpha) <= 2 log f; n is the larger of the two.
     """
     q, f = POLICY.gates.latency_quantile, POLICY.gates.latency_indifference
-    s = SIGMA * math.sqrt(q * (1 - q)) / NormalDist().pdf(Z(q))  # times 1 / sqrt(n)
+    s = math.sqrt(q * (1 - q)) * _log_quantile_slope(shape, q)  # times 1 / sqrt(n)
     parametric = (math.sqrt(2) * s * (Z(1 - ALPHA) + Z(1 - BETA)) / (2 * math.log(f))) ** 2
     free = max(s * (2 * Z(1 - ALPHA / 2) + math.sqrt(2) * Z(1 - BETA)),
                s * (2 * Z(1 - BETA / 2) + math.sqrt(2) * Z(1 - ALPHA))) ** 2 / (2 * math.log(f)) ** 2
@@ -338,7 +368,8 @@ def paired_accuracy_cases(shared: float) -> tuple[list[Case], int]:
 
 def all_cases() -> list[tuple[list[Case], int]]:
     return [agreement_cases(), error_cases(False), error_cases(True), error_cases(True, 0.5), accuracy_cases(),
-            paired_accuracy_cases(0.5), latency_cases((1.6,)), paired_latency_cases(0.0, (1.6,)),
+            paired_accuracy_cases(0.5), latency_cases((1.6,)), latency_cases((1.6,), "pareto"),
+            latency_cases((1.6,), "bimodal"), paired_latency_cases(0.0, (1.6,)),
             paired_latency_cases(0.8, (1.6,)), stochastic_cases(None), stochastic_cases(0.8)]
 
 

@@ -132,7 +132,7 @@ def simulate(ratio: float, shared: float, seed: int, n: int = 3000) -> Verdict:
     for live, shadow in zip(0.05 * np.exp(0.5 * z[0]), ratio * 0.05 * np.exp(0.5 * z[1]), strict=True):
         w.pair(200, None, float(live), 200, None, float(shadow))
     result = latency_gate(w.evidence(), POLICY, 1.25)
-    assert result.paired and result.method == "paired and unpaired quantile tests"
+    assert result.paired and result.method == "paired exceedances and quantile SPRT"
     return result.verdict
 
 
@@ -196,7 +196,7 @@ def test_a_shadowed_steps_latency_evidence_reaches_the_gate_paired(tmp_path: Pat
     assert ev is not None and ev.paired and ev.paired_latency is not None
     result = latency_gate(ev, POLICY, 1.25)
     assert (result.paired, result.verdict) == (True, PASS)
-    assert "paired" in str(result) and result.to_json()["test"] == "paired and unpaired quantile tests"
+    assert "paired" in str(result) and result.to_json()["test"] == "paired exceedances and quantile SPRT"
 
 
 def test_feedback_on_both_predictions_is_counted_as_a_pair(tmp_path: Path) -> None:

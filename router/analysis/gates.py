@@ -16,10 +16,11 @@ Why the statistics look the way they do (the numbers themselves are in `router.a
   (approximate; measured in bench/decisions.py); on shadowed steps, on the discordant pairs only
   (accuracy: when feedback scored both predictions of each request). The fail boundary spends the
   whole beta (`router.analysis.boundaries`).
-* latency: order-statistic confidence sequences on each side's quantile (one-sided mixtures for
-  the count of samples below the true quantile), judged against gate x f and gate / f; on shadowed
-  steps beside a paired exceedance test (`router.analysis.paired_latency`), each at half the
-  budget. Opt-in: a test of stochastic order instead (`router.analysis.stochastic`).
+* latency: the SPRT of the log quantile ratio at gate / f against gate x f, standard errors read
+  from the order statistics (a normal approximation, measured in bench/decisions.py for several
+  latency shapes; `router.analysis.quantile_sprt`); on shadowed steps beside a paired exceedance
+  test (`router.analysis.paired_latency`), each at half the budget. Opt-in: a test of stochastic
+  order instead (`router.analysis.stochastic`).
 * Every GateResult carries, beside the test's boundaries, a confidence sequence for the value.
 * Error budget (`error_budget`): a false pass of a bad candidate is bounded by alpha = 1 - confidence
   at every step, since advancing needs *all* gates to pass. A false failure of a good candidate can
@@ -37,6 +38,7 @@ from itertools import accumulate
 
 from router.analysis.boundaries import fail_level, information_paired, information_unpaired
 from router.analysis.paired_latency import paired_claims
+from router.analysis.quantile_sprt import quantile_sprt
 from router.analysis.rollout_types import (
     BUCKET_FACTOR,
     LATENCY_BUCKETS_S,
@@ -266,42 +268,54 @@ def error_rate_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: fl
 def latency_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> GateResult:
     """Candidate quantile (p99) over primary's against `max_latency_ratio`, with an indifference
     factor f = `latency_indifference`: a candidate at gate x f or slower passes with probability
-    <= alpha, one at gate / f or faster fails with probability <= beta, in between either may happen.
+    about alpha, one at gate / f or faster fails with probability about beta, in between either
+    may happen.
 
-    Each side's quantile has a confidence sequence from its rank count (`_quantile_bounds`); the
-    test passes when candidate upper / primary lower (each at alpha/2) is at most gate x f, and
-    fails when candidate lower / primary upper (each at beta/2) exceeds gate / f. When both hold
-    the truth is inside the zone, and the estimate's side of the gate decides. `high` and `low`
-    are those bounds moved into the gate's frame (the gates at which the test would pass or fail).
+    The test is the SPRT of the log quantile ratio (`router.analysis.quantile_sprt`): a normal
+    approximation with standard errors from the order statistics, measured in bench/decisions.py.
+    Where it cannot run (no indifference zone, a quantile in the +Inf bucket) each side's quantile
+    has a confidence sequence from its rank count (`_quantile_bounds`) instead: the test passes when
+    candidate upper / primary lower (each at alpha/2) is at most gate x f, and fails when candidate
+    lower / primary upper (each at beta/2) exceeds gate / f. `low` and `high` are the gates at and
+    below which the test would fail, and at and above which it would pass.
 
     On shadowed steps the paired test (`router.analysis.paired_latency`) runs beside it, each at
-    half of alpha and of beta, and either may decide (a union bound): pairing is much faster where
-    the two sides' latencies move together and at showing a slow candidate slow, while the
-    quantile bounds are faster at showing a candidate as fast as the primary fast.
+    half of alpha and of beta, and either may decide (a union bound): pairing is faster where the
+    two sides' latencies move together. When both a pass and a fail are shown, the truth is inside
+    the zone and the estimate's side of the gate decides.
     """
     g = policy.gates
     q, f, c, p = g.latency_quantile, g.latency_indifference, evidence.candidate.latency, evidence.primary.latency
     alpha, beta = error_budget(policy)
     paired = _paired_latency(evidence, policy, threshold)
     share = 1.0 if paired is None else 0.5
-    high = _ratio(_quantile_bounds(c, q, share * alpha / 2)[1], _quantile_bounds(p, q, share * alpha / 2)[0])
-    low = _ratio(_quantile_bounds(c, q, share * beta / 2)[0], _quantile_bounds(p, q, share * beta / 2)[1])
     n = min(sum(c), sum(p))
     estimate = _ratio(_quantile_estimate(c, q), _quantile_estimate(p, q))
-    passes, fails = high is not None and high <= threshold * f, low is not None and low > threshold / f
+    sprt = quantile_sprt(c, p, q, threshold, f, share * alpha, share * beta)
+    low: float | None
+    high: float | None
+    if sprt is not None:
+        low, high = sprt.fail_at, sprt.pass_at
+        passes, fails = sprt.llr >= -math.log(share * alpha), sprt.llr <= math.log(share * beta)
+        test = "quantile SPRT"
+    else:
+        upper = _ratio(_quantile_bounds(c, q, share * alpha / 2)[1], _quantile_bounds(p, q, share * alpha / 2)[0])
+        lower = _ratio(_quantile_bounds(c, q, share * beta / 2)[0], _quantile_bounds(p, q, share * beta / 2)[1])
+        low, high = None if lower is None else lower * f, None if upper is None else upper / f
+        passes, fails = high is not None and high <= threshold, low is not None and low > threshold
+        test = "quantile confidence sequences"
     if paired is not None:
         paired_pass, paired_fail = paired_claims(paired, p, q, share * alpha, share * beta)
         passes, fails = passes or paired_pass, fails or paired_fail
+        test = f"paired exceedances and {test}"
     if passes and fails:  # both tests reject: inside the zone, where the estimate decides
         fails = estimate is not None and estimate > threshold
         passes = not fails
     gamma = _ci_level(policy) / 4  # four one-sided ends, two per side
     ci = (_ratio(_quantile_bounds(c, q, gamma)[0], _quantile_bounds(p, q, gamma)[1]),
           _ratio(_quantile_bounds(c, q, gamma)[1], _quantile_bounds(p, q, gamma)[0]))
-    return GateResult(Gate.LATENCY, _verdict(n, policy.min_samples, passes, fails), estimate,
-                      None if low is None else low * f, None if high is None else high / f, threshold, n,
-                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f), paired is not None,
-                      "paired and unpaired quantile tests" if paired is not None else "unpaired quantile test")
+    return GateResult(Gate.LATENCY, _verdict(n, policy.min_samples, passes, fails), estimate, low, high, threshold, n,
+                      ci[0], ci[1], policy.confidence, (threshold / f, threshold * f), paired is not None, test)
 
 
 def _paired_latency(evidence: StepEvidence, policy: RolloutPolicy, threshold: float) -> PairedLatency | None:
