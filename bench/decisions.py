@@ -130,12 +130,13 @@ def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str
     """Every gate for one step at its zone's edges, and the issue's targets checked."""
     head = (f"{'gate':<34}{'true value':>12}{'wrong verdict':>20}{'inconclusive':>15}{'median n':>10}"
             f"{'p90 n':>9}{'fixed n':>9}{'median/fixed':>14}")
-    lines, medians, ratios = [head, "-" * len(head)], {}, {}
+    lines, medians, ratios, fixed_n = [head, "-" * len(head)], {}, {}, {}
     for cases, fixed in gate_sims.all_cases():
         for case in cases:
             o = gate_sims.run(case, runs, rng)
             medians[(case.gate, case.truth)] = o.median
             ratios[(case.gate, case.truth)] = o.median / fixed
+            fixed_n[(case.gate, case.truth)] = fixed
             wrong = f"{case.wrong} {percent(o.wrong, runs)}"
             lines.append(f"{case.gate:<34}{case.truth:>12}{wrong:>20}{100 * o.inconclusive:>14.1f}%"
                          f"{o.median:>10,.0f}{o.p90:>9,.0f}{fixed:>9,}{o.median / fixed:>14.2f}")
@@ -143,6 +144,10 @@ def gate_table(runs: int, rng: np.random.Generator) -> tuple[str, list[tuple[str
     lines.append("latency p99 fixed n: the distribution-free test (order statistics as exact binomial bounds, the "
                  "shape unknown, as the gate's fallback) is the reference in the table;\n  a parametric test that "
                  "knows the shape would need " + ", ".join(f"{p:,} ({shape})" for shape, (p, _) in shapes.items()))
+    lines.append("Wald's lower bound on the mean samples to a verdict of any sequential test with these error rates "
+                 "(a median may sit a little below it):\n  " + "; ".join(
+                     f"{name} {truth}: {bound:,.0f} ({bound / fixed_n[(name, truth)]:.2f} x fixed)"
+                     for name, truth, bound in gate_sims.wald_bounds()))
     latency = [k for k in medians if k[0].startswith("latency p99") and k[1] in ("x1", "x1.6")]
     checks = [("error rate median <= 10,000 per side",
                max(v for (g, _), v in medians.items() if g.startswith("error")) <= 10_000),

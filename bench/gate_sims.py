@@ -312,11 +312,11 @@ def stochastic_cases(shared: float | None) -> tuple[list[Case], int]:
     """The stochastic-order test: shadowed (per-request comparisons, log-correlation `shared`) or a
     canary step (None: independent draws from each side, paired in order of arrival)."""
     g = POLICY.gates
-    gate, f, batch = g.max_latency_ratio or 1.25, g.latency_indifference, 100
+    gate, f, batch = g.max_latency_ratio or 1.25, g.latency_indifference, 10
     factors, rho = (gate * f, gate / f), shared or 0.0
-    # min_samples 100 rather than 500: the bulk of two distributions 1.56x apart separates in a few
-    # hundred comparisons, and the default floor would be all the table showed
-    policy = replace(POLICY, min_samples=100, gates=replace(g, latency_test="stochastic"))
+    # min_samples 10 and looks every 10 rather than 500 and 100: the bulk of two distributions 1.56x
+    # apart separates in tens of comparisons, and the default floor would be all the table showed
+    policy = replace(POLICY, min_samples=batch, gates=replace(g, latency_test="stochastic"))
 
     def judge(t: tuple[int, ...]) -> Verdict:
         ev = StepEvidence(pairs=t[0] if shared is not None else 0, order_pairs=t[0], order_worse_pass=t[1],
@@ -331,7 +331,7 @@ def stochastic_cases(shared: float | None) -> tuple[list[Case], int]:
         return draw
 
     name = "stochastic, canary" if shared is None else f"stochastic, paired {rho:.0%}"
-    name += " (min 100)"
+    name += f" (min {batch})"
     cases = [Case(name, f"x{r:.4g}", wrong, draw_for(r), judge, batch, 20_000)
              for r, wrong in ((gate * f, Verdict.PASS), (gate / f, Verdict.FAIL), (1.6, Verdict.PASS))]
     # Fixed size: one binomial test at the gate of theta = P(candidate > gate x primary), whose value
@@ -487,3 +487,49 @@ def eta_run(eta: EtaCase, runs: int, rng: np.random.Generator) -> tuple[list[flo
         if looked_at:
             actual.append(n - looked_at)
     return predicted, actual
+
+
+# -- what no sequential test can beat ---------------------------------------------------------------
+
+
+def _kl(p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """KL divergence between categorical distributions along the last axis (0 log 0 = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * np.log(p / r), 0.0).sum(axis=-1)
+
+
+def _nearest(truth: np.ndarray, others: np.ndarray) -> float:
+    """min KL(truth || other) over the other hypothesis' distributions (its nuisance profiled)."""
+    return float(np.min(_kl(truth, others)))
+
+
+def wald_bounds() -> list[tuple[str, str, float]]:
+    """Wald's lower bound on the *mean* samples to a verdict of any sequential test with this gate's
+    alpha and beta, at each edge of the error-rate zone: [(1 - a) log((1 - a) / b) + a log(a / (1 - b))]
+    / KL, where a and b are the error rates the edge must respect and KL is the divergence from the
+    edge to the nearest distribution of the other edge (the primary's rate or the discordance free).
+    A median can sit a little below it; half a fixed-size test cannot, where this is above it."""
+    g = POLICY.gates
+    gate, d, p = g.max_error_rate_increase or 0.0, g.error_margin, BASE_ERRORS
+    good, bad = gate - d, gate + d
+    t = np.linspace(1e-5, 0.2, 40_000)[:, None]
+
+    def need(kl: float, right: float, wrong_other: float) -> float:
+        return ((1 - right) * math.log((1 - right) / wrong_other) + right * math.log(right / (1 - wrong_other))) / kl
+
+    def unpaired(diff: float) -> np.ndarray:  # a sample from each side: (candidate err, ok, primary err, ok)
+        return np.concatenate([np.concatenate([diff + t, 1 - diff - t], axis=1), np.concatenate([t, 1 - t], axis=1)],
+                              axis=1)
+
+    def paired(diff: float) -> np.ndarray:  # (only the candidate erred, only the primary, neither or both)
+        return np.concatenate([t + diff, t, 1 - 2 * t - diff], axis=1)
+
+    rows = []
+    truths = {"error rate": (lambda x: np.array([p + x, 1 - p - x, p, 1 - p]), unpaired),
+              "error, paired": (lambda x: np.array([(p + x) * (1 - p), p * (1 - p - x), 1 - (p + x) * (1 - p)
+                                                    - p * (1 - p - x)]), paired),
+              "error, 50% shared": (lambda x: np.array([p + x - p / 2, p / 2, 1 - (p + x - p / 2) - p / 2]), paired)}
+    for name, (truth, family) in truths.items():
+        rows.append((name, f"+{bad:g}", need(_nearest(truth(bad), family(good)), ALPHA, BETA)))
+        rows.append((name, f"+{good:g}", need(_nearest(truth(good), family(bad)), BETA, ALPHA)))
+    return rows

@@ -10,9 +10,14 @@ router processes (or several scrapes) add bucket by bucket. Below 1 ms everythin
 from __future__ import annotations
 
 import bisect
+import math
+from typing import Final
 
-PER_OCTAVE = 16
-FINE: tuple[float, ...] = tuple(float(f"{0.001 * 2 ** (i / PER_OCTAVE):.5g}") for i in range(255))
+PER_OCTAVE: Final = 16
+FINE: Final[tuple[float, ...]] = tuple(float(f"{0.001 * 2 ** (i / PER_OCTAVE):.5g}") for i in range(255))
+# Final: compiled, a module global that is not is a dict lookup at every read
+_LN_FIRST: Final = math.log(FINE[0])
+_PER_NAT: Final = PER_OCTAVE / math.log(2)  # FINE indices per unit of natural log
 
 
 def coarse(per_octave: int) -> tuple[float, ...]:
@@ -22,23 +27,31 @@ def coarse(per_octave: int) -> tuple[float, ...]:
     return FINE[:: PER_OCTAVE // per_octave]
 
 
-def bucket_index(bounds: tuple[float, ...], x: float) -> int:
-    """`bisect.bisect_left(bounds, x)`, written out: compiled (setup.py), the per-request counters
-    call it as a C function instead of calling into the bisect module."""
-    lo, hi = 0, len(bounds)
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if bounds[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def layout_index(step: int, x: float) -> int:
+    """`bisect.bisect_left(FINE[::step], x)` from a logarithm instead of a search: the bounds are
+    a geometric series (rounded to 5 digits), so 16 x log2(x / 1 ms) lands on the right FINE index
+    or next to it, and at most a step or two against the bounds themselves makes it exact. The
+    per-request counters call this three times a request, where a search took nine comparisons of
+    boxed floats each."""
+    fine = FINE
+    n = len(fine)
+    if not x > fine[0]:  # also NaN, as bisect: nothing is below it
+        return 0
+    i = min(math.ceil(_PER_NAT * (math.log(x) - _LN_FIRST)), n) if x < math.inf else n
+    while i > 0 and fine[i - 1] >= x:
+        i -= 1
+    while i < n and fine[i] < x:
+        i += 1
+    # i FINE bounds lie below x; the layout keeps every step-th of them, from the first
+    return (i + step - 1) // step
 
 
 BOUNDS = coarse(8)  # shadow statistics: ~9% apart, so a p99 ratio is known to within ~9%
-ALERT_BOUNDS = coarse(4)  # anomaly alerts' moving baselines: ~19% apart, small enough to keep per bucket
+ALERT_STEP: Final = 4  # anomaly alerts' moving baselines: every 4th bound, ~19% apart, small enough to keep per bucket
+ALERT_BOUNDS = FINE[::ALERT_STEP]
 # Prometheus export: powers of two from 1 ms to ~33 s (16 buckets), so dashboards stay cheap.
-EXPORT_BOUNDS = coarse(1)
+EXPORT_STEP: Final = 16  # one bound per octave
+EXPORT_BOUNDS = FINE[::EXPORT_STEP]  # coarse(1)
 
 
 class Histogram:

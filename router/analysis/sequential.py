@@ -22,7 +22,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 __all__ = [
-    "brownian_time", "crossing", "difference_llr", "last_int", "log_mixture", "paired_llr", "point_llr",
+    "below_half", "brownian_time", "crossing", "difference_llr", "last_int", "log_mixture", "paired_llr", "point_llr",
     "rank_bounds", "rate_bounds",
 ]
 
@@ -117,6 +117,21 @@ def rank_bounds(n: int, q: float, gamma: float) -> tuple[int, int]:
     hi = last_int(lambda s: log_ratio(s, _THINNER_TAILS) < level, centre, n)
     lo = n - last_int(lambda t: log_ratio(n - t, _THICKER_TAILS) < level, n - centre, n)
     return max(lo, 0), max(hi, centre)
+
+
+# Alternatives for `below_half`: an equal-weight mixture over this grid costs log(9) nats against
+# knowing the right one, and, unlike a two-sided mixture, spends nothing on rates above a half.
+_BELOW_HALF = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
+
+
+def below_half(k: int, n: int, gamma: float) -> bool:
+    """Whether k hits in n show the rate below 1/2, with probability <= gamma of saying so wrongly
+    at any look: a one-sided mixture of likelihood ratios against 1/2, a nonnegative
+    supermartingale for every rate >= 1/2, so Ville bounds its ever reaching 1/gamma."""
+    if n == 0:
+        return False
+    terms = [k * math.log(2 * t) + (n - k) * math.log(2 * (1 - t)) for t in _BELOW_HALF]
+    return _log_mean_exp(terms) >= -math.log(gamma)
 
 
 # -- two rates: the SPRT with an indifference zone ------------------------------------------------

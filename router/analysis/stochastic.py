@@ -13,10 +13,11 @@ c x the primary's on more than half of the comparisons? With theta_c = P(candida
   Bernoulli(theta_c) trials, counted as plain summable integers;
 * a candidate that is the primary's distribution scaled by r has theta_c < 1/2 exactly when
   r < c (for the paired case: when the median of the per-request ratio is below c);
-* pass: a confidence sequence on theta at c = gate x f (at alpha) lies below 1/2 -- the candidate
-  is not gate x f or more slower; fail: the one at c = gate / f (at beta) lies above 1/2 -- it is
-  not gate / f or faster. Both: inside the zone, and the comparisons at both factors together
-  decide which side of the gate it is on. Ville's inequality holds the error rates at every look.
+* pass: a one-sided mixture of likelihood ratios (`sequential.below_half`, at alpha) shows theta at
+  c = gate x f below 1/2 -- the candidate is not gate x f or more slower; fail: the same (at beta)
+  shows theta at c = gate / f above 1/2 -- it is not gate / f or faster. Both: inside the zone,
+  and the comparisons at both factors together decide which side of the gate it is on. Ville's
+  inequality holds the error rates at every look.
 
 It tests the distribution's bulk, not its tail: a candidate with the same median but a slower
 p99 can pass it, which is why it is opt-in and the quantile test stays the default.
@@ -25,7 +26,7 @@ p99 can pass it, which is why it is opt-in and the quantile test stays the defau
 from __future__ import annotations
 
 from router.analysis.rollout_types import Gate, GateResult, RolloutPolicy, StepEvidence, Verdict, error_budget
-from router.analysis.sequential import rate_bounds
+from router.analysis.sequential import below_half, rate_bounds
 
 __all__ = ["stochastic_claims", "stochastic_latency_gate"]
 
@@ -35,8 +36,8 @@ def stochastic_claims(n: int, worse_pass: int, worse_fail: int, alpha: float, be
     primary, worse_fail slower than gate / f times it."""
     if n == 0:
         return False, False
-    passes = rate_bounds(worse_pass, n, alpha)[1] < 0.5
-    fails = rate_bounds(worse_fail, n, beta)[0] > 0.5
+    passes = below_half(worse_pass, n, alpha)
+    fails = below_half(n - worse_fail, n, beta)  # the share not slower below a half
     if passes and fails:  # inside the zone: the share slower than about gate x the primary decides
         fails = worse_pass + worse_fail > n
         passes = not fails

@@ -23,7 +23,7 @@ from mypy_extensions import mypyc_attr
 
 from router.analysis.compare import DECODED_TOO_LARGE, Comparison
 from router.analysis.decision import LlmEvidence, StepEvidence
-from router.analysis.histogram import EXPORT_BOUNDS, bucket_index
+from router.analysis.histogram import EXPORT_BOUNDS, EXPORT_STEP, layout_index
 from router.analysis.llm import LlmOutcome
 from router.config import Config, RouteConfig
 from router.control.llmstats import LlmState
@@ -127,7 +127,7 @@ class RequestStats:
             # counts per bucket, then +Inf, then the sum of observations
             h = self.latency[pair] = [0.0] * (len(EXPORT_BOUNDS) + 2)
             self.by_backend.setdefault(route, {})
-        h[bucket_index(EXPORT_BOUNDS, seconds)] += 1.0
+        h[layout_index(EXPORT_STEP, seconds)] += 1.0
         h[-1] += seconds
         if backend:
             counts = self.by_backend[route]

@@ -13,16 +13,17 @@ import math
 import time
 from array import array
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from router.analysis.decision import LATENCY_BUCKETS_S
-from router.analysis.histogram import bucket_index
+from router.analysis.histogram import layout_index
 
 BUCKET_S = 10
 SLOTS = 90  # 15 minutes
 # Every 8th bound of the rollout gates' scheme (the same floats): 2 per octave from 1 ms to 46 s.
 # A chart shows a trend; the shadow report and the gates keep the fine resolution.
-LATENCY_BOUNDS: tuple[float, ...] = LATENCY_BUCKETS_S[::8]
+LATENCY_STEP: Final = 8  # every 8th bound of the router's one scheme: two per octave
+LATENCY_BOUNDS: tuple[float, ...] = LATENCY_BUCKETS_S[::LATENCY_STEP]
 _MIDDLE = 2 ** 0.25  # a bucket's upper bound over its geometric middle (buckets are a factor sqrt(2) wide)
 MAX_BACKENDS = 8  # series per route: primary, candidate, override targets; more are not charted
 _REQ, _ERR, _HIST = 0, 1, 2  # layout of one bucket's row: requests, errors, histogram (+Inf last)
@@ -50,7 +51,7 @@ class Series:
         if error:
             current[_ERR] += 1
         if seconds is not None:
-            current[_HIST + bucket_index(LATENCY_BOUNDS, seconds)] += 1
+            current[_HIST + layout_index(LATENCY_STEP, seconds)] += 1
 
     def _roll(self, bucket: int) -> None:
         """Store the finished bucket in its row (the one of 15 minutes before is overwritten)."""

@@ -154,7 +154,8 @@ class Exchange(ResponseSink):
             return
         self.route_name = route.name
         ledger = rt.ledger
-        percent = ledger.percent(route.config)
+        # A route without a candidate has no split to read (the admin API refuses one for it).
+        percent = 0.0 if route.primary_only else ledger.percent(route.config)
         if route.simple and percent <= 0:
             choice = route.primary_choice
         else:

@@ -59,6 +59,7 @@ class Route:
     # The choice when there is nothing to decide (no overrides, candidate at 0%): made once.
     primary_choice: Choice
     simple: bool
+    primary_only: bool  # no candidate and no overrides: no split to read, the primary it is
     models: ModelMatch | None  # match.model, or None: a slot read keeps other routes' cost at one check
     llm: bool  # measure tokens, rewrite models, fall back (see is_llm)
     # Read on every request, copied out of the (interpreted) config objects once per runtime:
@@ -140,7 +141,8 @@ class RoutingTable:
 def _compile(rc: RouteConfig, index: int, config: Config) -> Route:
     pattern = rc.match.path_regex
     return Route(rc, index, re.compile(pattern) if pattern is not None else None,
-                 Choice(rc.primary, "primary"), not rc.overrides, rc.match.model, is_llm(rc, config),
+                 Choice(rc.primary, "primary"), not rc.overrides, not rc.overrides and rc.candidate is None,
+                 rc.match.model, is_llm(rc, config),
                  rc.name, rc.timeout or config.limits.request_timeout, rc.retries)
 
 

@@ -52,7 +52,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from router.analysis.histogram import ALERT_BOUNDS, bucket_index
+from router.analysis.histogram import ALERT_BOUNDS, ALERT_STEP, layout_index
 
 log = logging.getLogger("router.observe.alerts")
 
@@ -253,7 +253,7 @@ class AnomalyDetector:
         if error:
             b.errors += 1  # a failure's latency says nothing about the model's speed: not counted
         else:
-            b.latency[bucket_index(LATENCY_BOUNDS, latency_s)] += 1
+            b.latency[layout_index(ALERT_STEP, latency_s)] += 1
         if label is not None:
             if label not in s.known:
                 if len(s.known) >= self.config.max_labels:
