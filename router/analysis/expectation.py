@@ -6,7 +6,8 @@ tests (agreement, error rate, accuracy) the log likelihood ratio then moves like
 with a drift and a variance per sample, and Wald's approximation gives the expected time for it to
 leave the band between its two thresholds (`sequential.brownian_time`): a candidate right at the gate
 still reaches a verdict, by chance, and the estimate says how soon. For the latency gate the
-histograms are scaled up with their shape kept until the confidence sequences give a verdict.
+histograms are scaled up with their shape kept until the gate gives a verdict (a Brownian motion
+for its SPRT estimated the remaining traffic less well in bench/decisions.py's check).
 Both are expectations of a random time: a step can take half or twice as long.
 """
 
@@ -17,7 +18,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.analysis.gates import counts_llr, difference_sprt, evaluate_gates, latency_gate, sprt_counts
+from router.analysis.boundaries import fail_level
+from router.analysis.gates import (
+    counts_llr,
+    difference_sprt,
+    evaluate_gates,
+    latency_gate,
+    sprt_counts,
+    sprt_information,
+)
 from router.analysis.rollout_types import Gate, RolloutPolicy, SideCounts, Snapshot, StepEvidence, Verdict, error_budget
 from router.analysis.sequential import brownian_time, point_llr
 from router.analysis.stochastic import stochastic_claims
@@ -143,7 +152,17 @@ def _difference(gate: Gate) -> Callable[[StepEvidence, RolloutPolicy, float], fl
             gc, gp = _slope(lambda a: llr(a, nc, kp, np_), kc, nc), _slope(lambda a: llr(kc, nc, a, np_), kp, np_)
             pc, pp = kc / nc, kp / np_
             variance = nc * pc * (1 - pc) * gc ** 2 + np_ * pp * (1 - pp) * gp ** 2
-        return _sprt_remaining(test.llr, n, variance, policy, test.fail_level)
+        samples = _sprt_remaining(test.llr, n, variance, policy, test.fail_level)
+        if 0 < samples < math.inf:
+            # The fail level drops once enough information is in (`boundaries.fail_level`): when the
+            # crossing expected at today's level lies past that switch, the later level applies.
+            _, _, after = sprt_counts(ev, gate)
+            jump = test.llr - llr(*after)
+            info = sprt_information(paired, counts, abs(bad - good))
+            later = fail_level(error_budget(policy)[1], info * (n + samples) / n, jump)
+            if later != test.fail_level:
+                samples = _sprt_remaining(test.llr, n, variance, policy, later)
+        return samples
 
     return remaining
 
@@ -162,7 +181,6 @@ def _latency(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float
     n = min(sum(ev.candidate.latency), sum(ev.primary.latency))
     if n == 0:
         return math.inf
-
     def decided(factor: float) -> bool:
         scaled = StepEvidence(primary=_scaled(ev.primary, factor), candidate=_scaled(ev.candidate, factor))
         return latency_gate(scaled, policy, threshold).verdict is not Verdict.INCONCLUSIVE

@@ -57,7 +57,7 @@ from router.analysis.sequential import crossing, difference_llr, paired_llr, poi
 from router.analysis.stochastic import stochastic_latency_gate
 
 __all__ = ["accuracy_gate", "agreement_gate", "counts_llr", "difference_sprt", "error_rate_gate", "evaluate_gates",
-           "latency_gate", "sprt_counts"]
+           "latency_gate", "sprt_counts", "sprt_information"]
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def counts_llr(paired: bool, counts: tuple[int, ...], good: float, bad: float) -
     return difference_llr(counts[0], counts[1], counts[2], counts[3], good, bad)
 
 
-def _information(paired: bool, counts: tuple[int, ...], width: float) -> float:
+def sprt_information(paired: bool, counts: tuple[int, ...], width: float) -> float:
     if paired:
         return information_paired(counts[0], counts[1], counts[2], width)
     return information_unpaired(counts[0], counts[1], counts[2], counts[3], width)
@@ -174,7 +174,7 @@ def sprt_verdict(paired: bool, counts: tuple[int, ...], after_failure: tuple[int
     >= log(1/alpha) and fails at one <= the level (`boundaries.fail_level`)."""
     llr = counts_llr(paired, counts, good, bad)
     jump = llr - counts_llr(paired, after_failure, good, bad)
-    return llr, fail_level(beta, _information(paired, counts, abs(bad - good)), jump)
+    return llr, fail_level(beta, sprt_information(paired, counts, abs(bad - good)), jump)
 
 
 def difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
