@@ -132,7 +132,7 @@ def _difference(gate: Gate) -> Callable[[StepEvidence, RolloutPolicy, float], fl
         sign, d = (1.0, g.error_margin) if gate is Gate.ERROR_RATE else (-1.0, g.accuracy_margin)
         good, bad = threshold - sign * d, threshold + sign * d
         test = difference_sprt(ev, policy, gate, threshold)
-        paired, counts, _ = sprt_counts(ev, gate)
+        paired, counts, after = sprt_counts(ev, gate)
 
         def llr(*x: int) -> float:
             return counts_llr(paired, x, good, bad)
@@ -156,7 +156,6 @@ def _difference(gate: Gate) -> Callable[[StepEvidence, RolloutPolicy, float], fl
         if 0 < samples < math.inf:
             # The fail level drops once enough information is in (`boundaries.fail_level`): when the
             # crossing expected at today's level lies past that switch, the later level applies.
-            _, _, after = sprt_counts(ev, gate)
             jump = test.llr - llr(*after)
             info = sprt_information(paired, counts, abs(bad - good))
             later = fail_level(error_budget(policy)[1], info * (n + samples) / n, jump)
@@ -181,6 +180,7 @@ def _latency(ev: StepEvidence, policy: RolloutPolicy, threshold: float) -> float
     n = min(sum(ev.candidate.latency), sum(ev.primary.latency))
     if n == 0:
         return math.inf
+
     def decided(factor: float) -> bool:
         scaled = StepEvidence(primary=_scaled(ev.primary, factor), candidate=_scaled(ev.candidate, factor))
         return latency_gate(scaled, policy, threshold).verdict is not Verdict.INCONCLUSIVE

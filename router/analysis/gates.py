@@ -56,8 +56,18 @@ from router.analysis.rollout_types import (
 from router.analysis.sequential import crossing, difference_llr, paired_llr, point_llr, rank_bounds, rate_bounds
 from router.analysis.stochastic import stochastic_latency_gate
 
-__all__ = ["accuracy_gate", "agreement_gate", "counts_llr", "difference_sprt", "error_rate_gate", "evaluate_gates",
-           "latency_gate", "sprt_counts", "sprt_information"]
+__all__ = [
+    "Sprt",
+    "accuracy_gate",
+    "agreement_gate",
+    "counts_llr",
+    "difference_sprt",
+    "error_rate_gate",
+    "evaluate_gates",
+    "latency_gate",
+    "sprt_counts",
+    "sprt_information",
+]
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -129,7 +139,7 @@ def _solve(f: Callable[[float], float], target: float, lo: float, hi: float) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class _Sprt:
+class Sprt:
     """A two-rate SPRT's result: its log likelihood ratio, the level at or below which it fails
     now (`router.analysis.boundaries`), the gate values at which it would pass and fail (the
     inverted test), and whether it used the pairing."""
@@ -177,7 +187,7 @@ def sprt_verdict(paired: bool, counts: tuple[int, ...], after_failure: tuple[int
     return llr, fail_level(beta, sprt_information(paired, counts, abs(bad - good)), jump)
 
 
-def difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> _Sprt:
+def difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, threshold: float) -> Sprt:
     """The SPRT of candidate-minus-primary at `threshold` -+ the indifference, oriented so that a
     positive ratio favours the candidate (lower rates are better for errors, higher for accuracy)."""
     g = policy.gates
@@ -195,7 +205,7 @@ def difference_sprt(evidence: StepEvidence, policy: RolloutPolicy, gate: Gate, t
     ends = sorted((sign * lo, sign * hi))
     pass_at = sign * _solve(oriented, -math.log(alpha), *ends)
     fail_at = sign * _solve(oriented, level, *ends)
-    return _Sprt(llr, level, pass_at, fail_at, paired)
+    return Sprt(llr, level, pass_at, fail_at, paired)
 
 
 # -- gates --------------------------------------------------------------------------------------
@@ -347,7 +357,7 @@ def accuracy_gate(evidence: StepEvidence, policy: RolloutPolicy, threshold: floa
                       policy.confidence, (threshold - d, threshold + d), t.paired, _sprt_name(t))
 
 
-def _sprt_name(t: _Sprt) -> str:
+def _sprt_name(t: Sprt) -> str:
     return "paired SPRT (discordant pairs)" if t.paired else "unpaired SPRT"
 
 
