@@ -122,19 +122,27 @@ class RouterProcess:
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         early = bytearray()
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()  # woken by the output itself, not by polling
         os.set_blocking(fd, False)
+        loop.add_reader(fd, readable.set)
         try:
             deadline = time.monotonic() + timeout
             while b"model-router listening on " not in early:
+                readable.clear()  # before reading: output arriving after the read sets it again
                 with contextlib.suppress(BlockingIOError):
                     while chunk := os.read(fd, 65536):
                         early += chunk
                     if self.proc.wait(1) is not None:  # EOF: the router has exited
                         raise RuntimeError(f"router exited with {self.proc.returncode}:\n{early.decode()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"router did not become ready:\n{early.decode()}")
-                await asyncio.sleep(0.02)
+                if b"model-router listening on " in early:
+                    break
+                try:
+                    await asyncio.wait_for(readable.wait(), max(deadline - time.monotonic(), 0.0))
+                except TimeoutError:
+                    raise RuntimeError(f"router did not become ready:\n{early.decode()}") from None
         finally:
+            loop.remove_reader(fd)
             os.set_blocking(fd, True)
             self.output.append(early.decode(errors="replace"))
 
