@@ -42,7 +42,7 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 # The data path compiled with mypyc (setup.py lists the modules): C extensions beside their sources,
 # rebuilt whenever one of them changes. Tests, bench and demo run against them; the package still
 # runs as pure Python without them (`make clean`).
-NATIVE_SRC := $(shell sed -n 's/^    "\(router\/[^"]*\.py\)",$$/\1/p' setup.py)
+NATIVE_SRC := $(shell sed -n 's/^    "\(router\/[^"]*\.[pyc]*\)",$$/\1/p' setup.py)
 NATIVE_STAMP := build/native.stamp
 
 .PHONY: test test-integration mlserver-env lint bench demo deps native clean distclean $(VENV)

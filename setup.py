@@ -8,7 +8,7 @@ wheel). Metadata lives in pyproject.toml; this file only adds the extensions.
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # The per-request path: parsing, matching, choosing, forwarding, relaying, counting. A compiled class
 # that interpreted code subclasses (the ledger: router.cluster) says so with
@@ -38,11 +38,20 @@ NATIVE = [
     "router/observe/alerts.py",
 ]
 
+# Hand-written C, for the one loop where per-byte work in compiled Python still costs more than
+# the C it replaces (dataplane/fastparse.py says why). Each is optional: without it the module
+# that imports it falls back to llhttp.
+C_EXTENSIONS = [
+    "router/dataplane/_headscan.c",
+]
+
 ext_modules = []
 if os.environ.get("MODEL_ROUTER_NATIVE") == "1":
     from mypyc.build import mypycify
 
     # group_name inside the package: the shared runtime library lands in router/, not at the top level.
     ext_modules = mypycify(NATIVE, group_name="router.native", opt_level="3")
+    ext_modules += [Extension(path[:-2].replace("/", "."), [path], extra_compile_args=["-O3"])
+                    for path in C_EXTENSIONS]
 
 setup(ext_modules=ext_modules)

@@ -98,9 +98,10 @@ def test_compiled_modules_are_not_older_than_their_sources() -> None:
     code. `make test` rebuilds first; this catches a stale build run by hand."""
     stale = []
     for ext in ROOT.rglob("*.so"):
-        source = ext.with_name(ext.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > ext.stat().st_mtime:
-            stale.append(str(source.relative_to(ROOT.parent)))
+        for suffix in (".py", ".c"):  # a mypyc module, or a hand-written C extension (setup.C_EXTENSIONS)
+            source = ext.with_name(ext.name.split(".", 1)[0] + suffix)
+            if source.exists() and source.stat().st_mtime > ext.stat().st_mtime:
+                stale.append(str(source.relative_to(ROOT.parent)))
     assert not stale, f"compiled modules older than their sources (run `make native`): {stale}"
 
 
@@ -118,5 +119,6 @@ def test_every_compiled_module_is_listed_in_setup() -> None:
     listed = {line.strip().strip('",') for line in text.splitlines() if line.strip().startswith('"router/')}
     stray = [str(ext.relative_to(ROOT.parent)) for ext in ROOT.rglob("*.so")
              if ext.name.split(".", 1)[0] != "native__mypyc"
-             and str(ext.with_name(ext.name.split(".", 1)[0] + ".py").relative_to(ROOT.parent)) not in listed]
+             and not any(str(ext.with_name(ext.name.split(".", 1)[0] + suffix).relative_to(ROOT.parent)) in listed
+                         for suffix in (".py", ".c"))]
     assert not stray, f"compiled modules not listed in setup.py (run `make native`): {stray}"

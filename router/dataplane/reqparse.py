@@ -132,12 +132,16 @@ class RequestReader:
         headers.append((lname, name, value))
 
     def on_headers_complete(self) -> None:
+        # Once per request (httptools formats a new string each call): on_message_complete reuses it.
+        self.head_complete(self.parser.get_http_version())
+
+    def head_complete(self, version: str) -> None:
+        """The head is read (by llhttp or by fastparse, which knows the version without asking)."""
         self._in_head = False
         self._in_body = True
         self._head_bytes = 0
         self._body_base = 0.0
-        # Once per request (httptools formats a new string each call): on_message_complete reuses it.
-        version = self._version = self.parser.get_http_version()
+        self._version = version
         if version not in ("1.1", "1.0"):
             raise Rejected(400, f"unsupported HTTP version {version}")
         if self._url[:1] != b"/":

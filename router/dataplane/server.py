@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from router.analysis.protocols import protocol_of_path
+from router.dataplane.fastparse import read_request
 from router.dataplane.http11 import error_response
 from router.dataplane.proxy import Exchange
 from router.dataplane.reqparse import Rejected, RequestReader
@@ -126,6 +127,7 @@ class ClientConnection(RequestReader):
         self._lingering = False
         self._linger_left = 0
         self._linger_end = 0.0
+        self._fast = True  # llhttp is at a message boundary whenever no request is being read
         RequestReader.__init__(self, server.runtime().config.limits)
 
     @property
@@ -154,6 +156,14 @@ class ClientConnection(RequestReader):
             if self._lingering:
                 self._discard(len(data))
             return
+        if self._fast and not self._in_head and not self._in_body:
+            # Between requests, llhttp waits at the start of the next one: a whole common request
+            # in this read may skip it (fastparse says which, and reads them as llhttp would).
+            fields = read_request(data)
+            if fields is not None:
+                method, target, names, values, body, _ = fields
+                self._read_fast(method, target, names, values, body)
+                return
         if not self._in_body:
             self._head_bytes += len(data)  # bytes of a head that may be arriving one at a time
         try:
@@ -177,6 +187,24 @@ class ClientConnection(RequestReader):
             return
         if self._in_head and self._head_bytes > self._max_header_size:
             self._reject(431, f"request head larger than {self._max_header_size} bytes")
+
+    def _read_fast(self, method: bytes, target: bytes, names: list[bytes], values: list[bytes], body: bytes) -> None:
+        """The callbacks llhttp would make for this request, in its order, as native calls; errors
+        are answered as data_received answers them when they come through llhttp."""
+        try:
+            self.on_message_begin()
+            self.on_url(target)
+            for i in range(len(names)):
+                self.on_header(names[i], values[i])
+            self.head_complete("1.1")
+            if body:
+                self.on_body(body)
+            self.message_complete(method, True)
+        except Rejected as exc:
+            self._reject(exc.status, str(exc))
+        except Exception:
+            log.exception("error while parsing a request")
+            self._reject(500, "internal error while reading the request")
 
     def eof_received(self) -> bool | None:
         # A client that closes its side has gone, as nginx and Envoy treat it: closing here leads
@@ -217,14 +245,19 @@ class ClientConnection(RequestReader):
     # -- llhttp: the other callbacks are in RequestReader
     def on_message_complete(self) -> None:
         parser = self.parser
+        self.message_complete(parser.get_method(), parser.should_keep_alive())
+
+    def message_complete(self, method: bytes, keep_alive: bool) -> None:
         body = self._body
-        req = Request(parser.get_method(), self._url, _VERSIONS[self._version], self._headers,
-                      self._index, body[0] if len(body) == 1 else b"".join(body), parser.should_keep_alive(),
+        req = Request(method, self._url, _VERSIONS[self._version], self._headers,
+                      self._index, body[0] if len(body) == 1 else b"".join(body), keep_alive,
                       self.peer, self._started)
         self._in_body = False
         self._head_bytes = 0
         if req.method == b"CONNECT" or b"upgrade" in self._index:
             self._upgrade(req)
+        if not req.keep_alive:
+            self._fast = False  # llhttp refuses what follows such a request: let it see it
         if self.exchange is None and not self.queue and not self._write_paused:
             self._start(req)
         else:

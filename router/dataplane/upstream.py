@@ -20,6 +20,7 @@ import httptools
 from mypy_extensions import trait
 
 from router.config import Endpoint
+from router.dataplane.fastparse import read_response
 from router.dataplane.request import Header
 
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -98,6 +99,15 @@ class UpstreamConnection:
             # Bytes nobody asked for: the backend is out of step; never reuse this connection.
             self.close()
             return
+        if not self._got_bytes and not self._head_request:
+            # The first read of this response, with llhttp at the start of a message: a whole
+            # common response may skip it (fastparse says which, and reads them as llhttp would).
+            fields = read_response(data)
+            if fields is not None and fields[4] <= self._head_left:
+                self._got_bytes = True
+                self._read_fast(fields[0], fields[1], fields[2], fields[3])
+                sink.flush()
+                return
         self._got_bytes = True
         try:
             self.parser.feed_data(data)
@@ -199,8 +209,20 @@ class UpstreamConnection:
             self._connection = value if self._connection is None else self._connection + b", " + value
         self._headers.append((lname, name, value))
 
+    def _read_fast(self, status: int, names: list[bytes], values: list[bytes], body: bytes) -> None:
+        """The callbacks llhttp would make for this response, in its order, as native calls."""
+        for i in range(len(names)):
+            self.on_header(names[i], values[i])
+        self.head_complete(status, True)
+        if body and self.sink is not None:
+            self.sink.on_body(body)
+        if self.sink is not None:
+            self._finish()
+
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        self.head_complete(self.parser.get_status_code(), self.parser.should_keep_alive())
+
+    def head_complete(self, status: int, keep_alive: bool) -> None:
         if status < 200:
             self._headers = []  # interim (1xx): wait for the final response
             self._has_length = False
@@ -210,7 +232,7 @@ class UpstreamConnection:
         headers = self._headers
         no_body = status in _NO_BODY_STATUS or self._head_request
         self._framed = self._has_length or no_body
-        if not self._framed or not self.parser.should_keep_alive():
+        if not self._framed or not keep_alive:
             self._reusable = False
         assert self.sink is not None
         self.sink.on_head(status, headers, self._connection)
