@@ -18,15 +18,18 @@ from typing import Any, Final
 from router.analysis.decision import LATENCY_BUCKETS_S
 from router.analysis.histogram import layout_index
 
-BUCKET_S = 10
+BUCKET_S: Final = 10
 SLOTS = 90  # 15 minutes
 # Every 8th bound of the rollout gates' scheme (the same floats): 2 per octave from 1 ms to 46 s.
 # A chart shows a trend; the shadow report and the gates keep the fine resolution.
 LATENCY_STEP: Final = 8  # every 8th bound of the router's one scheme: two per octave
 LATENCY_BOUNDS: tuple[float, ...] = LATENCY_BUCKETS_S[::LATENCY_STEP]
 _MIDDLE = 2 ** 0.25  # a bucket's upper bound over its geometric middle (buckets are a factor sqrt(2) wide)
-MAX_BACKENDS = 8  # series per route: primary, candidate, override targets; more are not charted
-_REQ, _ERR, _HIST = 0, 1, 2  # layout of one bucket's row: requests, errors, histogram (+Inf last)
+MAX_BACKENDS: Final = 8  # series per route: primary, candidate, override targets; more are not charted
+# layout of one bucket's row: requests, errors, histogram (+Inf last)
+_REQ: Final = 0
+_ERR: Final = 1
+_HIST: Final = 2
 WIDTH = _HIST + len(LATENCY_BOUNDS) + 1
 _ZERO_ROW = [0] * WIDTH
 

@@ -6,6 +6,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 #define MAX_LENGTH_DIGITS 15 /* a longer Content-Length goes to llhttp, which checks overflow */
@@ -15,6 +16,36 @@ static unsigned char value[256];  /* a field value: HTAB, visible ASCII, SP, obs
 static unsigned char target[256]; /* origin-form path and query: RFC 3986 pchar, '/', '?' */
 
 static PyObject *methods[7];
+
+/* The bytes objects of recent header names and short values, reused when the same bytes come
+ * again: a client or backend sends the same names (and mostly the same values) on every message,
+ * so each reuse saves an allocation, and the router's dict lookups by name find the very object,
+ * its hash already computed. A fixed table indexed by a hash of the bytes: a miss overwrites the
+ * slot, so memory stays bounded whatever a peer sends. */
+#define CACHE_SLOTS 256
+#define CACHE_MAX_LEN 64
+static PyObject *names_seen[CACHE_SLOTS];
+static PyObject *values_seen[CACHE_SLOTS];
+
+static PyObject *cached_bytes(PyObject **table, const unsigned char *p, Py_ssize_t len) {
+    if (len > CACHE_MAX_LEN)
+        return PyBytes_FromStringAndSize((const char *)p, len);
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 16777619u;
+    PyObject **slot = &table[(h ^ (h >> 16)) & (CACHE_SLOTS - 1)];
+    PyObject *seen = *slot;
+    if (seen != NULL && PyBytes_GET_SIZE(seen) == len && memcmp(PyBytes_AS_STRING(seen), p, (size_t)len) == 0) {
+        Py_INCREF(seen);
+        return seen;
+    }
+    PyObject *fresh = PyBytes_FromStringAndSize((const char *)p, len);
+    if (fresh == NULL)
+        return NULL;
+    Py_INCREF(fresh);
+    Py_XSETREF(*slot, fresh);
+    return fresh;
+}
 static const char *method_names[7] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"};
 
 static void set_range(unsigned char *table, int lo, int hi) {
@@ -101,14 +132,14 @@ static Py_ssize_t scan_fields(const unsigned char *p, Py_ssize_t n, Py_ssize_t i
         default:
             break;
         }
-        PyObject *o = PyBytes_FromStringAndSize((const char *)name, name_len);
+        PyObject *o = cached_bytes(names_seen, name, name_len);
         if (o == NULL)
             return -2;
         int err = PyList_Append(names, o);
         Py_DECREF(o);
         if (err)
             return -2;
-        o = PyBytes_FromStringAndSize((const char *)val, value_len);
+        o = cached_bytes(values_seen, val, value_len);
         if (o == NULL)
             return -2;
         err = PyList_Append(values, o);

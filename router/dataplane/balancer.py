@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Final
 
 from router.config import BackendConfig, Config, Endpoint
 from router.dataplane.upstream import PoolSpec, UpstreamPool
 
-RETRY_BUDGET = 0.2  # retries may add at most this share of requests
-RETRY_BURST = 10.0  # ... with this many allowed at once after a quiet period
+RETRY_BUDGET: Final = 0.2  # retries may add at most this share of requests
+RETRY_BURST: Final = 10.0  # ... with this many allowed at once after a quiet period
 
 
 class EndpointState:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 from http import HTTPStatus
+from typing import Final
 
 # RFC 9110 section 7.6.1, plus the RFC 2616 list that proxies still strip. Lower-case bytes, as
 # compared on the hot path.
@@ -24,8 +25,8 @@ REQUEST_OWN = frozenset({
 RESPONSE_OWN = frozenset({b"content-length", b"x-request-id", b"x-router-request-id", b"x-model-backend"})
 
 # What the proxy skips when copying headers: hop-by-hop, plus those it writes itself.
-SKIP_REQUEST = HOP_BY_HOP | REQUEST_OWN
-SKIP_RESPONSE = HOP_BY_HOP | RESPONSE_OWN
+SKIP_REQUEST: Final = HOP_BY_HOP | REQUEST_OWN
+SKIP_RESPONSE: Final = HOP_BY_HOP | RESPONSE_OWN
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -55,7 +56,7 @@ class _RandomIds:
 
 
 _ids = _RandomIds()
-new_request_id = _ids.next
+new_request_id: Final = _ids.next
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 REASONS[508] = b"Loop Detected"
@@ -82,8 +83,8 @@ def via_names(value: bytes) -> list[bytes]:
     return names
 
 
-_TOKENS_CACHE: dict[bytes, frozenset[bytes]] = {}
-_TOKENS_CACHE_MAX = 256
+_TOKENS_CACHE: Final[dict[bytes, frozenset[bytes]]] = {}
+_TOKENS_CACHE_MAX: Final = 256
 
 
 def tokens_of(connection: bytes) -> frozenset[bytes]:

@@ -10,9 +10,9 @@ this class and decides what happens to each complete request.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from time import monotonic, perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -32,8 +32,12 @@ class Rejected(Exception):
         self.status = status
 
 
-_LOWER: dict[bytes, bytes] = {}  # header name as sent -> lower case, for names that passed the check
-_LOWER_MAX = 4096  # distinct spellings remembered (a client cannot grow it without bound)
+# Final aliases: compiled code reads a Final module name from a C static; a name imported with
+# `from time import ...` is a dict lookup in the module's globals on every call.
+monotonic: Final = time.monotonic
+perf_counter: Final = time.perf_counter
+_LOWER: Final[dict[bytes, bytes]] = {}  # header name as sent -> lower case, for names that passed the check
+_LOWER_MAX: Final = 4096  # distinct spellings remembered (a client cannot grow it without bound)
 
 
 def _lower_checked(name: bytes) -> bytes:

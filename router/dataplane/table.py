@@ -20,14 +20,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from router.analysis.llm import loads_json
 from router.config import Config, RouteConfig
 from router.config.llmconfig import ModelMatch
 from router.dataplane.policy import Choice
 
-_BOUNDARY = frozenset("/:")
-_UNREAD = object()
+_BOUNDARY: Final = frozenset("/:")
+_UNREAD: Final = object()
 
 
 class BadModel(ValueError):

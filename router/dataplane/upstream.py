@@ -14,16 +14,22 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 import httptools
 from mypy_extensions import trait
 
 from router.config import Endpoint
-from router.dataplane.fastparse import read_response
+from router.dataplane import fastparse
 from router.dataplane.request import Header
 
-_NO_BODY_STATUS = frozenset({204, 304})
+# a Final alias: compiled code reads it from a C static, not the module's globals
+read_response: Final = fastparse.read_response
+# header name as sent -> lower case: a dict lookup per header instead of a method call; bounded,
+# whatever backends send
+_LOWER: Final[dict[bytes, bytes]] = {}
+_LOWER_MAX: Final = 4096
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class UpstreamError(Exception):
@@ -198,7 +204,11 @@ class UpstreamConnection:
 
     # -- llhttp callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
+        lname = _LOWER.get(name)
+        if lname is None:
+            lname = name.lower()
+            if len(_LOWER) < _LOWER_MAX:
+                _LOWER[name] = lname
         if lname == b"content-length":
             self._has_length = True
         elif lname == b"transfer-encoding":

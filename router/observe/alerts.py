@@ -50,7 +50,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Final, Literal
 
 from router.analysis.histogram import ALERT_BOUNDS, ALERT_STEP, layout_index
 
@@ -59,7 +59,7 @@ log = logging.getLogger("router.observe.alerts")
 AlertKind = Literal["latency_spike", "error_spike", "drift"]
 KINDS: tuple[AlertKind, ...] = ("latency_spike", "error_spike", "drift")
 LATENCY_BOUNDS = ALERT_BOUNDS  # ~19% steps of the router's one latency scheme
-OTHER = "(other)"
+OTHER: Final = "(other)"
 
 
 @dataclass(frozen=True, slots=True)

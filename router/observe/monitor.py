@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from router.analysis.compare import MAX_DECODED
 from router.analysis.decoding import DecodeError, decode
@@ -36,7 +36,7 @@ QUEUE_LIMIT = 20_000
 QUEUE_BYTES = 32 * 1024 * 1024  # captured bodies held between the request path and the background
 BATCH_BYTES = 4 * 1024 * 1024  # taken per background turn, so one turn's parsing stays short
 ITEM_OVERHEAD = 256  # the record's own objects, roughly
-DRIFT_SAMPLES_PER_S = 100
+DRIFT_SAMPLES_PER_S: Final = 100
 
 
 class Finished(NamedTuple):
