@@ -8,11 +8,14 @@ several router processes add up field by field.
 from __future__ import annotations
 
 import bisect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from router.analysis.decision import EMPTY_HISTOGRAM, LATENCY_BUCKETS_S, RolloutPolicy, SideCounts, StepEvidence
 from router.analysis.rollout_types import PairedLatency
 from router.control.llmstats import LlmWindow
+
+# a Final alias: compiled code reads it from a C static, not a module attribute lookup per call
+_bisect_left: Final = bisect.bisect_left
 
 _THRESHOLDS = len(LATENCY_BUCKETS_S)  # thresholds at every finite bound
 
@@ -42,9 +45,9 @@ class LatencyPairs:
         self.ranges = [[([0] * (_THRESHOLDS + 1), [0] * (_THRESHOLDS + 1)) for _ in self.KINDS] for _ in factors]
 
     def record(self, live_s: float, shadow_s: float) -> None:
-        above = bisect.bisect_left(LATENCY_BUCKETS_S, live_s)  # primary > t_i exactly for i < above
+        above = _bisect_left(LATENCY_BUCKETS_S, live_s)  # primary > t_i exactly for i < above
         for ranges, factor in zip(self.ranges, self.factors, strict=True):
-            over = bisect.bisect_left(LATENCY_BUCKETS_S, shadow_s / factor)  # candidate > factor x t_i for i < over
+            over = _bisect_left(LATENCY_BUCKETS_S, shadow_s / factor)  # candidate > factor x t_i for i < over
             kind, lo, hi = (0, above, over) if over > above else (1, over, above)
             if lo < hi:
                 ranges[kind][0][lo] += 1
@@ -105,7 +108,7 @@ class WindowSide:
         if not ok:
             self.errors += 1
         self.client_errors += client_error
-        self.latency[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency[_bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
 
     def counts(self) -> SideCounts:
         return SideCounts(self.requests, self.errors, tuple(self.latency), self.labelled, self.correct)

@@ -28,7 +28,13 @@ RESPONSE_OWN = frozenset({b"content-length", b"x-request-id", b"x-router-request
 SKIP_REQUEST: Final = HOP_BY_HOP | REQUEST_OWN
 SKIP_RESPONSE: Final = HOP_BY_HOP | RESPONSE_OWN
 
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+# Final aliases: compiled code reads them from a C static (a module attribute or imported name
+# would be a dict lookup on every call).
+_urandom: Final = os.urandom
+_hexlify: Final = binascii.hexlify
 
 
 class _RandomIds:
@@ -50,9 +56,9 @@ class _RandomIds:
     def next(self) -> bytes:
         pos = self.pos
         if pos >= len(self.buf):
-            self.buf, pos = os.urandom(self.BATCH), 0
+            self.buf, pos = _urandom(self.BATCH), 0
         self.pos = pos + self.ID_BYTES
-        return binascii.hexlify(self.buf[pos:pos + self.ID_BYTES])
+        return _hexlify(self.buf[pos:pos + self.ID_BYTES])
 
 
 _ids = _RandomIds()
@@ -61,7 +67,7 @@ new_request_id: Final = _ids.next
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 REASONS[508] = b"Loop Detected"
 
-STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
+STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
 
 
 def status_line(code: int) -> bytes:

@@ -16,8 +16,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Mapping
-from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from router.analysis.compare import Comparison
 from router.analysis.decoding import DecodeError, decode
@@ -38,7 +37,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.dataplane.shadow")
 SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
-_draw = random.random
+# Final aliases: compiled code reads them from a C static (a module attribute or imported name
+# would be a dict lookup on every call).
+perf_counter: Final = time.perf_counter
+_monotonic: Final = time.monotonic
+_draw: Final = random.random
 # Comparing large bodies takes milliseconds: those go to a worker thread, off the event loop.
 INLINE_COMPARE_BYTES = 64 * 1024
 MAX_BACKLOG = 4096  # finished mirrored requests waiting for their turn; beyond, skipped and counted
@@ -46,8 +49,8 @@ PREVIEW_BYTES = 2048
 # Idle connections each shadow pool keeps ready while its route has live traffic. A copy that has
 # to open a connection pays the set-up (handshake, TLS, a backend's slow first response) that the
 # busier live pool long since paid; with spares ready, shadow and live latencies compare alike.
-WARM_IDLE = 2
-WARM_EVERY_S = 0.1  # at most one spare opened per pool this often (a backend may close them at once)
+WARM_IDLE: Final = 2
+WARM_EVERY_S: Final = 0.1  # at most one spare opened per pool this often (a backend may close them at once)
 
 
 class Capture:
@@ -268,7 +271,7 @@ class Mirror:
         return pacer
 
     def _send(self, group: BackendGroup, req: Request, via: bytes, sink: CaptureSink) -> None:
-        pool = group.pick(time.monotonic(), panic=True)
+        pool = group.pick(_monotonic(), panic=True)
         assert pool is not None
         model = group.backend.model
         data = upstream_request(req, pool.authority, via, SHADOW_HEADER,
@@ -286,7 +289,7 @@ class Mirror:
                 or pool.open >= pool.spec.max_connections:
             return
         pool.warmed_at = now
-        if not group.states[group.pools.index(pool)].available(time.monotonic()):
+        if not group.states[group.pools.index(pool)].available(_monotonic()):
             return  # ejected or failing its health checks: no spares for an endpoint out of rotation
         task = asyncio.get_running_loop().create_task(self._open_spare(pool))
         self._tasks.add(task)

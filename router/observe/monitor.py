@@ -36,6 +36,10 @@ QUEUE_LIMIT = 20_000
 QUEUE_BYTES = 32 * 1024 * 1024  # captured bodies held between the request path and the background
 BATCH_BYTES = 4 * 1024 * 1024  # taken per background turn, so one turn's parsing stays short
 ITEM_OVERHEAD = 256  # the record's own objects, roughly
+# Final aliases: compiled code reads them from a C static (a module attribute or imported name
+# would be a dict lookup on every call).
+_monotonic: Final = time.monotonic
+_time: Final = time.time
 DRIFT_SAMPLES_PER_S: Final = 100
 
 
@@ -88,7 +92,7 @@ class Monitor:
         self.notify: Callable[[Alert], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._tokens = float(DRIFT_SAMPLES_PER_S)
-        self._refilled = time.monotonic()
+        self._refilled = _monotonic()
         if self.config.feedback is not None:
             self._open_store(self.config.feedback.retention, self.config.feedback.max_rows)
         self.configure(config)
@@ -102,7 +106,7 @@ class Monitor:
         try:
             self.store = FeedbackStore(path, retention, max_rows)
         except FeedbackStoreError as exc:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            aside = path.with_name(f"{path.name}.corrupt-{int(_time())}")
             with contextlib.suppress(OSError):
                 path.rename(aside)
             self.problem = f"feedback store {path}: {exc.reason}; moved aside to {aside}, starting empty"
@@ -120,7 +124,7 @@ class Monitor:
             return True
         if self.detector is None:
             return False
-        now = time.monotonic()
+        now = _monotonic()
         self._tokens = min(DRIFT_SAMPLES_PER_S, self._tokens + (now - self._refilled) * DRIFT_SAMPLES_PER_S)
         self._refilled = now
         if self._tokens >= 1:
@@ -135,11 +139,11 @@ class Monitor:
         to_log = self.log is not None and not shadowed and self.log.wants(request_id)
         if response_body is None and not to_log:
             if self.detector is not None:
-                self.detector.observe(backend, route, latency, status >= 500, None, None, time.time())
+                self.detector.observe(backend, route, latency, status >= 500, None, None, _time())
             return
         client = client_request_id.decode("latin-1") if client_request_id and client_request_id != request_id \
             else None
-        if not self._enqueue(Finished(request_id.decode("latin-1"), time.time(), route, backend, status, latency,
+        if not self._enqueue(Finished(request_id.decode("latin-1"), _time(), route, backend, status, latency,
                                       request_body, response_body, to_log, None, client, encoding)):
             self.dropped += 1
 
@@ -177,12 +181,12 @@ class Monitor:
 
     async def _run(self) -> None:
         last_eval = 0.0
-        last_prune = time.time()
+        last_prune = _time()
         while True:
             await asyncio.sleep(0.2)
             with contextlib.suppress(Exception):
                 await self._drain()
-            now = time.time()
+            now = _time()
             if self.detector is not None and now - last_eval >= 1.0:
                 last_eval = now
                 for alert in self.detector.evaluate(now):
