@@ -239,3 +239,16 @@ def test_what_llhttp_must_read_is_declined() -> None:
     ]
     for data in declined_responses:
         assert read_response(data) is None, data
+
+
+def test_repeated_fields_are_the_same_objects() -> None:
+    """Names and short values come back as the objects of the message before (no allocation, and the
+    router's lookups by name find a hash already computed); long ones are copied, and both read right."""
+    long_value = b"v" * 300
+    message = (b"POST /p HTTP/1.1\r\nHost: h\r\nX-Long: " + long_value + b"\r\nContent-Length: 2\r\n\r\nok")
+    first, second = read_request(message), read_request(message)
+    assert first is not None and second is not None
+    assert all(a is b for a, b in zip(first[2], second[2], strict=True))
+    assert first[3][0] is second[3][0]  # b"h"
+    assert first[3][1] == second[3][1] == long_value
+    assert _check(message, response=False)

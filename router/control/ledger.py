@@ -103,35 +103,70 @@ class RouteSnapshot:
     evidence: StepEvidence | None
 
 
+class BackendCell:
+    """One route's counters for one backend: what a request adds to, found by two dict lookups with
+    string keys (their hashes cached) rather than by tuple keys hashed afresh on every request."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_status: dict[int, int] = {}
+        self.choices: dict[str, int] = {}  # why the backend was chosen (policy reason) -> requests
+        # latency counts per bucket, then +Inf, then the sum of observations
+        self.latency = [0.0] * (len(EXPORT_BOUNDS) + 2)
+        self.timed = False  # a request finished here (the latency histogram is exported)
+
+
 class RequestStats:
     """Request counters and latency histograms by route and backend: plain ints, summable.
 
-    Plain dicts updated with get-and-set rather than defaultdicts: compiled, those are the C dict
-    functions, where a defaultdict (a subclass) goes through generic item calls."""
+    Kept per (route, backend) cell; the exporters read flat views (`requests`, `latency`,
+    `by_backend`, `choices`) built on demand, as a scrape is rare and a request is not."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[tuple[str, str], list[float]] = {}
-        self.by_backend: dict[str, dict[str, int]] = {}  # route -> backend -> requests
-        self.choices: dict[tuple[str, str, str], int] = {}
+        self.cells: dict[str, dict[str, BackendCell]] = {}
         self.sticky_key_missing: dict[str, int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
 
+    def cell(self, route: str, backend: str) -> BackendCell:
+        by_backend = self.cells.get(route)
+        if by_backend is None:
+            by_backend = self.cells[route] = {}
+        cell = by_backend.get(backend)
+        if cell is None:
+            cell = by_backend[backend] = BackendCell()
+        return cell
+
     def finished(self, route: str, backend: str, status: int, seconds: float) -> None:
-        key = (route, backend, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        pair = (route, backend)
-        h = self.latency.get(pair)
-        if h is None:
-            # counts per bucket, then +Inf, then the sum of observations
-            h = self.latency[pair] = [0.0] * (len(EXPORT_BOUNDS) + 2)
-            self.by_backend.setdefault(route, {})
+        cell = self.cell(route, backend)
+        by_status = cell.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        h = cell.latency
         h[layout_index(EXPORT_STEP, seconds)] += 1.0
         h[-1] += seconds
+        cell.timed = True
         if backend:
-            counts = self.by_backend[route]
-            counts[backend] = counts.get(backend, 0) + 1
+            cell.requests += 1
+
+    @property
+    def requests(self) -> dict[tuple[str, str, int], int]:
+        return {(route, backend, status): n for route, by_backend in self.cells.items()
+                for backend, cell in by_backend.items() for status, n in cell.by_status.items()}
+
+    @property
+    def latency(self) -> dict[tuple[str, str], list[float]]:
+        return {(route, backend): list(cell.latency) for route, by_backend in self.cells.items()
+                for backend, cell in by_backend.items() if cell.timed}
+
+    @property
+    def by_backend(self) -> dict[str, dict[str, int]]:
+        """route -> backend -> requests finished (routes with any finished request, even unrouted)."""
+        return {route: {backend: cell.requests for backend, cell in by_backend.items() if backend and cell.timed}
+                for route, by_backend in self.cells.items() if any(c.timed for c in by_backend.values())}
+
+    @property
+    def choices(self) -> dict[tuple[str, str, str], int]:
+        return {(route, backend, reason): n for route, by_backend in self.cells.items()
+                for backend, cell in by_backend.items() for reason, n in cell.choices.items()}
 
 
 def _pairs_with(live: Scored, shadow: Scored, key: tuple[str, str]) -> bool:
@@ -160,9 +195,9 @@ class Ledger:
 
     # -- outcome records from the data plane (hot path: O(1), no I/O)
     def chosen(self, route: str, choice: Choice) -> None:
-        choices = self.stats.choices
-        key = (route, choice.backend, choice.reason)
-        choices[key] = choices.get(key, 0) + 1
+        choices = self.stats.cell(route, choice.backend).choices
+        reason = choice.reason
+        choices[reason] = choices.get(reason, 0) + 1
         if choice.key_missing:
             missing = self.stats.sticky_key_missing
             missing[route] = missing.get(route, 0) + 1
