@@ -72,9 +72,12 @@ class CompareSpec:
 
     @classmethod
     def build(cls, format: str = "json", paths: Sequence[str] = (), ignore: Sequence[str] = (),
-              abs_tol: float = 1e-6, rel_tol: float = 1e-3, max_values: int = MAX_VALUES,
+              abs_tol: object = 1e-6, rel_tol: object = 1e-3, max_values: object = MAX_VALUES,
               agree: str = "fields") -> CompareSpec:
-        """Validate config values; raises ValueError naming the bad value (`paths[1]: bad path ...`)."""
+        """Validate config values; raises ValueError naming the bad value (`paths[1]: bad path ...`).
+
+        The numbers are `object`: they come from YAML, and compiled code would turn a `True` passed
+        as a float into 1.0 before the check could refuse it."""
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
         if agree not in AGREE:
@@ -85,7 +88,7 @@ class CompareSpec:
         if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
             raise ValueError(f"max_values: expected an integer >= 1, got {max_values!r}")
         return cls(cast(Format, format), _parse_paths("paths", paths), _parse_paths("ignore", ignore),
-                   float(abs_tol), float(rel_tol), max_values, cast(Agree, agree))
+                   float(cast(float, abs_tol)), float(cast(float, rel_tol)), max_values, cast(Agree, agree))
 
 
 def _parse_paths(name: str, texts: Sequence[str]) -> tuple[JsonPath, ...]:
@@ -194,12 +197,17 @@ _BATCH_DEPTH: Mapping[str, int] = {"kserve-v1": 1, "tfserving": 1, "mlflow": 1, 
 _SPACES = re.compile(r"\s+")
 
 
-class _Pair(NamedTuple):
-    location: Location
-    name: str  # the field
-    key: str | None  # the nearest object key above: what the values are called
-    live: object
-    shadow: object
+class _Pair:
+    """A node of each document at one location, to be compared."""
+
+    __slots__ = ("key", "live", "location", "name", "shadow")
+
+    def __init__(self, location: Location, name: str, key: str | None, live: object, shadow: object) -> None:
+        self.location = location
+        self.name = name  # the field
+        self.key = key  # the nearest object key above: what the values are called
+        self.live = live
+        self.shadow = shadow
 
 
 @dataclass(slots=True)
@@ -334,7 +342,7 @@ def _list_pairs(t: _Tally, p: _Pair, live: list[object], shadow: list[object]) -
     return [pair for pair in pairs if not _ignored(t.spec, pair.location)] if t.spec.ignore else pairs
 
 
-def _numbers(values: list[object]) -> TypeGuard[list[float]]:
+def _numbers(values: list[object]) -> TypeGuard[list[int | float]]:
     return all(type(x) is float or type(x) is int for x in values)
 
 
@@ -342,7 +350,7 @@ def _ignores_below(spec: CompareSpec, location: Location) -> bool:
     return any(len(p.segments) == len(location) + 1 for p in spec.ignore)
 
 
-def _compare_numbers(t: _Tally, p: _Pair, name: str, live: list[float], shadow: list[float]) -> None:
+def _compare_numbers(t: _Tally, p: _Pair, name: str, live: list[int | float], shadow: list[int | float]) -> None:
     """The fast path for number lists (vectors, embeddings): one field, no per-element pairs."""
     count = t.take(min(len(live), len(shadow)))
     if count:
@@ -354,7 +362,7 @@ def _compare_numbers(t: _Tally, p: _Pair, name: str, live: list[float], shadow: 
             t.labels.append(_argmax(live_f) == _argmax(shadow_f))
 
 
-def _close(value: float, reference: float, abs_tol: float, rel_tol: float) -> bool:
+def _close(value: int | float, reference: int | float, abs_tol: float, rel_tol: float) -> bool:
     """numpy.isclose(value, reference): |value - reference| <= abs_tol + rel_tol * |reference|.
 
     The live value is the reference, so the tolerance scales with what production returned.
@@ -373,7 +381,7 @@ def _close(value: float, reference: float, abs_tol: float, rel_tol: float) -> bo
     return abs(a - b) <= abs_tol + rel_tol * abs(b)
 
 
-def _probability_vectors(spec: CompareSpec, p: _Pair, live: list[float], shadow: list[float]) -> bool:
+def _probability_vectors(spec: CompareSpec, p: _Pair, live: list[int | float], shadow: list[int | float]) -> bool:
     if len(live) < 2:
         return False
     if p.key is not None and _PROB_KEY.search(p.key):
@@ -383,7 +391,7 @@ def _probability_vectors(spec: CompareSpec, p: _Pair, live: list[float], shadow:
     return _is_distribution(live) or _is_distribution(shadow)
 
 
-def _is_distribution(values: list[float]) -> bool:
+def _is_distribution(values: list[int | float]) -> bool:
     # 0.01: outputs rounded to a few decimals over many classes still sum to about 1.
     try:
         return all(0.0 <= x <= 1.0 for x in values) and abs(math.fsum(values) - 1.0) <= 0.01
@@ -391,7 +399,7 @@ def _is_distribution(values: list[float]) -> bool:
         return False
 
 
-def _floats(values: list[float]) -> list[float] | None:
+def _floats(values: list[int | float]) -> list[float] | None:
     try:
         floats = [float(x) for x in values]
     except OverflowError:
@@ -403,7 +411,7 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)  # the first maximum, as numpy.argmax
 
 
-def _int_labels(key: str | None, values: list[float]) -> bool:
+def _int_labels(key: str | None, values: list[int | float]) -> bool:
     return key in _INT_LABEL_KEYS and all(type(x) is int for x in values)
 
 
