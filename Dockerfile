@@ -11,10 +11,14 @@ FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml setup.py README.md ./
+# mypyc type-checks the whole package before compiling: it needs the runtime dependencies and the
+# YAML stubs installed (read from pyproject.toml, so the list cannot drift).
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir "mypy>=1.10" "setuptools>=68" wheel "types-PyYAML>=6.0" -r /tmp/requirements.txt
 COPY router ./router
 COPY backends ./backends
-RUN pip install --no-cache-dir "mypy>=1.10" "setuptools>=68" wheel \
-    && MODEL_ROUTER_NATIVE=1 pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
+RUN MODEL_ROUTER_NATIVE=1 pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
