@@ -121,3 +121,24 @@ def test_prefix_matches_at_boundaries_and_first_route_wins() -> None:
                            ("/other", "all")]:
         route = table.match("POST", path, none)
         assert route is not None and route.name == expected, path
+        again = table.match("POST", path, none)  # from the remembered candidates this time
+        assert again is route, path
+
+
+def test_remembered_paths_are_bounded_and_change_nothing() -> None:
+    """The table remembers which routes a path may match for the first paths it sees; a scan of
+    many more paths is matched afresh, with the same answers, and memory stays bounded."""
+    from router.dataplane import table as table_module
+
+    text = YAML.split("routes:")[0] + ("routes:\n  - {name: a, match: {path_prefix: /v1/models/a}, primary: v1}\n"
+                                        "  - {name: all, match: {path_prefix: /}, primary: v2}\n")
+    table = table_module.RoutingTable(parse_config(text))
+    none = {}.get
+    limit = table_module._PATHS_REMEMBERED
+    for i in range(limit + 50):
+        path = f"/v1/models/a/{i}" if i % 2 else f"/scan/{i}"
+        route = table.match("POST", path, none)
+        assert route is not None and route.name == ("a" if i % 2 else "all"), path
+    assert len(table._seen) == limit
+    late = table.match("GET", f"/v1/models/a/{limit + 49}", none)  # not remembered: found all the same
+    assert late is not None and late.name == "a"

@@ -94,6 +94,13 @@ class RequestReader:
         raise NotImplementedError
 
     def on_message_begin(self) -> None:
+        self.begin_message()
+        if self.exchange is None:
+            self.set_deadline(self._header_timeout, "request headers")
+
+    def begin_message(self) -> None:
+        """A request starts. (fastparse's reader calls this, not on_message_begin: with the whole
+        request in hand, its head and body deadlines would be replaced before anything waits.)"""
         self._url = b""
         self._head_size = 0
         self._headers = []
@@ -103,8 +110,6 @@ class RequestReader:
         self._in_head = True
         # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
         self._started = perf_counter()
-        if self.exchange is None:
-            self.set_deadline(self._header_timeout, "request headers")
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -175,12 +180,15 @@ class RequestReader:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        self.add_body(body)
+        if self.exchange is None:
+            self._body_deadline()
+
+    def add_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
             raise Rejected(413, f"request body larger than max_body ({self._max_body} bytes)")
         self._body.append(body)
-        if self.exchange is None:
-            self._body_deadline()
 
     def _body_deadline(self) -> None:
         """The body must keep moving (a piece every header_timeout) and, after its first

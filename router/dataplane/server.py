@@ -194,16 +194,17 @@ class ClientConnection(RequestReader):
             self._reject(431, f"request head larger than {self._max_header_size} bytes")
 
     def _read_fast(self, method: bytes, target: bytes, names: list[bytes], values: list[bytes], body: bytes) -> None:
-        """The callbacks llhttp would make for this request, in its order, as native calls; errors
-        are answered as data_received answers them when they come through llhttp."""
+        """The callbacks llhttp would make for this request, in its order, as native calls (less the
+        head and body deadlines: the request is whole, and what runs it next sets the deadline);
+        errors are answered as data_received answers them when they come through llhttp."""
         try:
-            self.on_message_begin()
+            self.begin_message()
             self.on_url(target)
             for i in range(len(names)):
                 self.on_header(names[i], values[i])
             self.head_complete("1.1")
             if body:
-                self.on_body(body)
+                self.add_body(body)
             self.message_complete(method, True)
         except Rejected as exc:
             self._reject(exc.status, str(exc))

@@ -28,6 +28,7 @@ from router.config.llmconfig import ModelMatch
 from router.dataplane.policy import Choice
 
 _BOUNDARY: Final = frozenset("/:")
+_PATHS_REMEMBERED: Final = 4096  # per table; more distinct paths (a scan) are matched afresh
 _UNREAD: Final = object()
 
 
@@ -79,9 +80,10 @@ class Route:
 
 
 class RoutingTable:
-    """Routes indexed for lookup. Never mutated after construction."""
+    """Routes indexed for lookup. Never mutated after construction, but for the memo of which
+    routes a path may match (a pure function of the path and the table)."""
 
-    __slots__ = ("_exact", "_prefix_lengths", "_prefixes", "_regex", "by_name", "config", "routes")
+    __slots__ = ("_exact", "_prefix_lengths", "_prefixes", "_regex", "_seen", "by_name", "config", "routes")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -102,6 +104,7 @@ class RoutingTable:
         # Longest first only to make the candidate lists come out roughly ordered; order is
         # decided by Route.index below.
         self._prefix_lengths = sorted(self._prefixes, reverse=True)
+        self._seen: dict[str, list[Route]] = {}  # path -> its candidates, for the paths seen first
 
     def match(self, method: str, path: str, header: Callable[[str], str | None], body: bytes = b"") -> Route | None:
         """The first route, in file order, whose conditions hold for this request.
@@ -128,6 +131,17 @@ class RoutingTable:
         return best
 
     def _candidates(self, path: str) -> list[Route]:
+        """The routes whose path condition this path meets (the caller must not change the list).
+        Remembered for the first _PATHS_REMEMBERED paths: a model server is called on a handful."""
+        found = self._seen.get(path)
+        if found is not None:
+            return found
+        found = self._find(path)
+        if len(self._seen) < _PATHS_REMEMBERED:
+            self._seen[path] = found
+        return found
+
+    def _find(self, path: str) -> list[Route]:
         found: list[Route] = list(self._exact.get(path, ()))
         n = len(path)
         for length in self._prefix_lengths:
