@@ -16,6 +16,7 @@ from setuptools import Extension, setup
 NATIVE = [
     "router/dataplane/server.py",
     "router/dataplane/reqparse.py",
+    "router/dataplane/clientside.py",
     "router/dataplane/proxy.py",
     "router/dataplane/upstream.py",
     "router/dataplane/http11.py",

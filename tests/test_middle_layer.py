@@ -26,6 +26,7 @@ from router.control.rollout import RolloutController
 from router.control.splits import Splits
 from router.control.state import StateStore
 from router.dataplane.balancer import HealthRegistry
+from router.dataplane.clientside import ClientSide
 from router.dataplane.proxy import Exchange
 from router.dataplane.request import Request
 from router.dataplane.shadow import Mirror
@@ -77,10 +78,12 @@ async def upstream() -> AsyncIterator[Callable[[Answer], Any]]:
             await server.wait_closed()
 
 
-class Client:
+class Client(ClientSide):
     """Stands in for ClientConnection: records what the Exchange writes and when it is done."""
 
-    draining = False
+    @property
+    def draining(self) -> bool:
+        return False
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()

@@ -39,26 +39,26 @@ _hexlify: Final = binascii.hexlify
 
 class _RandomIds:
     """128-bit ids from the OS's CSPRNG, unguessable from the ones a client has seen. One
-    getrandom() call per 256 ids, not per request; the buffer is dropped in a forked child so
-    two workers never hand out the same ids."""
+    getrandom() call per 256 ids, not per request, hex-encoded a batch at a time (an id is then
+    one slice); the buffer is dropped in a forked child so two workers never hand out the same ids."""
 
-    ID_BYTES = 16
-    BATCH = 4096
+    ID_HEX = 32  # 16 random bytes
+    BATCH = 4096  # random bytes per refill
 
     def __init__(self) -> None:
-        self.buf = b""
+        self.hex = b""
         self.pos = 0
         os.register_at_fork(after_in_child=self.reset)
 
     def reset(self) -> None:
-        self.buf, self.pos = b"", 0
+        self.hex, self.pos = b"", 0
 
     def next(self) -> bytes:
         pos = self.pos
-        if pos >= len(self.buf):
-            self.buf, pos = _urandom(self.BATCH), 0
-        self.pos = pos + self.ID_BYTES
-        return _hexlify(self.buf[pos:pos + self.ID_BYTES])
+        if pos >= len(self.hex):
+            self.hex, pos = _hexlify(_urandom(self.BATCH)), 0
+        self.pos = pos + self.ID_HEX
+        return self.hex[pos:pos + self.ID_HEX]
 
 
 _ids = _RandomIds()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from router.analysis.protocols import protocol_of_path
 from router.control.ledger import LiveOutcome
+from router.dataplane.clientside import ClientSide
 from router.dataplane.http11 import (
     SKIP_REQUEST,
     SKIP_RESPONSE,
@@ -83,22 +84,6 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
         parts.append(b"\r\n")
     parts += (b"\r\n", body)
     return b"".join(parts)
-
-
-class ClientSide(Protocol):
-    """What an Exchange needs of its client connection (dataplane.server.ClientConnection): the seam
-    that lets a test drive an Exchange with a 20-line stand-in."""
-
-    loop: asyncio.AbstractEventLoop
-
-    @property
-    def draining(self) -> bool: ...
-
-    def set_deadline(self, seconds: float, what: str) -> None: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    def exchange_done(self, ex: Exchange, *, keep_alive: bool) -> None: ...
 
 
 class Exchange(ResponseSink):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from router.config import Limits
+from router.dataplane.clientside import ClientSide
 from router.dataplane.http11 import connection_tokens
 from router.dataplane.request import Header, Request
 
@@ -53,11 +54,10 @@ def _lower_checked(name: bytes) -> bytes:
     return lname
 
 
-class RequestReader:
+class RequestReader(ClientSide):
     """The llhttp callbacks of one client connection, and the state of the request being parsed."""
 
     # owned by the connection; read here to place deadlines and the 100 Continue line
-    loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport | None
     exchange: Exchange | None
     queue: deque[Request]
@@ -89,9 +89,6 @@ class RequestReader:
         self._max_headers = limits.max_headers
         self._max_body = limits.max_body
         self._max_body_digits = len(str(limits.max_body))
-
-    def set_deadline(self, seconds: float, reason: str) -> None:
-        raise NotImplementedError
 
     def on_message_begin(self) -> None:
         self.begin_message()
