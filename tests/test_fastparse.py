@@ -252,3 +252,4 @@ def test_repeated_fields_are_the_same_objects() -> None:
     assert first[3][0] is second[3][0]  # b"h"
     assert first[3][1] == second[3][1] == long_value
     assert _check(message, response=False)
+

@@ -293,3 +293,18 @@ async def test_head_and_no_content_responses_have_no_body(make_router: RouterFac
     second, third = rest.split(b"\r\n\r\n", 1)
     assert b"Content-Length" not in second and b"Transfer-Encoding" not in second
     assert third.startswith(b"HTTP/1.1 200") and third.endswith(b"x" * 1234)
+
+
+def test_forwarded_request_says_its_body_length_at_every_size() -> None:
+    """The backend's Content-Length comes from a table of lines for small bodies and is formatted
+    for larger ones: both say the body's exact size, on either side of the table's end."""
+    from router.dataplane import proxy
+    from router.dataplane.request import Request
+
+    for size in (0, 1, proxy._LENGTH_LINES_MAX - 1, proxy._LENGTH_LINES_MAX, 70_000):
+        body = b"x" * size
+        req = Request(b"POST", b"/p", b"1.1", [(b"host", b"Host", b"h")], {b"host": b"h"}, body, True, "10.0.0.1", 0.0)
+        sent = proxy.upstream_request(req, b"backend:80", b"1.1 router")
+        head, _, rest = sent.partition(b"\r\n\r\n")
+        assert rest == body
+        assert head.split(b"\r\n").count(b"Content-Length: %d" % size) == 1, (size, head)

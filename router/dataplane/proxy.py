@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 monotonic: Final = time.monotonic
 perf_counter: Final = time.perf_counter
 _draw: Final = random.random
+_LENGTH_LINES_MAX: Final = 4096  # about 230 KB of lines; a longer body costs more than formatting anyway
+_LENGTH_LINES: Final = [b"Content-Length: %d\r\n" % n for n in range(_LENGTH_LINES_MAX)]
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _NOTHING: Final[frozenset[bytes]] = frozenset()
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
@@ -79,9 +81,9 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
     if body is None:
         body = req.body
     if body or req.method in _BODY_METHODS:
-        parts.append(b"Content-Length: ")  # not `%d` formatting: str() of an int is a C call compiled
-        parts.append(str(len(body)).encode("ascii"))
-        parts.append(b"\r\n")
+        size = len(body)
+        # the line made once for the usual sizes of a prediction request, not formatted each time
+        parts.append(_LENGTH_LINES[size] if size < _LENGTH_LINES_MAX else b"Content-Length: %d\r\n" % size)
     parts += (b"\r\n", body)
     return b"".join(parts)
 
@@ -171,7 +173,7 @@ class Exchange(ResponseSink):
         self.backend = group.name
         self.group = group
         group.earn()
-        if rc.shadow is not None:
+        if route.shadowed:
             self.pair = rt.mirror.begin(rt, rc, req, group.name)
         monitor = rt.monitor
         if monitor is not None and monitor.wants_body(req.own_id):

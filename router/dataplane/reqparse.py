@@ -86,6 +86,7 @@ class RequestReader(ClientSide):
         # the limits read on every request, as native fields (Limits is an interpreted dataclass)
         self._max_header_size = limits.max_header_size
         self._header_timeout = limits.header_timeout
+        self._idle_timeout = limits.idle_timeout
         self._max_headers = limits.max_headers
         self._max_body = limits.max_body
         self._max_body_digits = len(str(limits.max_body))

@@ -327,7 +327,7 @@ class ClientConnection(RequestReader):
         elif self._in_body:
             self._body_deadline()
         else:
-            self.set_deadline(self._limits.idle_timeout, "idle keep-alive")
+            self.set_deadline(self._idle_timeout, "idle keep-alive")
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:

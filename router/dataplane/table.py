@@ -68,14 +68,18 @@ class Route:
     name: str
     timeout: float  # the route's timeout, or limits.request_timeout
     retries: int
+    methods: frozenset[str] | None  # match.methods
+    headers: tuple[tuple[str, str], ...]  # match.headers
+    shadowed: bool  # has a shadow
 
     def conditions_hold(self, method: str, path: str, header: Callable[[str], str | None]) -> bool:
-        m = self.config.match
-        if m.methods is not None and method not in m.methods:
+        methods = self.methods
+        if methods is not None and method not in methods:
             return False
         if self.regex is not None and self.regex.match(path) is None:
             return False
-        return all(header(name) == value for name, value in m.headers)
+        headers = self.headers
+        return not headers or all(header(name) == value for name, value in headers)
 
 
 
@@ -158,7 +162,8 @@ def _compile(rc: RouteConfig, index: int, config: Config) -> Route:
     return Route(rc, index, re.compile(pattern) if pattern is not None else None,
                  Choice(rc.primary, "primary"), not rc.overrides, not rc.overrides and rc.candidate is None,
                  rc.match.model, is_llm(rc, config),
-                 rc.name, rc.timeout or config.limits.request_timeout, rc.retries)
+                 rc.name, rc.timeout or config.limits.request_timeout, rc.retries,
+                 rc.match.methods, rc.match.headers, rc.shadow is not None)
 
 
 def is_llm(rc: RouteConfig, config: Config) -> bool:
