@@ -108,12 +108,10 @@ class BackendCell:
     string keys (their hashes cached) rather than by tuple keys hashed afresh on every request."""
 
     def __init__(self) -> None:
-        self.requests = 0
-        self.by_status: dict[int, int] = {}
+        self.by_status: dict[int, int] = {}  # finished requests by status; empty until one finishes
         self.choices: dict[str, int] = {}  # why the backend was chosen (policy reason) -> requests
         # latency counts per bucket, then +Inf, then the sum of observations
         self.latency = [0.0] * (len(EXPORT_BOUNDS) + 2)
-        self.timed = False  # a request finished here (the latency histogram is exported)
 
 
 class RequestStats:
@@ -143,9 +141,6 @@ class RequestStats:
         h = cell.latency
         h[layout_index(EXPORT_STEP, seconds)] += 1.0
         h[-1] += seconds
-        cell.timed = True
-        if backend:
-            cell.requests += 1
 
     @property
     def requests(self) -> dict[tuple[str, str, int], int]:
@@ -155,13 +150,14 @@ class RequestStats:
     @property
     def latency(self) -> dict[tuple[str, str], list[float]]:
         return {(route, backend): list(cell.latency) for route, by_backend in self.cells.items()
-                for backend, cell in by_backend.items() if cell.timed}
+                for backend, cell in by_backend.items() if cell.by_status}
 
     @property
     def by_backend(self) -> dict[str, dict[str, int]]:
         """route -> backend -> requests finished (routes with any finished request, even unrouted)."""
-        return {route: {backend: cell.requests for backend, cell in by_backend.items() if backend and cell.timed}
-                for route, by_backend in self.cells.items() if any(c.timed for c in by_backend.values())}
+        return {route: {backend: sum(cell.by_status.values()) for backend, cell in by_backend.items()
+                        if backend and cell.by_status}
+                for route, by_backend in self.cells.items() if any(c.by_status for c in by_backend.values())}
 
     @property
     def choices(self) -> dict[tuple[str, str, str], int]:

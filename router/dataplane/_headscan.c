@@ -15,7 +15,11 @@ static unsigned char token[256];  /* RFC 9110 token: a header name */
 static unsigned char value[256];  /* a field value: HTAB, visible ASCII, SP, obs-text (not DEL) */
 static unsigned char target[256]; /* origin-form path and query: RFC 3986 pchar, '/', '?' */
 
-static PyObject *methods[7];
+/* Methods llhttp knows that a proxy sees every day (CONNECT and the WebDAV family go to llhttp),
+ * and their bytes objects, made once. */
+#define N_METHODS 7
+static const char *method_names[N_METHODS] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"};
+static PyObject *methods[N_METHODS];
 
 /* The bytes objects of recent header names and short values, reused when the same bytes come
  * again: a client or backend sends the same names (and mostly the same values) on every message,
@@ -46,7 +50,6 @@ static PyObject *cached_bytes(PyObject **table, const unsigned char *p, Py_ssize
     Py_XSETREF(*slot, fresh);
     return fresh;
 }
-static const char *method_names[7] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"};
 
 static void set_range(unsigned char *table, int lo, int hi) {
     for (int c = lo; c <= hi; c++)
@@ -197,16 +200,23 @@ error:
     return NULL;
 }
 
+/* The argument of a reader: bytes, or a TypeError. */
+static int bytes_arg(PyObject *data, const char *reader) {
+    if (PyBytes_Check(data))
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s takes bytes, not %.100s", reader, Py_TYPE(data)->tp_name);
+    return 0;
+}
+
 static PyObject *read_request(PyObject *self, PyObject *data) {
-    if (!PyBytes_Check(data)) {
-        PyErr_SetString(PyExc_TypeError, "read_request takes bytes");
+    (void)self;
+    if (!bytes_arg(data, "read_request"))
         return NULL;
-    }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data);
     PyObject *method = NULL;
     Py_ssize_t i = 0;
-    for (int m = 0; m < 7; m++) {
+    for (int m = 0; m < N_METHODS; m++) {
         size_t len = strlen(method_names[m]);
         if ((Py_ssize_t)len < n && memcmp(p, method_names[m], len) == 0 && p[len] == ' ') {
             method = methods[m];
@@ -232,10 +242,9 @@ static PyObject *read_request(PyObject *self, PyObject *data) {
 }
 
 static PyObject *read_response(PyObject *self, PyObject *data) {
-    if (!PyBytes_Check(data)) {
-        PyErr_SetString(PyExc_TypeError, "read_response takes bytes");
+    (void)self;
+    if (!bytes_arg(data, "read_response"))
         return NULL;
-    }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data);
     /* A final status with a body (no 1xx, 204 or 304: they frame differently) and a reason. */
@@ -283,7 +292,7 @@ PyMODINIT_FUNC PyInit__headscan(void) {
     set_range(target, '0', '9');
     set_range(target, 'A', 'Z');
     set_range(target, 'a', 'z');
-    for (int m = 0; m < 7; m++) {
+    for (int m = 0; m < N_METHODS; m++) {
         methods[m] = PyBytes_FromString(method_names[m]);
         if (methods[m] == NULL)
             return NULL;

@@ -132,7 +132,6 @@ class ClientConnection(RequestReader):
         self._lingering = False
         self._linger_left = 0
         self._linger_end = 0.0
-        self._fast = True  # llhttp is at a message boundary whenever no request is being read
         RequestReader.__init__(self, server.runtime().config.limits)
 
     @property
@@ -161,7 +160,7 @@ class ClientConnection(RequestReader):
             if self._lingering:
                 self._discard(len(data))
             return
-        if self._fast and not self._in_head and not self._in_body:
+        if not self._in_head and not self._in_body:
             # Between requests, llhttp waits at the start of the next one: a whole common request
             # in this read may skip it (fastparse says which, and reads them as llhttp would).
             fields = read_request(data)
@@ -262,8 +261,6 @@ class ClientConnection(RequestReader):
         self._head_bytes = 0
         if req.method == b"CONNECT" or b"upgrade" in self._index:
             self._upgrade(req)
-        if not req.keep_alive:
-            self._fast = False  # llhttp refuses what follows such a request: let it see it
         if self.exchange is None and not self.queue and not self._write_paused:
             self._start(req)
         else:

@@ -109,11 +109,13 @@ class UpstreamConnection:
             # The first read of this response, with llhttp at the start of a message: a whole
             # common response may skip it (fastparse says which, and reads them as llhttp would).
             fields = read_response(data)
-            if fields is not None and fields[4] <= self._head_left:
-                self._got_bytes = True
-                self._read_fast(fields[0], fields[1], fields[2], fields[3])
-                sink.flush()
-                return
+            if fields is not None:
+                status, names, values, body, head_size = fields
+                if head_size <= self._head_left:
+                    self._got_bytes = True
+                    self._read_fast(status, names, values, body)
+                    sink.flush()
+                    return
         self._got_bytes = True
         try:
             self.parser.feed_data(data)

@@ -103,6 +103,21 @@ def test_malformed_pipelined_request_does_not_drop_the_valid_ones_before_it(rout
     assert closed
 
 
+def test_nothing_after_a_request_that_closes_the_connection_is_answered(router: tuple[Address, int]) -> None:
+    """A request with Connection: close is the last: one sent behind it, in the same read or its
+    own (the fast reader or llhttp, whichever reads it), gets no answer, and the connection closes."""
+    addr, _ = router
+    last = b"POST /api/p HTTP/1.1\r\n" + H + b"Connection: close\r\nContent-Length: 2\r\n\r\n{}"
+    behind = b"POST /api/q HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\n{}"
+    for sends in ([last + behind], [last, behind]):
+        with connect(addr) as sock:
+            for data in sends:
+                sock.sendall(data)
+            answer, closed = read_until_close(sock)
+        assert statuses_in(answer) == [200], (sends, answer)
+        assert closed
+
+
 @pytest.mark.parametrize("path", ["/nowhere", "/api/proxied"], ids=["answered-by-router", "proxied"])
 def test_pipelining_client_that_never_reads_keeps_memory_flat(router: tuple[Address, int], path: str) -> None:
     addr, pid = router
