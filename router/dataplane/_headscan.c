@@ -61,6 +61,16 @@ static void set_chars(unsigned char *table, const char *chars) {
         table[(unsigned char)*chars] = 1;
 }
 
+/* Append the bytes (from the table when seen before) to a list: 0, or -1 with an exception set. */
+static int append_cached(PyObject *list, PyObject **table, const unsigned char *p, Py_ssize_t len) {
+    PyObject *o = cached_bytes(table, p, len);
+    if (o == NULL)
+        return -1;
+    int err = PyList_Append(list, o);
+    Py_DECREF(o);
+    return err;
+}
+
 /* Case-insensitive compare of a header name with a lower-case literal of the same length. */
 static int name_is(const unsigned char *name, Py_ssize_t len, const char *lower, Py_ssize_t lower_len) {
     if (len != lower_len)
@@ -121,33 +131,16 @@ static Py_ssize_t scan_fields(const unsigned char *p, Py_ssize_t n, Py_ssize_t i
                 return -1;
             break;
         case 17:
-            if (NAME_IS(name, name_len, "transfer-encoding"))
-                return -1;
-            break;
         case 7:
-            if (NAME_IS(name, name_len, "upgrade"))
-                return -1;
-            break;
-        case 6:
-            if (NAME_IS(name, name_len, "expect"))
+        case 6: /* other framing, another protocol, an interim answer: llhttp's to handle */
+            if (NAME_IS(name, name_len, "transfer-encoding") || NAME_IS(name, name_len, "upgrade")
+                || NAME_IS(name, name_len, "expect"))
                 return -1;
             break;
         default:
             break;
         }
-        PyObject *o = cached_bytes(names_seen, name, name_len);
-        if (o == NULL)
-            return -2;
-        int err = PyList_Append(names, o);
-        Py_DECREF(o);
-        if (err)
-            return -2;
-        o = cached_bytes(values_seen, val, value_len);
-        if (o == NULL)
-            return -2;
-        err = PyList_Append(values, o);
-        Py_DECREF(o);
-        if (err)
+        if (append_cached(names, names_seen, name, name_len) || append_cached(values, values_seen, val, value_len))
             return -2;
     }
 }
