@@ -8,6 +8,9 @@
 #                                            valgrind's ~150 requests a second that mirrors about the
 #                                            share `make bench` mirrors at full speed (64 / 0.2 s of
 #                                            ~25,000), where the default lets half of them through
+#   CLUSTER=1 bench/instructions.sh         cluster counters in a local redis-server (`make deps`)
+#   COLLECT=uv_run bench/instructions.sh    count the whole event loop, not only its socket callbacks
+#                                            (uv__io_poll): call_soon callbacks and timers too
 #
 # The router runs under valgrind (about 50x slower), takes 3 s of wrk warm-up, then its counters
 # are zeroed and 8 s of load are counted. Only user space is counted (no kernel time). Needs
@@ -19,12 +22,19 @@ command -v valgrind >/dev/null || { echo "valgrind is not installed: apt-get ins
 command -v wrk >/dev/null || { echo "wrk is not installed (make deps)" >&2; exit 2; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BP=$(free_port); SP=$(free_port); RP=$(free_port); AP=$(free_port)
-D=$(mktemp -d); trap 'kill $PIDS 2>/dev/null; rm -rf "$D"' EXIT
+PIDS=""; D=$(mktemp -d); trap 'kill $PIDS 2>/dev/null; rm -rf "$D"' EXIT
+CLUSTER_KEY=""
+if [ "${CLUSTER:-0}" = 1 ]; then
+  command -v redis-server >/dev/null || { echo "redis-server is not installed (make deps)" >&2; exit 2; }
+  RSP=$(free_port); redis-server --port "$RSP" --save '' --appendonly no >/dev/null 2>&1 & PIDS="$PIDS $!"
+  CLUSTER_KEY="cluster: {name: instr, redis_url: \"redis://127.0.0.1:$RSP/0\"}"
+fi
 SHADOW_KEY=""; [ "${SHADOW:-0}" = 1 ] && SHADOW_KEY=", shadow: {backend: s, percent: 100, max_concurrency: ${SHADOW_MAX_CONCURRENCY:-64}}"
 cat > "$D/r.yaml" <<EOT
 listen: 127.0.0.1:$RP
 admin: {listen: 127.0.0.1:$AP}
 state_dir: $D/state
+$CLUSTER_KEY
 backends: {m: {url: "http://127.0.0.1:$BP"}, s: {url: "http://127.0.0.1:$SP"}}
 routes:
   - {name: m, match: {path_prefix: /v1/models/m}, primary: m$SHADOW_KEY}
@@ -35,9 +45,9 @@ wrk.body = '{"inputs": [[0.1, 0.2, 0.3, 0.4]]}'
 wrk.headers["Content-Type"] = "application/json"
 EOT
 cd "$ROOT"
-"$PY" -m backends.fast_server --port "$BP" >/dev/null 2>&1 & PIDS="$!"
+"$PY" -m backends.fast_server --port "$BP" >/dev/null 2>&1 & PIDS="$PIDS $!"
 "$PY" -m backends.fast_server --port "$SP" --latency-ms 200 >/dev/null 2>&1 & PIDS="$PIDS $!"
-valgrind --tool=callgrind --callgrind-out-file="$OUT" --collect-atstart=no --toggle-collect=uv__io_poll \
+valgrind --tool=callgrind --callgrind-out-file="$OUT" --collect-atstart=no --toggle-collect=${COLLECT:-uv__io_poll} \
   "$PY" -m router serve --config "$D/r.yaml" >"$D/router.log" 2>&1 & RPID=$!; PIDS="$PIDS $RPID"
 for _ in $(seq 900); do curl -fs -o /dev/null "http://127.0.0.1:$AP/-/healthz" && break; sleep 0.2; done
 URL="http://127.0.0.1:$RP/v1/models/m/predict"

@@ -4,7 +4,7 @@ Every case gets the same wrk load (POST of a small JSON body, fixed connections,
 one wrk thread) against the same fast backend, so the proxy is what differs.
 See bench/README.md for how to read the output.
 
-    .venv/bin/python bench/run.py [--duration 8] [--warmup 2] [--cases direct,nginx,router]
+    .venv/bin/python bench/run.py [--duration 1] [--repeat 15] [--cases direct,nginx,router]
 
 To add a case, write a context manager that starts what it needs, yields a Target
 and stops everything on exit, and append a Case to CASES (and a row to RATIOS).
@@ -96,10 +96,10 @@ class Env:
     def log(self, name: str) -> Path:
         return self.tmp / f"{name}.log"
 
-    def exited(self) -> list[str]:
-        """Processes that died while they should have been serving."""
+    def exited(self, names: frozenset[str]) -> list[str]:
+        """Those of `names` that died while they should have been serving."""
         return [f"{name} exited during the run (code {p.returncode}), see {name}.log"
-                for name, p in self.live.items() if p.poll() is not None]
+                for name, p in self.live.items() if name in names and p.poll() is not None]
 
 
 @contextlib.contextmanager
@@ -253,106 +253,109 @@ def router_proxy(env: Env, name: str, shadow: int | None = None, extra_routes: i
 
 @dataclass(frozen=True)
 class Case:
-    """A named setup: `start` is a context manager yielding the Target, stopping all on exit.
+    """A named setup: `start(env, name)` is a context manager yielding the Target, stopping all on
+    exit; its processes are named after `name` (their logs too).
 
     `connections` overrides the load's (1 for the low-load cases); `body` the request body."""
 
     name: str
     about: str
-    start: Callable[[Env], contextlib.AbstractContextManager[Target]]
+    start: Callable[[Env, str], contextlib.AbstractContextManager[Target]]
     connections: int | None = None
     body: str = BODY
 
 
 @contextlib.contextmanager
-def case_direct(env: Env) -> Iterator[Target]:
+def case_direct(env: Env, name: str) -> Iterator[Target]:
     yield Target(url(env.backend_port))
 
 
 @contextlib.contextmanager
-def case_nginx(env: Env) -> Iterator[Target]:
-    with nginx_proxy(env, "nginx") as port:
+def case_nginx(env: Env, name: str) -> Iterator[Target]:
+    with nginx_proxy(env, name) as port:
         yield Target(url(port))
 
 
 @contextlib.contextmanager
-def case_router(env: Env) -> Iterator[Target]:
-    with router_proxy(env, "router") as port:
+def case_router(env: Env, name: str) -> Iterator[Target]:
+    with router_proxy(env, name) as port:
         yield Target(url(port))
 
 
 @contextlib.contextmanager
-def case_nginx_mirror(env: Env) -> Iterator[Target]:
-    with (fast_backend(env, "nginx-mirror-backend", SHADOW_LATENCY_MS, "mirror") as mirror,
-          nginx_proxy(env, "nginx-mirror", mirror) as port):
+def case_nginx_mirror(env: Env, name: str) -> Iterator[Target]:
+    with (fast_backend(env, f"{name}-backend", SHADOW_LATENCY_MS, "mirror") as mirror,
+          nginx_proxy(env, name, mirror) as port):
         yield Target(url(port), mirror)
 
 
 @contextlib.contextmanager
-def case_router_shadow(env: Env) -> Iterator[Target]:
-    with (fast_backend(env, "router-shadow-backend", SHADOW_LATENCY_MS, "mirror") as shadow,
-          router_proxy(env, "router-shadow", shadow) as port):
+def case_router_shadow(env: Env, name: str) -> Iterator[Target]:
+    with (fast_backend(env, f"{name}-backend", SHADOW_LATENCY_MS, "mirror") as shadow,
+          router_proxy(env, name, shadow) as port):
         yield Target(url(port), shadow)
 
 
 @contextlib.contextmanager
-def case_router_1k(env: Env) -> Iterator[Target]:
-    with router_proxy(env, "router-1k-routes", extra_routes=999) as port:
+def case_router_1k(env: Env, name: str) -> Iterator[Target]:
+    with router_proxy(env, name, extra_routes=999) as port:
         yield Target(url(port))
 
 
 @contextlib.contextmanager
-def case_router_model(env: Env) -> Iterator[Target]:
-    with router_proxy(env, "router-model-match", model_match=True) as port:
+def case_router_model(env: Env, name: str) -> Iterator[Target]:
+    with router_proxy(env, name, model_match=True) as port:
         yield Target(url(port))
 
 
 @contextlib.contextmanager
-def redis_server(env: Env) -> Iterator[int]:
+def redis_server(env: Env, name: str) -> Iterator[int]:
     try:
         binary = find_tool("redis-server")
     except BenchError as e:
         raise Unavailable(str(e)) from e
     port = free_port()
-    (env.tmp / "redis").mkdir(exist_ok=True)
+    (env.tmp / name).mkdir(exist_ok=True)
     argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-            "--dir", str(env.tmp / "redis")]
-    with process(env, "redis", argv, "backend", port_open(port)):
+            "--dir", str(env.tmp / name)]
+    with process(env, name, argv, "backend", port_open(port)):
         yield port
 
 
 @contextlib.contextmanager
-def case_router_cluster(env: Env) -> Iterator[Target]:
-    with redis_server(env) as redis, router_proxy(
-            env, "router-cluster", cluster={"name": "bench", "redis_url": f"redis://{HOST}:{redis}/0"}) as port:
+def case_router_cluster(env: Env, name: str) -> Iterator[Target]:
+    with redis_server(env, f"{name}-redis") as redis, router_proxy(
+            env, name, cluster={"name": "bench", "redis_url": f"redis://{HOST}:{redis}/0"}) as port:
         yield Target(url(port))
 
 
 @contextlib.contextmanager
-def case_nginx_2w(env: Env) -> Iterator[Target]:
-    with nginx_proxy(env, "nginx-2w", workers=2) as port:
+def case_nginx_2w(env: Env, name: str) -> Iterator[Target]:
+    with nginx_proxy(env, name, workers=2) as port:
         yield Target(url(port))
 
 
 @contextlib.contextmanager
-def case_router_2w(env: Env) -> Iterator[Target]:
-    with redis_server(env) as redis, router_proxy(
-            env, "router-2w", workers=2,
+def case_router_2w(env: Env, name: str) -> Iterator[Target]:
+    with redis_server(env, f"{name}-redis") as redis, router_proxy(
+            env, name, workers=2,
             cluster={"name": "bench-2w", "redis_url": f"redis://{HOST}:{redis}/0"}) as port:
         yield Target(url(port))
 
 
+# The order cases take their slices in a round: each ratio's two sides sit next to each other, so
+# that the same moment of the machine's (shared, drifting) speed falls on both.
 CASES = [
     Case("direct", "wrk -> backend", case_direct),
     Case("nginx", "wrk -> nginx (1 worker, upstream keepalive) -> backend", case_nginx),
     Case("router", "wrk -> router (1 process) -> backend", case_router),
-    Case("nginx-mirror", f"nginx + `mirror` of every request to a {SHADOW_LATENCY_MS} ms backend",
-         case_nginx_mirror),
     Case("router-shadow", f"router + 100% shadow to a {SHADOW_LATENCY_MS} ms backend", case_router_shadow),
+    Case("router-cluster", "router with cluster counters in a local redis-server", case_router_cluster),
     Case("router-1k-routes", "router with 1,000 routes, the live one last", case_router_1k),
     Case("router-model-match", "router matching the body's model and rewriting it for the backend",
          case_router_model, body=LLM_BODY),
-    Case("router-cluster", "router with cluster counters in a local redis-server", case_router_cluster),
+    Case("nginx-mirror", f"nginx + `mirror` of every request to a {SHADOW_LATENCY_MS} ms backend",
+         case_nginx_mirror),
     Case("direct-c1", "one connection: wrk -> backend", case_direct, connections=1),
     Case("nginx-c1", "one connection: wrk -> nginx -> backend", case_nginx, connections=1),
     Case("router-c1", "one connection: wrk -> router -> backend", case_router, connections=1),
@@ -489,7 +492,9 @@ class ConnWatch:
 
 @dataclass
 class Row:
-    """One case's outcome. `warnings` make its numbers suspect; `notes` are information."""
+    """One case's outcome. `warnings` make its numbers suspect; `notes` are information. `runs`
+    holds one measurement per round, in round order (a ratio pairs the two sides' rounds);
+    `result` is their median."""
 
     case: str
     about: str
@@ -497,36 +502,57 @@ class Row:
     unavailable: str = ""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    runs: list[Measurement] = field(default_factory=list)
 
     @property
     def suspect(self) -> bool:
         return bool(self.warnings or (self.result and self.result.errors))
 
 
-def run_case(env: Env, case: Case, load: Load) -> Row:
+@dataclass
+class Slot:
+    """A started case: where it takes load and which processes are its own."""
+
+    case: Case
+    row: Row
+    target: Target
+    load: Load
+    processes: frozenset[str]
+
+
+def start_case(env: Env, stack: contextlib.ExitStack, case: Case, load: Load) -> Slot | Row:
+    """Start a case's processes (stopped when `stack` closes); its Row alone if it cannot run."""
     print(f"== {case.name}: {case.about}", file=sys.stderr, flush=True)
     row = Row(case.name, case.about)
-    if case.connections:
-        load = Load(case.connections, load.duration_s, load.warmup_s, load.timeout_s)
+    before = set(env.live)
     try:
-        with case.start(env) as target:
-            watch = ConnWatch(target.mirror_port) if target.mirror_port else None
-            # The watcher walks /proc/net/tcp, a kernel walk over every socket that contends with
-            # the proxy's own socket calls: it proves mirroring during the warm-up, and stays out
-            # of the measured run.
-            if load.warmup_s:
-                wrk(env, target.url, load.warmup_s, load, watch, case.body)
-            row.result = wrk(env, target.url, load.duration_s, load, None if load.warmup_s else watch, case.body)
-            row.warnings += env.exited()
-            if watch:
-                row.notes.append(f"mirror backend peak connections: {watch.peak}")
-                if not watch.peak:
-                    row.warnings.append("the mirror backend got no connections: nothing was mirrored, "
-                                        "so this measured a plain proxy")
+        target = stack.enter_context(case.start(env, case.name))
     except Unavailable as e:
         row.unavailable = str(e)
         print(f"   n/a: {e}", file=sys.stderr, flush=True)
-    return row
+        return row
+    if case.connections:
+        load = Load(case.connections, load.duration_s, load.warmup_s, load.timeout_s)
+    return Slot(case, row, target, load, frozenset(set(env.live) - before))
+
+
+def warm_up(env: Env, slot: Slot) -> None:
+    """Discarded load before the first round. For a mirror case it also proves that copies go out:
+    the watcher walks /proc/net/tcp, a kernel walk over every socket that contends with the proxy's
+    own socket calls, so it looks only here and stays out of the measured rounds."""
+    watch = ConnWatch(slot.target.mirror_port) if slot.target.mirror_port else None
+    wrk(env, slot.target.url, max(slot.load.warmup_s, 1), slot.load, watch, slot.case.body)
+    if watch:
+        slot.row.notes.append(f"mirror backend peak connections (warm-up): {watch.peak}")
+        if not watch.peak:
+            slot.row.warnings.append("the mirror backend got no connections: nothing was mirrored, "
+                                     "so this measured a plain proxy")
+
+
+def measure(env: Env, slot: Slot) -> None:
+    """One measured slice of this case's round."""
+    slot.row.runs.append(wrk(env, slot.target.url, slot.load.duration_s, slot.load, None, slot.case.body))
+    slot.row.warnings += [w for w in env.exited(slot.processes) if w not in slot.row.warnings]
 
 
 def fmt_table(rows: list[Row]) -> str:
@@ -542,14 +568,15 @@ def fmt_table(rows: list[Row]) -> str:
 
 
 def ratios(rows: list[Row]) -> list[dict[str, Any]]:
-    """Each RATIOS pair that ran; `suspect` marks a pair where either side had errors or warnings."""
+    """Each RATIOS pair that ran, the median of its per-round ratios; `suspect` marks a pair where
+    either side had errors or warnings."""
     by_name = {r.case: r for r in rows if r.result}
     out = []
     for label, num, den in RATIOS:
         a, b = by_name.get(num), by_name.get(den)
         if a and b and a.result and b.result and b.result.rps and b.result.p99_ms:
-            out.append({"label": label, "rps": a.result.rps / b.result.rps,
-                        "p99": a.result.p99_ms / b.result.p99_ms, "suspect": a.suspect or b.suspect})
+            out.append({"label": label, "rps": paired(a, b, lambda x, y: x.rps / y.rps),
+                        "p99": paired(a, b, lambda x, y: x.p99_ms / y.p99_ms), "suspect": a.suspect or b.suspect})
     return out
 
 
@@ -579,7 +606,8 @@ def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
     for r in rows:
         m = asdict(r.result) | {"errors": r.result.errors} if r.result else None
         cases.append({"name": r.case, "about": r.about, "status": "ok" if m else "n/a",
-                      "reason": r.unavailable, "warnings": r.warnings, "notes": r.notes, **(m or {})})
+                      "reason": r.unavailable, "warnings": r.warnings, "notes": r.notes, **(m or {}),
+                      "runs": [asdict(run) for run in r.runs]})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "cases": cases, "ratios": ratios(rows)}, indent=2) + "\n")
 
@@ -622,9 +650,11 @@ def version(argv: list[str]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=int, default=5, help="measured seconds per case and run (default 5)")
+    p.add_argument("--duration", type=int, default=1,
+                   help="measured seconds per case and round (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per case, not measured")
-    p.add_argument("--repeat", type=int, default=3, help="runs per case; the table shows medians (default 3)")
+    p.add_argument("--repeat", type=int, default=15,
+                   help="rounds: each takes one slice of every case; the tables show medians (default 15)")
     p.add_argument("--views", default="unpinned,pinned",
                    help="unpinned (as users run it), pinned (steadier: wrk, proxy and backend on their own "
                         "cores), or both (default)")
@@ -664,7 +694,7 @@ def run(args: argparse.Namespace) -> int:
         results[view], metas[view] = run_view(args, cases, load, pin=view == "pinned")
     for view in views:
         rows = results[view]
-        print(f"\n## {view} ({metas[view]['setup']}; median of {args.repeat} runs per case)\n")
+        print(f"\n## {view} ({metas[view]['setup']}; medians of {args.repeat} rounds)\n")
         print(fmt_table(rows) + "\n\n" + fmt_ratios(rows))
         added = added_latency(rows)
         if added:
@@ -684,8 +714,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_view(args: argparse.Namespace, cases: list[Case], load: Load, *, pin: bool) -> tuple[list[Row], dict[str, Any]]:
-    """Every case `repeat` times, interleaved (so drift on the machine hits all cases alike); the
-    median of each figure per case."""
+    """Every case started at once, then `repeat` rounds in which each case in turn takes a short
+    slice of load (the others idle), the order reversed every other round.
+
+    This machine's speed drifts by 10-30% within seconds (other tenants of the host: a pure-Python
+    loop's time moves that much between two runs a second apart). A ratio of two cases measured
+    far apart in time mostly measures that drift; measured in alternating slices, both sides meet
+    the same drift, and each ratio is the median of its per-round ratios."""
     venv = ROOT / ".venv" / "bin" / "python"
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
         env = Env(Path(tmp), str(venv) if venv.exists() else sys.executable,
@@ -704,40 +739,58 @@ def run_view(args: argparse.Namespace, cases: list[Case], load: Load, *, pin: bo
         if meta["loadavg_1m_before"] > 0.5:
             print(f"bench: load average {meta['loadavg_1m_before']:.2f} before starting: other work on "
                   "this machine will skew the numbers", file=sys.stderr, flush=True)
-        runs = [[run_case(env, case, load) for case in cases] for _ in range(args.repeat)]
-    return [median_row([r[i] for r in runs]) for i in range(len(cases))], meta
+        started = [start_case(env, stack, case, load) for case in cases]
+        slots = [s for s in started if isinstance(s, Slot)]
+        for slot in slots:
+            warm_up(env, slot)
+        for i in range(args.repeat):
+            print(f"   round {i + 1} of {args.repeat}", file=sys.stderr, flush=True)
+            for slot in slots if i % 2 == 0 else reversed(slots):
+                measure(env, slot)
+    rows = [s.row if isinstance(s, Slot) else s for s in started]
+    for row in rows:
+        row.result = median_of(row.runs)
+    return rows, meta
 
 
-def median_row(rows: list[Row]) -> Row:
-    """One row per case: the median of each figure over the runs that produced one."""
-    first = rows[0]
-    done = [r for r in rows if r.result]
-    out = Row(first.case, first.about, unavailable=next((r.unavailable for r in rows if r.unavailable), ""))
-    for r in rows:
-        out.warnings += [w for w in r.warnings if w not in out.warnings]
-        out.notes += [n for n in r.notes if n not in out.notes]
-    if done:
-        ms = [r.result for r in done if r.result]
-        out.result = Measurement(
-            rps=statistics.median(m.rps for m in ms), p50_ms=statistics.median(m.p50_ms for m in ms),
-            p99_ms=statistics.median(m.p99_ms for m in ms), requests=sum(m.requests for m in ms),
-            non_2xx=sum(m.non_2xx for m in ms),
-            socket_errors={k: sum(m.socket_errors[k] for m in ms) for k in ms[0].socket_errors})
-        if len(done) < len(rows):
-            out.warnings.append(f"only {len(done)} of {len(rows)} runs produced figures")
-    return out
+def median_of(runs: list[Measurement]) -> Measurement | None:
+    """One figure per case: the median of each over the rounds."""
+    if not runs:
+        return None
+    return Measurement(
+        rps=statistics.median(m.rps for m in runs), p50_ms=statistics.median(m.p50_ms for m in runs),
+        p99_ms=statistics.median(m.p99_ms for m in runs), requests=sum(m.requests for m in runs),
+        non_2xx=sum(m.non_2xx for m in runs),
+        socket_errors={k: sum(m.socket_errors[k] for m in runs) for k in runs[0].socket_errors})
+
+
+def paired(num: Row, den: Row, figure: Callable[[Measurement, Measurement], float]) -> float:
+    """The median over rounds of `figure(numerator's run, denominator's run)` in the same round."""
+    return statistics.median(figure(a, b) for a, b in zip(num.runs, den.runs, strict=True))
+
+
+def _added_ratio(r: Measurement, n: Measurement, d: Measurement) -> float:
+    return (r.p50_ms - d.p50_ms) / (n.p50_ms - d.p50_ms) if n.p50_ms > d.p50_ms else float("inf")
+
+
+def added(rows: list[Row]) -> tuple[float, float, float] | None:
+    """Latency a hop adds at low load (one connection), router's and nginx's p50 over direct in
+    ms (medians), and the router's over nginx's (the median of per-round ratios)."""
+    by = {r.case: r for r in rows if r.result}
+    d, n, r = by.get("direct-c1"), by.get("nginx-c1"), by.get("router-c1")
+    if not (d and n and r and d.result and n.result and r.result):
+        return None
+    ratio = statistics.median(_added_ratio(*three) for three in zip(r.runs, n.runs, d.runs, strict=True))
+    return r.result.p50_ms - d.result.p50_ms, n.result.p50_ms - d.result.p50_ms, ratio
 
 
 def added_latency(rows: list[Row]) -> str:
-    """Latency a hop adds at low load (one connection): the router's and nginx's p50 over direct."""
-    by = {r.case: r.result for r in rows if r.result}
-    d, n, r = by.get("direct-c1"), by.get("nginx-c1"), by.get("router-c1")
-    if not (d and n and r):
+    got = added(rows)
+    if got is None:
         return ""
-    router_added, nginx_added = r.p50_ms - d.p50_ms, n.p50_ms - d.p50_ms
-    ratio = router_added / nginx_added if nginx_added > 0 else float("inf")
+    router_added, nginx_added, ratio = got
     return (f"added p50 at one connection: router {router_added * 1000:.0f} us, nginx {nginx_added * 1000:.0f} us "
-            f"over direct; router / nginx {ratio:.2f}")
+            f"over direct (medians); router / nginx {ratio:.2f} (median of per-round ratios)")
 
 
 def fmt_targets(rows: list[Row], view: str = "unpinned") -> str:
@@ -752,19 +805,17 @@ def fmt_targets(rows: list[Row], view: str = "unpinned") -> str:
         value = pair[column]
         ok = value >= bound if kind == "min" else value <= bound
         parts.append(f"{what} {value:.2f} {'>=' if kind == 'min' else '<='} {bound:g} {'ok' if ok else 'MISSED'}")
-    by = {r.case: r.result for r in rows if r.result}
-    d, n, r = by.get("direct-c1"), by.get("nginx-c1"), by.get("router-c1")
-    if d and n and r and n.p50_ms > d.p50_ms:
-        ratio = (r.p50_ms - d.p50_ms) / (n.p50_ms - d.p50_ms)
-        parts.append(f"added latency {ratio:.2f} <= 1.5 {'ok' if ratio <= 1.5 else 'MISSED'}")
-    return f"targets ({view}, medians): " + "; ".join(parts)
+    lat = added(rows)
+    if lat is not None:
+        parts.append(f"added latency {lat[2]:.2f} <= 1.5 {'ok' if lat[2] <= 1.5 else 'MISSED'}")
+    return f"targets ({view}, medians of per-round ratios): " + "; ".join(parts)
 
 
 def _meta(env: Env, load: Load) -> dict[str, Any]:
     pins = {role: sorted(cpus) if cpus else None for role, cpus in env.pins.items()}
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "setup": (f"{load.connections} connections, 1 wrk thread, {load.duration_s} s per case after "
+        "setup": (f"{load.connections} connections, 1 wrk thread, {load.duration_s} s per case and round after "
                   f"{load.warmup_s} s warm-up; cpus {sorted(os.sched_getaffinity(0))}, pinned {pins}"),
         "load": asdict(load), "pins": pins, "cpu_count": os.cpu_count(),
         "machine": platform.platform(), "python": platform.python_version(),
