@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.analysis.compare import (
+    _KEY_KINDS,
+    _KEY_KINDS_MAX,
     ANY,
     FORMATS,
     MAX_VALUES,
@@ -20,6 +22,7 @@ from router.analysis.compare import (
     Comparison,
     ExtractionError,
     Format,
+    _key_kinds,
     compare,
     extract,
     field_name,
@@ -27,6 +30,8 @@ from router.analysis.compare import (
     parse_path,
     text_similarity,
 )
+from router.analysis.extract import _load_json
+from router.analysis.jsonpath import _SEGMENTS, _SEGMENTS_MAX
 from router.analysis.stats_tests import classify_field, fisher_exact_greater, normal_quantile, wilson_interval
 
 SSE = "text/event-stream"
@@ -588,3 +593,62 @@ def test_noise_classification_on_simulated_traffic() -> None:
                        "$.predictions": "insufficient"}
     few = classify_field(mismatches["cand"]["$.predictions[*].token"], n_cand, 7, 10, alpha=1e-4)
     assert few == "insufficient"
+
+
+# ---- reading JSON: the scanner fast path answers as json.loads does -------------------------------
+
+JSON_BODIES = [b'{"a": 1}', b'[1, 2] \n\t', b'{"a": 1} x', b'{"a":', b'\xef\xbb\xbf{"a": 1}', b'{"a": "\xff"}', b"[",
+               b"[NaN, -Infinity]", b'{"a": 1e400}', b'{"a": "\\ud800"}', b' {"a": 1}', '{"a": 1}'.encode("utf-16"),
+               b"[1]\x0c", b'{"a": 1}\n\n', b"[" * 100_000 + b"]" * 100_000, b'"text"', b"{}", b"[]", b"{\x00}"]
+
+
+def _as_json_loads_reads(raw: bytes) -> tuple[str, str]:
+    """('ok', the document re-encoded) or ('error', the message _load_json must give)."""
+    try:
+        return "ok", json.dumps(json.loads(raw))
+    except RecursionError:
+        return "error", "body is not usable JSON: nested too deeply"
+    except ValueError as exc:
+        return "error", f"body is not JSON: {exc}"
+
+
+def _as_load_json_reads(raw: bytes) -> tuple[str, str]:
+    try:
+        return "ok", json.dumps(_load_json(raw))
+    except ExtractionError as exc:
+        return "error", str(exc)
+
+
+@pytest.mark.parametrize("raw", JSON_BODIES, ids=lambda raw: repr(raw[:16]))
+def test_json_bodies_read_as_json_loads_reads_them(raw: bytes) -> None:
+    assert _as_load_json_reads(raw) == _as_json_loads_reads(raw)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_JSON_VALUES, indent=st.sampled_from([None, 0, 2]), tail=st.sampled_from(["", " ", "\n", "\t\r\n", " x", ","]),
+       ascii_only=st.booleans())
+def test_any_json_document_reads_as_json_loads_reads_it(doc: object, indent: int | None, tail: str,
+                                                        ascii_only: bool) -> None:
+    raw = (json.dumps(doc, indent=indent, ensure_ascii=ascii_only) + tail).encode("utf-8", "surrogatepass")
+    assert _as_load_json_reads(raw) == _as_json_loads_reads(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=40).map(lambda b: b"{" + b) | st.binary(max_size=40).map(lambda b: b"[" + b))
+def test_any_bytes_opening_like_json_read_as_json_loads_reads_them(raw: bytes) -> None:
+    assert _as_load_json_reads(raw) == _as_json_loads_reads(raw)
+
+
+def test_the_remembered_key_names_and_kinds_stay_bounded() -> None:
+    for i in range(_SEGMENTS_MAX + 10):
+        assert field_name((f"k{i}", 0, "x y")) == f"$.k{i}[*]['x y']"
+    assert len(_SEGMENTS) <= _SEGMENTS_MAX
+    for i in range(_KEY_KINDS_MAX + 10):
+        _key_kinds(f"scores_{i}")
+    assert len(_KEY_KINDS) <= _KEY_KINDS_MAX
+    assert _key_kinds("class_ids") == (True, False) and _key_kinds("probabilities") == (False, True)

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, NamedTuple, TypeGuard, TypeVar, cast, get_args
+from typing import Final, Literal, NamedTuple, TypeGuard, TypeVar, cast, get_args
 
 from router.analysis.decoding import DecodeError, decode
 from router.analysis.extract import (
@@ -164,14 +164,19 @@ def read_pair(live: bytes, shadow: bytes, spec: CompareSpec, content_type: str =
     return docs[0], docs[1]
 
 
-def compare_documents(spec: CompareSpec, live: object, shadow: object) -> Comparison:
-    """Compare two canonical documents (see `extract`)."""
+InstanceCounter = Callable[[CompareSpec, object, object], InstanceCounts | None]
+
+
+def compare_documents(spec: CompareSpec, live: object, shadow: object,
+                      count: InstanceCounter | None = None) -> Comparison:
+    """Compare two canonical documents (see `extract`); `count` fills in `instances` (the Comparison
+    is built once: a frozen dataclass costs about as much to build as a small document to compare)."""
     tally = _Tally(spec, spec.max_values)
     roots = _root_pairs(tally, live, shadow)
     if spec.paths and not roots:
         return _failed("paths matched nothing (or only ignored values) in either response", "paths_matched_nothing")
     _walk(tally, roots)
-    return tally.result()
+    return tally.result(None if count is None else count(spec, live, shadow))
 
 
 _DECODE_REASONS = {"too_large": DECODED_TOO_LARGE, "unsupported_encoding": "unsupported_encoding",
@@ -231,12 +236,12 @@ class _Tally:
         self.truncated = self.truncated or granted < n
         return granted
 
-    def result(self) -> Comparison:
+    def result(self, instances: InstanceCounts | None = None) -> Comparison:
         sims = self.similarities
         return Comparison(agree=all(self.fields.values()), fields=MappingProxyType(self.fields),
                           label_agree=all(self.labels) if self.labels else None,
                           text_similarity=math.fsum(sims) / len(sims) if sims else None,
-                          truncated=self.truncated)
+                          truncated=self.truncated, instances=instances)
 
 
 def _ignored(spec: CompareSpec, location: Location) -> bool:
@@ -257,7 +262,7 @@ _K = TypeVar("_K")
 
 
 def _union(live: Mapping[_K, object], shadow: Mapping[_K, object]) -> list[_K]:
-    return [*live, *(k for k in shadow if k not in live)]
+    return list(live) + [k for k in shadow if k not in live]  # (no generator: its object costs per call)
 
 
 def _select(t: _Tally, doc: object) -> dict[Location, object]:
@@ -384,7 +389,7 @@ def _close(value: int | float, reference: int | float, abs_tol: float, rel_tol: 
 def _probability_vectors(spec: CompareSpec, p: _Pair, live: list[int | float], shadow: list[int | float]) -> bool:
     if len(live) < 2:
         return False
-    if p.key is not None and _PROB_KEY.search(p.key):
+    if p.key is not None and _key_kinds(p.key)[1]:
         return True
     if len(p.location) == _BATCH_DEPTH.get(spec.format, -1):
         return False
@@ -408,7 +413,12 @@ def _floats(values: list[int | float]) -> list[float] | None:
 
 
 def _argmax(values: list[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)  # the first maximum, as numpy.argmax
+    """The index of the first maximum, as numpy.argmax (no NaN here: `_floats` refused them)."""
+    at = 0
+    for i in range(1, len(values)):
+        if values[i] > values[at]:
+            at = i
+    return at
 
 
 def _int_labels(key: str | None, values: list[int | float]) -> bool:
@@ -416,7 +426,22 @@ def _int_labels(key: str | None, values: list[int | float]) -> bool:
 
 
 def _is_label_key(key: str | None) -> bool:
-    return key is not None and _LABEL_KEY.search(key) is not None
+    return key is not None and _key_kinds(key)[0]
+
+
+_KEY_KINDS: dict[str, tuple[bool, bool]] = {}
+_KEY_KINDS_MAX: Final = 4096
+
+
+def _key_kinds(key: str) -> tuple[bool, bool]:
+    """(a label key, a probability key): the same keys come in every response, so what the two
+    regexes say of one is remembered (bounded)."""
+    kinds = _KEY_KINDS.get(key)
+    if kinds is None:
+        if len(_KEY_KINDS) >= _KEY_KINDS_MAX:
+            _KEY_KINDS.clear()
+        kinds = _KEY_KINDS[key] = (_LABEL_KEY.search(key) is not None, _PROB_KEY.search(key) is not None)
+    return kinds
 
 
 def _leaf_match(t: _Tally, p: _Pair) -> bool:

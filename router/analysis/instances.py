@@ -13,7 +13,6 @@ top-level list for `json`. A response without such a batch has no instance count
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from router.analysis.compare import (
     MAX_DECODED,
@@ -43,10 +42,7 @@ def compare_instances(live: bytes, shadow: bytes, spec: CompareSpec, content_typ
                      shadow_encoding=shadow_encoding, max_decoded=max_decoded)
     if isinstance(docs, Comparison):
         return docs
-    result = compare_documents(spec, *docs)
-    if result.error is not None:
-        return result
-    return replace(result, instances=count_instances(spec, *docs))
+    return compare_documents(spec, docs[0], docs[1], count_instances)
 
 
 def count_instances(spec: CompareSpec, live: object, shadow: object) -> InstanceCounts | None:

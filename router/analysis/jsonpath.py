@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 # ---- JSONPath subset: $, .key, ['key'], [n], [*] ----------------------------------------------
 
@@ -79,10 +80,23 @@ def _path_error(text: str, offset: int, problem: str) -> ValueError:
     return ValueError(f"bad path {text!r} at offset {offset}: {problem}")
 
 
+# A model's responses repeat the same keys: each one's segment is remembered (bounded), so that
+# naming a field costs a dict lookup, not a regex match.
+_SEGMENTS: dict[str, str] = {}
+_SEGMENTS_MAX: Final = 4096
+
+
 def _key_segment(key: str) -> str:
-    if _PLAIN_KEY.fullmatch(key):
-        return "." + key
-    return "['" + key.replace("\\", "\\\\").replace("'", "\\'") + "']"
+    segment = _SEGMENTS.get(key)
+    if segment is None:
+        if _PLAIN_KEY.fullmatch(key):
+            segment = "." + key
+        else:
+            segment = "['" + key.replace("\\", "\\\\").replace("'", "\\'") + "']"
+        if len(_SEGMENTS) >= _SEGMENTS_MAX:
+            _SEGMENTS.clear()
+        _SEGMENTS[key] = segment
+    return segment
 
 
 def field_name(location: Sequence[str | int]) -> str:
