@@ -36,6 +36,7 @@ NATIVE = [
     "router/analysis/extract.py",
     "router/analysis/jsonpath.py",
     "router/control/ledger.py",
+    "router/control/shadowstats.py",
     "router/control/window.py",
     "router/control/splits.py",
     "router/control/timeseries.py",
