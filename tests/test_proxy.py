@@ -11,6 +11,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import BackendFactory, RouterFactory, base_config, free_port, raw_request
 
@@ -308,3 +310,33 @@ def test_forwarded_request_says_its_body_length_at_every_size() -> None:
         head, _, rest = sent.partition(b"\r\n\r\n")
         assert rest == body
         assert head.split(b"\r\n").count(b"Content-Length: %d" % size) == 1, (size, head)
+
+
+_HEADER_CHOICES = [(b"host", b"Host", b"h"), (b"host", b"Host", b"other"), (b"x-a", b"X-A", b"1"), (b"x-a", b"X-A", b"2"),
+                   (b"connection", b"Connection", b"x-a"), (b"x-forwarded-for", b"X-Forwarded-For", b"10.9.9.9"),
+                   (b"via", b"Via", b"1.1 edge"), (b"content-type", b"Content-Type", b"application/json")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.lists(st.sampled_from(_HEADER_CHOICES), max_size=5), st.sampled_from([0, 1]),
+                                st.sampled_from([0, 1]), st.sampled_from([b"", b"{}"])), min_size=1, max_size=8))
+def test_a_connections_remembered_header_block_forwards_what_building_it_afresh_would(
+        steps: list[tuple[list[tuple[bytes, bytes, bytes]], int, int, bytes]]) -> None:
+    """The forwarded header block is reused while a connection's requests carry equal headers to
+    the same backend and Via: whatever the sequence of requests, every forwarded byte is what the
+    request alone would give."""
+    from router.dataplane import proxy
+    from router.dataplane.request import ForwardMemo, Request
+
+    memo = ForwardMemo()
+    authorities, vias = [b"backend:80", b"other:81"], [b"1.1 router", b"1.1 renamed"]
+    for headers, a, v, body in steps:
+        index: dict[bytes, bytes] = {}
+        for lname, _, value in headers:
+            index[lname] = index[lname] + b", " + value if lname in index else value
+        with_memo, without = (Request(b"POST", b"/p", b"1.1", list(headers), dict(index), body, True, "10.0.0.1",
+                                      0.0, m) for m in (memo, None))
+        with_memo.request_id = without.request_id = b"rid"
+        remembered = proxy.upstream_request(with_memo, authorities[a], vias[v])
+        assert remembered == proxy.upstream_request(without, authorities[a], vias[v])
+        assert memo.headers == headers  # the next request compares against this one's

@@ -59,10 +59,30 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
     `extra` is complete header lines to add (the shadow marker); `body` replaces the request's
     (a model name rewritten for the backend).
     """
+    memo = req.memo
+    if memo is not None and memo.authority is authority and memo.via is via and memo.headers == req.headers:
+        block = memo.block  # equal headers, same peer, backend and Via: the same block
+    else:
+        block = _forwarded_block(req, authority, via)
+        if memo is not None:
+            memo.headers, memo.authority, memo.via, memo.block = req.headers, authority, via, block
+    if body is None:
+        body = req.body
+    # The line made once for the usual sizes of a prediction request, not formatted each time.
+    size = len(body)
+    length = b"" if not body and req.method not in _BODY_METHODS else \
+        _LENGTH_LINES[size] if size < _LENGTH_LINES_MAX else b"Content-Length: %d\r\n" % size
+    return b"".join((req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n", block,
+                     req.request_id, b"\r\n", extra, length, b"\r\n", body))
+
+
+def _forwarded_block(req: Request, authority: bytes, via: bytes) -> bytes:
+    """The client's headers less hop-by-hop ones, then the forwarding headers, to `X-Request-Id: `:
+    everything that depends only on the headers, the peer, the backend and Via."""
     index = req.index
     connection = index.get(b"connection")
     drop = tokens_of(connection) if connection else _NOTHING
-    parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
+    parts: list[bytes] = []
     for lname, name, value in req.headers:
         if lname in SKIP_REQUEST or lname in drop:
             continue
@@ -76,15 +96,7 @@ def upstream_request(req: Request, authority: bytes, via: bytes, extra: bytes = 
     peer = req.peer.encode()
     parts += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer,
               b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", index.get(b"host") or authority,
-              b"\r\nVia: ", prior_via + b", " + via if prior_via else via,
-              b"\r\nX-Request-Id: ", req.request_id, b"\r\n", extra)
-    if body is None:
-        body = req.body
-    if body or req.method in _BODY_METHODS:
-        size = len(body)
-        # the line made once for the usual sizes of a prediction request, not formatted each time
-        parts.append(_LENGTH_LINES[size] if size < _LENGTH_LINES_MAX else b"Content-Length: %d\r\n" % size)
-    parts += (b"\r\n", body)
+              b"\r\nVia: ", prior_via + b", " + via if prior_via else via, b"\r\nX-Request-Id: ")
     return b"".join(parts)
 
 

@@ -19,7 +19,7 @@ import httptools
 from router.config import Limits
 from router.dataplane.clientside import ClientSide
 from router.dataplane.http11 import connection_tokens
-from router.dataplane.request import Header, Request
+from router.dataplane.request import ForwardMemo, Header, Request
 
 if TYPE_CHECKING:
     from router.dataplane.proxy import Exchange
@@ -68,6 +68,7 @@ class RequestReader(ClientSide):
     def __init__(self, limits: Limits) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
+        self.forward_memo = ForwardMemo()  # this connection's requests' forwarded header block
         self._url = b""
         self._version = "1.1"
         self._headers: list[Header] = []

@@ -256,7 +256,7 @@ class ClientConnection(RequestReader):
         body = self._body
         req = Request(method, self._url, _VERSIONS[self._version], self._headers,
                       self._index, body[0] if len(body) == 1 else b"".join(body), keep_alive,
-                      self.peer, self._started)
+                      self.peer, self._started, self.forward_memo)
         self._in_body = False
         self._head_bytes = 0
         if req.method == b"CONNECT" or b"upgrade" in self._index:
