@@ -37,6 +37,7 @@ NATIVE = [
     "router/analysis/jsonpath.py",
     "router/control/ledger.py",
     "router/control/shadowstats.py",
+    "router/cluster/shared_ledger.py",
     "router/control/window.py",
     "router/control/splits.py",
     "router/control/timeseries.py",

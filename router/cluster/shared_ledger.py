@@ -52,9 +52,10 @@ def add_fields(*parts: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
-def window_of(fields: Mapping[str, Any], shadowed: bool = False,
+def window_of(fields: Mapping[Any, Any], shadowed: bool = False,
               latency_factors: tuple[float, float] | None = None) -> WindowCounters:
-    """The counters in a window hash (values may be strings, as Redis returns them). The hash keeps
+    """The counters in a window hash (names and values may be bytes, as Redis returns them; this
+    module is compiled, so the annotation must admit them). The hash keeps
     integers only: whether the window is shadowed, and the factors its paired latency counts were
     taken at, come from the local window."""
     nested: dict[str, Any] = {}
