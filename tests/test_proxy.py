@@ -340,3 +340,54 @@ def test_a_connections_remembered_header_block_forwards_what_building_it_afresh_
         remembered = proxy.upstream_request(with_memo, authorities[a], vias[v])
         assert remembered == proxy.upstream_request(without, authorities[a], vias[v])
         assert memo.headers == headers  # the next request compares against this one's
+
+
+async def test_each_response_on_a_kept_connection_is_relayed_with_its_own_head(make_router: RouterFactory,
+                                                                                tmp_path: Path) -> None:
+    """A connection's response heads are remembered (the next one with equal header fields reuses
+    what the last made); responses that differ from the one before in a value, the status, the
+    hop-by-hop names or framing each reach the client as sent."""
+    script = [
+        (b"200 OK", b"X-A: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", b"{}"),
+        (b"200 OK", b"X-A: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", b"{}"),
+        (b"200 OK", b"X-A: 2\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", b"[]"),
+        (b"201 Created", b"X-A: 2\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", b"[]"),
+        (b"200 OK", b"Connection: x-a\r\nX-A: 3\r\nContent-Length: 3\r\n", b"abc"),
+        (b"200 OK", b"X-A: 2\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", b"[]"),
+        (b"200 OK", b"X-A: 2\r\nTransfer-Encoding: chunked\r\n", b"2\r\nhi\r\n0\r\n\r\n"),
+        (b"200 OK", b"X-A: 2\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", b"[]"),
+    ]
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    n = int(head.split(b" ", 2)[1].rsplit(b"/", 1)[1])
+                    status, fields, body = script[n]
+                    writer.write(b"HTTP/1.1 " + status + b"\r\n" + fields + b"\r\n" + body)
+                    await writer.drain()
+        finally:
+            writer.close()
+
+    port = free_port()
+    async with await asyncio.start_server(serve, "127.0.0.1", port):
+        r = await make_router(base_config(tmp_path, {"raw": f"http://127.0.0.1:{port}"}, [route("m", "raw")]))
+        async with aiohttp.ClientSession() as s:
+            for n, (status, fields, body) in enumerate(script):
+                async with s.get(f"{r.url}/r/{n}") as resp:
+                    sent = dict(line.split(b": ", 1) for line in fields.split(b"\r\n") if line)
+                    assert resp.status == int(status.split()[0]), n
+                    expected_a = None if b"Connection" in sent else sent[b"X-A"].decode()
+                    assert resp.headers.get("X-A") == expected_a, n
+                    expected_type = sent[b"Content-Type"].decode() if b"Content-Type" in sent else None
+                    assert resp.headers.get("Content-Type") == expected_type, n
+                    assert "Connection" not in resp.headers, n
+                    assert await resp.read() == (b"hi" if b"Transfer-Encoding" in sent else body), n
+        connections = len(writers)
+        for writer in writers:  # the router keeps its connection: close ours, so no handler outlives the test
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+    assert connections == 1, "the router should have kept one connection to the backend for all of them"

@@ -100,6 +100,27 @@ def _forwarded_block(req: Request, authority: bytes, via: bytes) -> bytes:
     return b"".join(parts)
 
 
+def _relayed_head(status: int, headers: list[Header], connection: bytes | None) -> tuple[bytes, bytes | None, bool]:
+    """The status line and the backend's header lines the client gets (hop-by-hop and framing
+    ones dropped), the backend's Content-Length, and whether it sent chunked."""
+    parts = [status_line(status)]
+    length: bytes | None = None
+    chunked_upstream = False
+    drop = tokens_of(connection) if connection else _NOTHING
+    for lname, name, value in headers:
+        if lname in SKIP_RESPONSE or lname in drop:
+            if lname == b"content-length":
+                length = value
+            elif lname == b"transfer-encoding":
+                chunked_upstream = True
+            continue
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
+    return b"".join(parts), length, chunked_upstream
+
+
 class Exchange(ResponseSink):
     """The life of one request: the sink for its upstream response, and the writer to the client."""
 
@@ -230,21 +251,15 @@ class Exchange(ResponseSink):
             return
         self.client.set_deadline(self.timeout, "backend response body")
         self.status = status
-        parts = [status_line(status)]
-        length: bytes | None = None
-        chunked_upstream = False
-        drop = tokens_of(connection) if connection else _NOTHING
-        for lname, name, value in headers:
-            if lname in SKIP_RESPONSE or lname in drop:
-                if lname == b"content-length":
-                    length = value
-                elif lname == b"transfer-encoding":
-                    chunked_upstream = True
-                continue
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+        memo = self.upstream.head_memo if self.upstream is not None else None
+        if memo is not None and memo.headers is headers and memo.status == status:
+            prefix, length, chunked_upstream = memo.prefix, memo.length, memo.chunked
+        else:
+            prefix, length, chunked_upstream = _relayed_head(status, headers, connection)
+            if memo is not None:
+                memo.headers, memo.status, memo.prefix, memo.length, memo.chunked = \
+                    headers, status, prefix, length, chunked_upstream
+        parts = [prefix]
         req = self.req
         no_body = req.method == b"HEAD" or status == 204 or status == 304
         if length is not None and not chunked_upstream:

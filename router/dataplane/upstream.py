@@ -65,6 +65,22 @@ class ResponseSink:
         raise NotImplementedError
 
 
+class HeadMemo:
+    """What the relay made of a connection's last response head: its status line and the header
+    lines passed on (`prefix`), the Content-Length and whether the backend sent chunked. A backend
+    answers with the same header fields on most responses of a connection; `_read_fast` then hands
+    on the same `headers` list, and the relay reuses this instead of going through them again."""
+
+    __slots__ = ("chunked", "headers", "length", "prefix", "status")
+
+    def __init__(self) -> None:
+        self.headers: list[Header] | None = None
+        self.status = 0
+        self.prefix = b""
+        self.length: bytes | None = None
+        self.chunked = False
+
+
 class UpstreamConnection:
     """One keep-alive connection to a backend, carrying one request at a time.
 
@@ -89,6 +105,14 @@ class UpstreamConnection:
         self._head_left = pool.spec.max_head  # bytes a response head may still take
         self._complete = False  # the response ended within this read; finished once it is parsed
         self.counted = True  # holds one of the pool's slots until it closes
+        # The last response head read in one pass, and what it made: a next one with equal header
+        # fields gets the same `headers` list (nobody changes one after on_head).
+        self._last_names: list[bytes] | None = None
+        self._last_values: list[bytes] | None = None
+        self._last_headers: list[Header] = []
+        self._last_has_length = False
+        self._last_connection: bytes | None = None
+        self.head_memo = HeadMemo()  # the relay's, kept here: it follows the headers list
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -222,9 +246,17 @@ class UpstreamConnection:
         self._headers.append((lname, name, value))
 
     def _read_fast(self, status: int, names: list[bytes], values: list[bytes], body: bytes) -> None:
-        """The callbacks llhttp would make for this response, in its order, as native calls."""
-        for i in range(len(names)):
-            self.on_header(names[i], values[i])
+        """The callbacks llhttp would make for this response, in its order, as native calls; for
+        the same header fields as the last response's, what they made then."""
+        if names == self._last_names and values == self._last_values:
+            self._headers = self._last_headers
+            self._has_length = self._last_has_length
+            self._connection = self._last_connection
+        else:
+            for i in range(len(names)):
+                self.on_header(names[i], values[i])
+            self._last_names, self._last_values, self._last_headers = names, values, self._headers
+            self._last_has_length, self._last_connection = self._has_length, self._connection
         self.head_complete(status, True)
         if body and self.sink is not None:
             self.sink.on_body(body)
