@@ -391,3 +391,55 @@ async def test_each_response_on_a_kept_connection_is_relayed_with_its_own_head(m
             writer.close()
         await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
     assert connections == 1, "the router should have kept one connection to the backend for all of them"
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    return int(head.split(b" ", 2)[1]), await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_each_request_on_a_kept_connection_is_read_with_its_own_headers(make_router: RouterFactory,
+                                                                               tmp_path: Path) -> None:
+    """A connection's request headers are remembered (the next request with equal header fields
+    takes what reading the last made); requests that differ from the one before are read as sent,
+    and the head-size limit still counts the new request's target with the remembered fields."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(head) + head)
+                    await writer.drain()
+        finally:
+            writer.close()
+
+    pad = b"X-Pad: " + b"p" * 600 + b"\r\n"
+    port = free_port()
+    async with await asyncio.start_server(echo, "127.0.0.1", port):
+        cfg = base_config(tmp_path, {"echo": f"http://127.0.0.1:{port}"}, [route("m", "echo")])
+        cfg["limits"]["max_header_size"] = "1KiB"
+        r = await make_router(cfg)
+        host, rport = r.host_port
+        reader, writer = await asyncio.open_connection(host, rport)
+        try:
+            for n, fields in enumerate([b"X-A: 1\r\n", b"X-A: 1\r\n", b"X-A: 2\r\n", b"X-A: 2\r\nX-B: 3\r\n",
+                                        b"X-A: 2\r\nX-B: 3\r\n", b"X-A: 1\r\n"]):
+                writer.write(b"GET /r/%d HTTP/1.1\r\nHost: h\r\n" % n + pad + fields + b"\r\n")
+                status, echoed = await _read_response(reader)
+                assert status == 200, (n, echoed)
+                assert echoed.startswith(b"GET /r/%d HTTP/1.1\r\n" % n), n
+                forwarded = [line for line in echoed.split(b"\r\n") if line.startswith((b"X-A:", b"X-B:"))]
+                assert forwarded == [line for line in fields.split(b"\r\n") if line], n
+            # the same fields as the last request, behind a target that takes the head over 1 KiB
+            writer.write(b"GET /r/" + b"x" * 500 + b" HTTP/1.1\r\nHost: h\r\n" + pad + b"X-A: 1\r\n\r\n")
+            status, _ = await _read_response(reader)
+            assert status == 431
+        finally:
+            writer.close()
+            for w in writers:
+                w.close()
+            await asyncio.gather(writer.wait_closed(), *(w.wait_closed() for w in writers), return_exceptions=True)

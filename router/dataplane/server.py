@@ -26,7 +26,7 @@ from router.dataplane import fastparse
 from router.dataplane.http11 import error_response
 from router.dataplane.proxy import Exchange
 from router.dataplane.reqparse import Rejected, RequestReader
-from router.dataplane.request import Request
+from router.dataplane.request import Header, Request
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -132,6 +132,14 @@ class ClientConnection(RequestReader):
         self._lingering = False
         self._linger_left = 0
         self._linger_end = 0.0
+        # The last request read in one pass: its header fields, and what reading them made. Clients
+        # send the same fields on every request of a connection; the next request with equal ones
+        # takes the same headers list and index (no one changes them once the request is read).
+        self._last_names: list[bytes] | None = None
+        self._last_values: list[bytes] | None = None
+        self._last_headers: list[Header] = []
+        self._last_index: dict[bytes, bytes] = {}
+        self._last_fields_size = 0
         RequestReader.__init__(self, server.runtime().config.limits)
 
     @property
@@ -199,8 +207,17 @@ class ClientConnection(RequestReader):
         try:
             self.begin_message()
             self.on_url(target)
-            for i in range(len(names)):
-                self.on_header(names[i], values[i])
+            if names == self._last_names and values == self._last_values:
+                self._headers, self._index = self._last_headers, self._last_index
+                self._head_size += self._last_fields_size  # their count and names passed before
+                if self._head_size > self._max_header_size:
+                    raise Rejected(431, f"request head larger than {self._max_header_size} bytes")
+            else:
+                for i in range(len(names)):
+                    self.on_header(names[i], values[i])
+                self._last_names, self._last_values = names, values
+                self._last_headers, self._last_index = self._headers, self._index
+                self._last_fields_size = self._head_size - len(target)
             self.head_complete("1.1")
             if body:
                 self.add_body(body)
