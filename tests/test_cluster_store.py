@@ -141,3 +141,23 @@ def test_every_window_counter_survives_the_round_trip_through_redis_fields() -> 
     assert back.primary.client_errors == 1
     doubled = window_of(add_fields(fields, fields))
     assert doubled.evidence().discordant_candidate == 2 and doubled.llm.evidence().wins == 2
+
+
+def test_shadow_drop_counts_sum_across_members() -> None:
+    """Drops are counted in list slots on the request path; shared, they still sum by reason, and a
+    reason this version does not count (another member's) is left out rather than failing."""
+    import json
+
+    from router.cluster.shadow_share import encode, merged
+    from router.control.shadowstats import DROP_CONCURRENCY, DROP_PACED, ShadowStats
+
+    mine, theirs = ShadowStats("v1", "v2"), ShadowStats("v1", "v2")
+    mine.drops[DROP_PACED] += 3
+    theirs.drops[DROP_PACED] += 2
+    theirs.drops[DROP_CONCURRENCY] += 5
+    other = json.loads(encode(theirs))
+    assert other["dropped"] == {"concurrency": 5, "paced": 2}
+    other["dropped"]["some_future_reason"] = 7
+    total = merged(mine, {"a": encode(mine), "b": json.dumps(other)}, "a")
+    assert total.dropped == {"concurrency": 5, "paced": 5}
+    assert mine.dropped == {"paced": 3}  # the local stats are not changed by the sum

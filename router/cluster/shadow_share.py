@@ -16,13 +16,13 @@ from typing import Any
 
 from router.analysis.histogram import Histogram
 from router.cluster.store import Store
-from router.control.shadowstats import ShadowStats
+from router.control.shadowstats import DROP_REASONS, ShadowStats
 
 SHARED_RECENT = 20  # disagreements each member shares; the report shows the newest of all
 TTL_S = 14 * 86400
 _COUNTERS = ("mirrored", "compared", "agreements", "extraction_errors", "live_errors", "shadow_errors", "label_n",
              "label_agree", "text_n", "noise_samples")
-_TABLES = ("dropped", "skipped", "shadow_error_kinds")
+_TABLES = ("dropped", "skipped", "shadow_error_kinds")  # `dropped` is read as a table, added by add_dropped
 
 
 def _hist(h: Histogram) -> dict[str, Any]:
@@ -52,7 +52,10 @@ def add(total: ShadowStats, data: Mapping[str, Any]) -> None:
     """Add one member's totals (as `encode` wrote them) to `total`."""
     for name in _COUNTERS:
         setattr(total, name, getattr(total, name) + int(data[name]))
-    for name in _TABLES:
+    for k, n in data["dropped"].items():
+        if k in DROP_REASONS:  # (a member on a version with other reasons: theirs are left out)
+            total.add_dropped(k, int(n))
+    for name in _TABLES[1:]:
         table = getattr(total, name)
         for k, n in data[name].items():
             table[k] += int(n)

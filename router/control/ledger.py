@@ -237,11 +237,11 @@ class Ledger:
         if window is not None:
             window.llm.verdict(result)
 
-    def mirror_skipped(self, route: str, reason: str) -> None:
-        """A live request was not mirrored (body_too_large, concurrency, paced)."""
+    def mirror_skipped(self, route: str, reason: int) -> None:
+        """A live request was not mirrored: `reason` indexes shadowstats.DROP_REASONS."""
         stats = self.shadow.get(route)
         if stats is not None:
-            stats.dropped[reason] += 1
+            stats.drops[reason] += 1
 
     def mirrored(self, route: str) -> None:
         stats = self.shadow.get(route)

@@ -25,6 +25,10 @@ MAX_FIELD_NAME = 200
 MAX_COMBOS = 256  # distinct sets of mismatching fields tracked; beyond, "(other)"
 RECENT = 50
 OTHER = "(other)"
+# Why a live request was not mirrored, by index into ShadowStats.drops: counted on the request
+# path, where a list slot costs a tenth of a dict of strings.
+DROP_REASONS = ("body_too_large", "concurrency", "paced")
+DROP_BODY_TOO_LARGE, DROP_CONCURRENCY, DROP_PACED = range(3)
 
 
 class ShadowStats:
@@ -34,7 +38,7 @@ class ShadowStats:
         self.key = (primary, shadow_backend)  # a YAML change of either starts the stats afresh
         self.started = time.time()
         self.mirrored = 0
-        self.dropped: defaultdict[str, int] = defaultdict(int)
+        self.drops = [0] * len(DROP_REASONS)  # by DROP_REASONS index
         self.compared = 0
         self.last_compared_at: float | None = None  # wall time of the last comparison (stale figures show it)
         self.agreements = 0
@@ -63,6 +67,15 @@ class ShadowStats:
         self.next_send = 0.0
         self._noise: frozenset[str] = frozenset()
         self._noise_at = -1e9
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Live requests not mirrored, by reason (those that happened)."""
+        return {reason: n for reason, n in zip(DROP_REASONS, self.drops, strict=True) if n}
+
+    def add_dropped(self, reason: str, n: int) -> None:
+        """`n` more of `reason` (another process's, summed): one of DROP_REASONS."""
+        self.drops[DROP_REASONS.index(reason)] += n
 
     def extraction_error(self, reason: str) -> bool:
         """Count one; True when it should be logged: the first of each reason, then at 10, 100, ..."""

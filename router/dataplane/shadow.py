@@ -24,6 +24,7 @@ from router.analysis.instances import compare_instances
 from router.analysis.llm import LlmOutcome, TokenMeter, rewrite_model
 from router.config import RouteConfig, ShadowConfig
 from router.control.ledger import ComparedOutcome, PairOutcome
+from router.control.shadowstats import DROP_BODY_TOO_LARGE, DROP_CONCURRENCY, DROP_PACED
 from router.dataplane.balancer import BackendGroup
 from router.dataplane.proxy import upstream_request
 from router.dataplane.request import Header, Request
@@ -232,14 +233,14 @@ class Mirror:
             ledger.not_mirrored(plan.name, "path")  # not an inference call (shadow.paths)
             return None
         if len(req.body) > plan.max_body:
-            ledger.mirror_skipped(plan.name, "body_too_large")
+            ledger.mirror_skipped(plan.name, DROP_BODY_TOO_LARGE)
             return None
         pacer = plan.pacer
         if pacer.in_flight >= plan.max_concurrency:
-            ledger.mirror_skipped(plan.name, "concurrency")
+            ledger.mirror_skipped(plan.name, DROP_CONCURRENCY)
             return None
         if now < pacer.next_send:
-            ledger.mirror_skipped(plan.name, "paced")
+            ledger.mirror_skipped(plan.name, DROP_PACED)
             return None
         pacer.next_send = now + pacer.latency_ewma / plan.max_concurrency
         pacer.in_flight += 1
