@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -312,6 +312,33 @@ def test_forwarded_request_says_its_body_length_at_every_size() -> None:
         assert head.split(b"\r\n").count(b"Content-Length: %d" % size) == 1, (size, head)
 
 
+@contextlib.asynccontextmanager
+async def kept_backend(answer: Callable[[bytes], bytes]) -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
+    """A keep-alive backend answering each request head with `answer(head)`; yields its URL and
+    its connections' writers, and closes them on exit (the router keeps its connections open, so
+    no handler may outlive the test)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    writer.write(answer(await reader.readuntil(b"\r\n\r\n")))
+                    await writer.drain()
+        finally:
+            writer.close()
+
+    port = free_port()
+    async with await asyncio.start_server(serve, "127.0.0.1", port):
+        try:
+            yield f"http://127.0.0.1:{port}", writers
+        finally:
+            for w in writers:
+                w.close()
+            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+
 _HEADER_CHOICES = [(b"host", b"Host", b"h"), (b"host", b"Host", b"other"), (b"x-a", b"X-A", b"1"), (b"x-a", b"X-A", b"2"),
                    (b"connection", b"Connection", b"x-a"), (b"x-forwarded-for", b"X-Forwarded-For", b"10.9.9.9"),
                    (b"via", b"Via", b"1.1 edge"), (b"content-type", b"Content-Type", b"application/json")]
@@ -357,24 +384,12 @@ async def test_each_response_on_a_kept_connection_is_relayed_with_its_own_head(m
         (b"200 OK", b"X-A: 2\r\nTransfer-Encoding: chunked\r\n", b"2\r\nhi\r\n0\r\n\r\n"),
         (b"200 OK", b"X-A: 2\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", b"[]"),
     ]
-    writers: list[asyncio.StreamWriter] = []
+    def answer(head: bytes) -> bytes:
+        status, fields, body = script[int(head.split(b" ", 2)[1].rsplit(b"/", 1)[1])]
+        return b"HTTP/1.1 " + status + b"\r\n" + fields + b"\r\n" + body
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        try:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    n = int(head.split(b" ", 2)[1].rsplit(b"/", 1)[1])
-                    status, fields, body = script[n]
-                    writer.write(b"HTTP/1.1 " + status + b"\r\n" + fields + b"\r\n" + body)
-                    await writer.drain()
-        finally:
-            writer.close()
-
-    port = free_port()
-    async with await asyncio.start_server(serve, "127.0.0.1", port):
-        r = await make_router(base_config(tmp_path, {"raw": f"http://127.0.0.1:{port}"}, [route("m", "raw")]))
+    async with kept_backend(answer) as (url, writers):
+        r = await make_router(base_config(tmp_path, {"raw": url}, [route("m", "raw")]))
         async with aiohttp.ClientSession() as s:
             for n, (status, fields, body) in enumerate(script):
                 async with s.get(f"{r.url}/r/{n}") as resp:
@@ -386,11 +401,7 @@ async def test_each_response_on_a_kept_connection_is_relayed_with_its_own_head(m
                     assert resp.headers.get("Content-Type") == expected_type, n
                     assert "Connection" not in resp.headers, n
                     assert await resp.read() == (b"hi" if b"Transfer-Encoding" in sent else body), n
-        connections = len(writers)
-        for writer in writers:  # the router keeps its connection: close ours, so no handler outlives the test
-            writer.close()
-        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
-    assert connections == 1, "the router should have kept one connection to the backend for all of them"
+        assert len(writers) == 1, "the router should have kept one connection to the backend for all of them"
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -404,23 +415,10 @@ async def test_each_request_on_a_kept_connection_is_read_with_its_own_headers(ma
     """A connection's request headers are remembered (the next request with equal header fields
     takes what reading the last made); requests that differ from the one before are read as sent,
     and the head-size limit still counts the new request's target with the remembered fields."""
-    writers: list[asyncio.StreamWriter] = []
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        try:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(head) + head)
-                    await writer.drain()
-        finally:
-            writer.close()
-
     pad = b"X-Pad: " + b"p" * 600 + b"\r\n"
-    port = free_port()
-    async with await asyncio.start_server(echo, "127.0.0.1", port):
-        cfg = base_config(tmp_path, {"echo": f"http://127.0.0.1:{port}"}, [route("m", "echo")])
+    async with kept_backend(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(head) + head) \
+            as (url, _):
+        cfg = base_config(tmp_path, {"echo": url}, [route("m", "echo")])
         cfg["limits"]["max_header_size"] = "1KiB"
         r = await make_router(cfg)
         host, rport = r.host_port
@@ -440,6 +438,4 @@ async def test_each_request_on_a_kept_connection_is_read_with_its_own_headers(ma
             assert status == 431
         finally:
             writer.close()
-            for w in writers:
-                w.close()
-            await asyncio.gather(writer.wait_closed(), *(w.wait_closed() for w in writers), return_exceptions=True)
+            await asyncio.gather(writer.wait_closed(), return_exceptions=True)
