@@ -12,7 +12,7 @@ import math
 import time
 from collections import defaultdict, deque
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Final
 
 from router.analysis.compare import InstanceCounts
 from router.analysis.histogram import Histogram, SignedHistogram
@@ -28,7 +28,9 @@ OTHER = "(other)"
 # Why a live request was not mirrored, by index into ShadowStats.drops: counted on the request
 # path, where a list slot costs a tenth of a dict of strings.
 DROP_REASONS = ("body_too_large", "concurrency", "paced")
-DROP_BODY_TOO_LARGE, DROP_CONCURRENCY, DROP_PACED = range(3)
+DROP_BODY_TOO_LARGE: Final = 0  # Final: compiled readers get the number, not a module lookup
+DROP_CONCURRENCY: Final = 1
+DROP_PACED: Final = 2
 
 
 class ShadowStats:
