@@ -652,7 +652,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=1,
                    help="measured seconds per case and round (default 1)")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per case, not measured")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="warm-up seconds per case, not measured (at least 1: mirror cases prove their copies in it)")
     p.add_argument("--repeat", type=int, default=15,
                    help="rounds: each takes one slice of every case; the tables show medians (default 15)")
     p.add_argument("--views", default="unpinned,pinned",

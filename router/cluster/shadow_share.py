@@ -22,7 +22,7 @@ SHARED_RECENT = 20  # disagreements each member shares; the report shows the new
 TTL_S = 14 * 86400
 _COUNTERS = ("mirrored", "compared", "agreements", "extraction_errors", "live_errors", "shadow_errors", "label_n",
              "label_agree", "text_n", "noise_samples")
-_TABLES = ("dropped", "skipped", "shadow_error_kinds")  # `dropped` is read as a table, added by add_dropped
+_TABLES = ("skipped", "shadow_error_kinds")  # (and `dropped`, counted in slots: see encode and add)
 
 
 def _hist(h: Histogram) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def _add_hist(h: Histogram, data: Mapping[str, Any]) -> None:
 
 def encode(s: ShadowStats) -> str:
     data: dict[str, Any] = {name: getattr(s, name) for name in _COUNTERS}
-    data.update({name: dict(getattr(s, name)) for name in _TABLES})
+    data.update({name: dict(getattr(s, name)) for name in _TABLES}, dropped=s.dropped)
     data.update(key=list(s.key), started=s.started, text_similarity_sum=s.text_similarity_sum, fields=s.fields,
                 noise_fields=s.noise_fields, mismatch_sets=[[sorted(k), n] for k, n in s.mismatch_sets.items()],
                 live=_hist(s.live_latency), shadow=_hist(s.shadow_latency),
@@ -55,7 +55,7 @@ def add(total: ShadowStats, data: Mapping[str, Any]) -> None:
     for k, n in data["dropped"].items():
         if k in DROP_REASONS:  # (a member on a version with other reasons: theirs are left out)
             total.add_dropped(k, int(n))
-    for name in _TABLES[1:]:
+    for name in _TABLES:
         table = getattr(total, name)
         for k, n in data[name].items():
             table[k] += int(n)
